@@ -1,0 +1,129 @@
+"""A device-resident loader: the whole uint8 split lives on the training device, batches are index slices.
+
+No worker processes and no per-image Python: each batch is gathered from the resident tensor, put through
+the fitted `Preprocess`, then augmented with batched tensor operations. Randomness (the per-epoch order and
+every augmentation draw) comes from seeded CPU generators, so a run is reproducible on any device and the
+loader's whole state fits in a checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    pad: int = 4  # zero pixels added on each border before the random crop back to 32x32 (0: no crop)
+    flip: bool = True  # random horizontal flip with probability 1/2
+
+
+def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Pad every image with `pad` zeros, then take one random HxW window per image (batched gather)."""
+    if pad == 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # n, h, 1
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # n, 1, w
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # n, c, h, w
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def augment(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    x = random_crop(x, config.pad, generator)
+    if config.flip:
+        x = random_flip(x, generator)
+    return x
+
+
+def to_device_images(images_nhwc: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """uint8 NHWC array -> uint8 NCHW tensor on `device` (uint8: a quarter of float32's memory)."""
+    return torch.from_numpy(np.ascontiguousarray(images_nhwc)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def eval_batches(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, preprocess: torch.nn.Module
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The split in order, preprocessed, without augmentation; the last batch may be short."""
+    for start in range(0, images.shape[0], batch_size):
+        yield preprocess(images[start : start + batch_size]), labels[start : start + batch_size]
+
+
+class DeviceLoader:
+    """Endless training batches from a resident split: a fresh seeded permutation per epoch, full batches
+    only (the remainder of each permutation is dropped), preprocessed then augmented on the device."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        preprocess: torch.nn.Module,
+        augment_config: AugmentConfig,
+        seed: int = 0,
+    ):
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError("images and labels differ in length")
+        if batch_size > images.shape[0]:
+            raise ValueError(f"batch size {batch_size} exceeds the {images.shape[0]} training images")
+        self.images, self.labels = images, labels
+        self.batch_size = batch_size
+        self.preprocess = preprocess
+        self.augment_config = augment_config
+        self.order_generator = torch.Generator().manual_seed(seed)
+        self.augment_generator = torch.Generator().manual_seed(seed + 1)
+        self.epoch = 0
+        self.position = 0  # batches already taken from the current epoch
+        self._order: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return self.images.shape[0] // self.batch_size
+
+    def epoch_indices(self) -> torch.Tensor:
+        """This epoch's permutation of the split (drawn once per epoch)."""
+        if self._order is None:
+            self._order = torch.randperm(self.images.shape[0], generator=self.order_generator)
+        return self._order
+
+    def next_indices(self) -> torch.Tensor:
+        if self.position >= len(self):
+            self.epoch += 1
+            self.position = 0
+            self._order = None
+        start = self.position * self.batch_size
+        self.position += 1
+        return self.epoch_indices()[start : start + self.batch_size]
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next training batch; starts a new epoch (and a new permutation) when one runs out."""
+        index = self.next_indices().to(self.images.device)
+        x = augment(self.preprocess(self.images[index]), self.augment_config, self.augment_generator)
+        return x, self.labels[index]
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "order_generator": self.order_generator.get_state(),
+            "augment_generator": self.augment_generator.get_state(),
+            "order": self._order,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self.order_generator.set_state(state["order_generator"])
+        self.augment_generator.set_state(state["augment_generator"])
+        self._order = state["order"]

@@ -1,0 +1,34 @@
+"""A seeded, stratified train/validation split of the training set. The test set is never touched here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cifarkit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Split:
+    train: np.ndarray  # indices into the official training set, sorted
+    val: np.ndarray
+
+
+def stratified_split(labels: np.ndarray, val_per_class: int, seed: int = 0) -> Split:
+    """Hold out `val_per_class` images of every class, chosen by a seeded permutation within each class."""
+    if val_per_class < 0:
+        raise ConfigError(f"val_per_class must be >= 0, got {val_per_class}")
+    rng = np.random.default_rng(seed)
+    val_parts = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        if val_per_class >= len(members):
+            raise ConfigError(
+                f"class {cls} has {len(members)} training images; cannot hold out {val_per_class} for validation"
+            )
+        val_parts.append(rng.permutation(members)[:val_per_class])
+    val = np.sort(np.concatenate(val_parts)) if val_parts else np.empty(0, dtype=np.int64)
+    mask = np.ones(len(labels), dtype=bool)
+    mask[val] = False
+    return Split(train=np.flatnonzero(mask), val=val)

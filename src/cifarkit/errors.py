@@ -1,0 +1,17 @@
+"""The project's own error types: each message says what is wrong and what to do about it."""
+
+
+class CifarkitError(Exception):
+    """Base class: the CLI prints the message of any of these and exits non-zero, without a traceback."""
+
+
+class DatasetError(CifarkitError):
+    """Anything wrong with finding, downloading, verifying, extracting or parsing a dataset."""
+
+
+class ConfigError(CifarkitError):
+    """A recipe, an override or a combination of options that cannot work."""
+
+
+class CheckpointError(CifarkitError):
+    """A checkpoint that is missing, corrupt, or would run code when loaded."""
