@@ -50,9 +50,7 @@ def safe_loads(data: bytes, source: str) -> object:
     """Unpickle `data` (read from `source`, named in errors) admitting only what CIFAR files contain."""
     try:
         return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except pickle.UnpicklingError as e:
-        raise DatasetError(f"{source}: not a valid CIFAR file ({e}); delete it and download again") from None
-    except Exception as e:  # any malformed byte string: truncated, wrong opcodes, bad numpy state...
+    except Exception as e:  # a refused global, or any malformed byte string: truncated, bad opcodes, ...
         raise DatasetError(
-            f"{source}: corrupt or truncated file ({type(e).__name__}: {e}); delete it and download again"
+            f"{source}: corrupt, truncated or not an official CIFAR file ({e}); delete it and download again"
         ) from None

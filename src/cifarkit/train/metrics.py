@@ -1,0 +1,79 @@
+"""Classification metrics and the run's metric sinks (TensorBoard event files + a JSONL file)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+class Accumulator:
+    """Sums of loss and top-1/top-5 hits on the device; one host sync when read."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, top1 hits, top5 hits
+        self.count = 0
+
+    @torch.no_grad()
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top == labels[:, None]
+        n = labels.shape[0]
+        self.sums += torch.stack([loss.detach().double() * n, hits[:, 0].sum().double(), hits.any(1).sum().double()])
+        self.count += n
+
+    def result(self) -> dict[str, float]:
+        if self.count == 0:
+            return {"loss": math.nan, "top1": math.nan, "top5": math.nan}
+        loss, top1, top5 = (self.sums / self.count).tolist()
+        return {"loss": loss, "top1": top1, "top5": top5}
+
+
+@torch.no_grad()
+def evaluate_batches(model, batches, device, amp_dtype=None) -> dict[str, float]:
+    """Mean cross-entropy, top-1 and top-5 accuracy of `model` over (inputs, labels) batches, in eval mode."""
+    from cifarkit.train.device import autocast
+
+    was_training = model.training
+    model.eval()
+    acc = Accumulator(device)
+    for x, y in batches:
+        with autocast(device, amp_dtype):
+            logits = model(x)
+        logits = logits.float()
+        acc.add(logits, y, F.cross_entropy(logits, y))
+    model.train(was_training)
+    return acc.result()
+
+
+class MetricsLog:
+    """Writes scalars to TensorBoard event files and one JSON object per logged step to metrics.jsonl."""
+
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = run_dir / "metrics.jsonl"
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,56 @@
+"""Optimizers (a registry) and parameter groups with Keras-style L2 on kernels only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from cifarkit.errors import ConfigError
+
+
+def parameter_groups(model: nn.Module, l2: float, l2_first_layer: float | None) -> list[dict]:
+    """Kernels (conv/dense weights) get weight decay 2*l2 -- the gradient of Keras's `l2 * sum(w^2)` --, the
+    first convolution's kernel 2*l2_first_layer; biases and normalization parameters get none."""
+    first, kernels, others = [], [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            is_kernel = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
+            if is_kernel and isinstance(module, nn.Conv2d) and not first and not kernels:
+                first.append(param)
+            elif is_kernel:
+                kernels.append(param)
+            else:
+                others.append(param)
+    first_l2 = l2 if l2_first_layer is None else l2_first_layer
+    groups = [
+        {"params": first, "weight_decay": 2 * first_l2, "name": "first_kernel"},
+        {"params": kernels, "weight_decay": 2 * l2, "name": "kernels"},
+        {"params": others, "weight_decay": 0.0, "name": "biases_and_norms"},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def _sgd(groups, c) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
+
+
+OPTIMIZERS: dict[str, Callable] = {"sgd": _sgd}
+
+
+def build_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
+    try:
+        make = OPTIMIZERS[config.name]
+    except KeyError:
+        raise ConfigError(f"unknown optim.name {config.name!r}; choose one of: {', '.join(OPTIMIZERS)}") from None
+    if config.nesterov and config.momentum <= 0:
+        raise ConfigError("optim.nesterov needs optim.momentum > 0")
+    return make(parameter_groups(model, config.l2, config.l2_first_layer), config)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,72 @@
+"""Schedules as pure functions of the optimizer step (0-based: step s is the (s+1)-th update).
+
+`lr_at(step, base_lr, total_steps, config)` and `dropout_at(step, initial, events)` hold no state, so resume
+needs only the step counter, and each boundary is a unit test.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from cifarkit.errors import ConfigError
+
+
+def _step(progress_step: int, total: int, c) -> float:
+    return c.gamma ** sum(progress_step >= m for m in c.milestones)
+
+
+def _constant(step: int, total: int, c) -> float:
+    return 1.0
+
+
+def _cosine(step: int, total: int, c) -> float:
+    t = min(max(step - c.warmup_steps, 0) / max(total - c.warmup_steps, 1), 1.0)
+    return c.final_lr_fraction + (1 - c.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _linear(step: int, total: int, c) -> float:
+    t = min(max(step - c.warmup_steps, 0) / max(total - c.warmup_steps, 1), 1.0)
+    return 1.0 + (c.final_lr_fraction - 1.0) * t
+
+
+# name -> multiplier of the base learning rate at a step (after warm-up).
+LR_SCHEDULES: dict[str, Callable[[int, int, object], float]] = {
+    "step": _step,
+    "constant": _constant,
+    "cosine": _cosine,
+    "linear": _linear,
+}
+
+
+def lr_at(step: int, base_lr: float, total_steps: int, config) -> float:
+    try:
+        shape = LR_SCHEDULES[config.lr]
+    except KeyError:
+        raise ConfigError(f"unknown schedule.lr {config.lr!r}; choose one of: {', '.join(LR_SCHEDULES)}") from None
+    warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    return base_lr * warmup * shape(step, total_steps, config)
+
+
+def validate_dropout_events(events: Sequence[dict], num_stacks: int) -> None:
+    for event in events:
+        keys = set(event)
+        if "step" not in keys or len(keys & {"set", "scale"}) != 1 or keys - {"step", "set", "scale"}:
+            raise ConfigError(f"dropout event {event} should be {{step = N, set = [...]}} or {{step = N, scale = f}}")
+        if "set" in event and len(event["set"]) != num_stacks:
+            raise ConfigError(f"dropout event at step {event['step']} sets {len(event['set'])} rates; "
+                              f"the model has {num_stacks} dropout layers")
+
+
+def dropout_at(step: int, initial: Sequence[float], events: Sequence[dict]) -> list[float]:
+    """Per-layer dropout rates at `step`: events whose step has been reached apply in step order.
+    `set` replaces the rates; `scale` multiplies them. Rates are capped below 1 (1 would drop everything)."""
+    rates = [float(r) for r in initial]
+    for event in sorted(events, key=lambda e: e["step"]):
+        if step < event["step"]:
+            break
+        if "set" in event:
+            rates = [float(r) for r in event["set"]]
+        else:
+            rates = [r * float(event["scale"]) for r in rates]
+    return [min(r, 0.95) for r in rates]

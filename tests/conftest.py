@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from cifarkit.data import specs
+from tests.fakecifar import make_archive, write_folder
+
+REAL_CIFAR10_ENV = "CIFARKIT_TEST_CIFAR10"
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path_factory, monkeypatch):
+    """No test reads the user's cache or data variables, or writes outside its temporary folders."""
+    monkeypatch.setenv("CIFARKIT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("CIFARKIT_DATA_DIR", raising=False)
+
+
+@pytest.fixture(scope="session")
+def fake_root(tmp_path_factory) -> Path:
+    """A folder holding fake cifar-100-python/ and cifar-10-batches-py/ folders."""
+    root = tmp_path_factory.mktemp("fake")
+    write_folder(root, "cifar100", per_class_train=6, per_class_test=2)
+    write_folder(root, "cifar10", per_class_train=60, per_class_test=20)
+    return root
+
+
+@pytest.fixture
+def fake_archive(tmp_path, monkeypatch):
+    """Factory: a fake .tar.gz of dataset `name`; the registry's md5 is set to match it (as the real one does)."""
+
+    def make(name: str = "cifar100", **kwargs) -> Path:
+        spec = specs.DATASETS[name]
+        src = write_folder(tmp_path / "src", name)
+        archive = tmp_path / "archives" / spec.archive_name
+        archive.parent.mkdir(exist_ok=True)
+        md5 = make_archive(src, archive, **kwargs)
+        monkeypatch.setitem(specs.DATASETS, name, dataclasses.replace(spec, md5=md5))
+        return archive
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def real_cifar10() -> Path:
+    path = os.environ.get(REAL_CIFAR10_ENV)
+    if not path or not Path(path).exists():
+        pytest.skip(f"real CIFAR-10 copy not available (set {REAL_CIFAR10_ENV} to its folder)")
+    return Path(path)
