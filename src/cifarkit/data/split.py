@@ -25,7 +25,8 @@ def stratified_split(labels: np.ndarray, val_per_class: int, seed: int = 0) -> S
         members = np.flatnonzero(labels == cls)
         if val_per_class >= len(members):
             raise ConfigError(
-                f"class {cls} has {len(members)} training images; cannot hold out {val_per_class} for validation"
+                f"class {cls} has {len(members)} training images; cannot hold out {val_per_class} for "
+                "validation; set data.val_per_class lower"
             )
         val_parts.append(rng.permutation(members)[:val_per_class])
     val = np.sort(np.concatenate(val_parts)) if val_parts else np.empty(0, dtype=np.int64)

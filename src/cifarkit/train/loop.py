@@ -34,6 +34,10 @@ from cifarkit.train.optim import build_optimizer, set_lr
 from cifarkit.train.schedules import dropout_at, lr_at, validate_dropout_events
 
 
+def _log(line: str) -> None:
+    print(line, flush=True)  # flushed: lines reach CI logs and pipes as they happen
+
+
 @dataclass
 class PreparedData:
     data: CifarData
@@ -48,7 +52,7 @@ class PreparedData:
         return to_device_images(self.data.test_images, device), torch.from_numpy(self.data.test_labels).to(device)
 
 
-def prepare_data(config: Config, device: torch.device, log: Callable[[str], None] = print) -> PreparedData:
+def prepare_data(config: Config, device: torch.device, log: Callable[[str], None] = _log) -> PreparedData:
     c = config.data
     data = load_dataset(c.dataset, c.data_dir, download=c.download)
     labels = data.train_labels
@@ -63,7 +67,8 @@ def prepare_data(config: Config, device: torch.device, log: Callable[[str], None
         f"/ {len(data.test_labels)} test images")
     started = time.perf_counter()
     preprocess = Preprocess(config.preprocess).fit(data.train_images[split.train]).to(device)
-    log(f"preprocess: {config.preprocess.normalize} fitted on the training split in {time.perf_counter() - started:.1f}s")
+    seconds = time.perf_counter() - started
+    log(f"preprocess: {config.preprocess.normalize} fitted on the training split in {seconds:.1f}s")
 
     def tensors(index):
         return to_device_images(data.train_images[index], device), torch.from_numpy(labels[index]).to(device)
@@ -109,7 +114,7 @@ def _progress_bar(total: int, initial: int):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not interactive)
 
 
-def train(config: Config, log: Callable[[str], None] = print) -> dict:
+def train(config: Config, log: Callable[[str], None] = _log) -> dict:
     """Run `config` to the end; returns the results that are also written to RUN_DIR/results.json."""
     t = config.train
     device = resolve_device(t.device)
