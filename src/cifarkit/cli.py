@@ -110,13 +110,13 @@ def _config(args):
 
 @command
 def cmd_train(args) -> int:
-    from cifarkit.train import train
+    from cifarkit.train import train_seeds
 
     config = _config(args)
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
-    train(config)
+    train_seeds(config)
     return 0
 
 

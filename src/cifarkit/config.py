@@ -53,6 +53,9 @@ class OptimConfig:
     # it for the first convolution. Implemented as SGD weight decay 2*l2, which has the identical gradient.
     l2: float = 0.0
     l2_first_layer: float | None = None
+    weight_decay: float = 0.0  # PyTorch-style decay (grad += wd * w) on kernels, added to the L2 above
+    norm_lr_scale: float = 1.0  # learning-rate multiplier for biases and normalization parameters
+    norm_weight_decay: float = 0.0  # PyTorch-style decay on biases and normalization parameters
     label_smoothing: float = 0.0
 
 
@@ -62,6 +65,7 @@ class ScheduleConfig:
     milestones: list[int] = field(default_factory=list)  # "step": multiply by gamma at each of these steps
     gamma: float = 0.1
     warmup_steps: int = 0
+    warmup_fraction: float = 0.0  # warm-up length as a fraction of the run (used when warmup_steps is 0)
     final_lr_fraction: float = 0.0  # "cosine" / "linear": the lr reached at the last step, as a fraction
     # Dropout events in optimizer steps: {step = N, set = [rates per stack]} or {step = N, scale = f}.
     dropout_events: list[dict[str, Any]] = field(default_factory=list)
@@ -70,6 +74,8 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 165_000
+    epochs: float | None = None  # if set, overrides `steps`: epochs x (training images // batch size)
+    budget_seconds: float | None = None  # fit the run to a wall-clock budget (steps planned from throughput)
     batch_size: int = 100
     eval_every: int = 500  # steps between validation passes, metrics lines and checkpoints
     eval_batch_size: int = 500
@@ -78,6 +84,15 @@ class TrainConfig:
     amp: str = "auto"  # "auto" (bf16 on CUDA, off elsewhere) | "bf16" | "off"
     out_dir: str = "runs"
     run_name: str | None = None  # default: <recipe>-<date>-<time>
+    seeds: int = 1  # train this many seeds (seed, seed+1, ...) and report mean and standard deviation
+    compile: bool = False  # torch.compile the model (optional; everything works without it)
+    tta: bool = False  # also report flip test-time augmentation (separately from single-view accuracy)
+    # Weight averaging: every `ema_every` steps, ema = decay * ema + (1 - decay) * weights (0: off).
+    # With `lookahead`, the weights are then reset to the average (airbench's lookahead).
+    ema_decay: float = 0.0
+    ema_every: int = 1
+    ema_ramp_power: float = 0.0  # decay at step s is ema_decay * (s / total) ** power: no averaging early on
+    lookahead: bool = False
 
 
 @dataclass(frozen=True)

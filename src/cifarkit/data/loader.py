@@ -18,16 +18,20 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    pad: int = 4  # zero pixels added on each border before the random crop back to 32x32 (0: no crop)
+    pad: int = 4  # pixels added on each border before the random crop back to 32x32 (0: no crop)
+    pad_mode: str = "zeros"  # "zeros" | "reflect"
     flip: bool = True  # random horizontal flip with probability 1/2
 
 
-def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Pad every image with `pad` zeros, then take one random HxW window per image (batched gather)."""
+PAD_MODES = {"zeros": "constant", "reflect": "reflect"}
+
+
+def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator, pad_mode: str = "zeros") -> torch.Tensor:
+    """Pad every image by `pad` pixels, then take one random HxW window per image (batched gather)."""
     if pad == 0:
         return x
     n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
+    padded = F.pad(x, (pad, pad, pad, pad), mode=PAD_MODES[pad_mode])
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # n, h, 1
@@ -42,7 +46,7 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    x = random_crop(x, config.pad, generator)
+    x = random_crop(x, config.pad, generator, config.pad_mode)
     if config.flip:
         x = random_flip(x, generator)
     return x

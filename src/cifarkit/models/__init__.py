@@ -1,6 +1,6 @@
 """Models: a registry of builders. Importing this package registers every model family."""
 
-from cifarkit.models import elu_net  # noqa: F401  (registers elu_net_seed, elu_net_paper)
+from cifarkit.models import airbench, elu_net, resnet  # noqa: F401  (each registers its models)
 from cifarkit.models.registry import create_model, list_models, register_model
 from cifarkit.models.summary import format_summary, keras_summary
 

@@ -50,3 +50,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def device_name_of(device: torch.device) -> str:
+    """The GPU's name for CUDA devices (reported beside every timing), else the device type."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)

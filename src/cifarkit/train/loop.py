@@ -7,6 +7,7 @@ test set is evaluated once, at the end, with the checkpoint that validation pick
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -27,8 +28,9 @@ from cifarkit.data.loader import DeviceLoader, eval_batches, to_device_images
 from cifarkit.data.preprocess import Preprocess
 from cifarkit.errors import ConfigError
 from cifarkit.models import create_model
-from cifarkit.train.checkpoint import atomic_write_bytes, save_checkpoint
-from cifarkit.train.device import autocast, autocast_dtype, resolve_device, synchronize
+from cifarkit.train.averaging import WeightAverager
+from cifarkit.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from cifarkit.train.device import autocast, autocast_dtype, device_name_of, resolve_device, synchronize
 from cifarkit.train.metrics import Accumulator, MetricsLog, evaluate_batches
 from cifarkit.train.optim import build_optimizer, set_lr
 from cifarkit.train.schedules import dropout_at, lr_at, validate_dropout_events
@@ -114,7 +116,42 @@ def _progress_bar(total: int, initial: int):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not interactive)
 
 
-def train(config: Config, log: Callable[[str], None] = _log) -> dict:
+def plan_steps(t, steps_per_epoch: int) -> int:
+    return max(1, round(t.epochs * steps_per_epoch)) if t.epochs is not None else t.steps
+
+
+def build_model(config: Config, prepared: PreparedData, device: torch.device) -> torch.nn.Module:
+    model = create_model(config.model.name, prepared.data.spec.num_classes, **config.model.kwargs).to(device)
+    if hasattr(model, "init_from_data"):  # e.g. airbench's patch-whitening first convolution
+        pick = torch.randperm(len(prepared.train_x), generator=torch.Generator().manual_seed(0))[:5000]
+        model.init_from_data(prepared.preprocess(prepared.train_x[pick.to(device)]))
+    if config.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+class StepTimer:
+    """Plans the number of steps that fit a wall-clock budget from the throughput of the first steps."""
+
+    CALIBRATION_STEPS = 10
+
+    def __init__(self, budget_seconds: float | None, started: float):
+        self.budget, self.started = budget_seconds, started
+
+    def planned_total(self, done: int, current_total: int) -> int:
+        """After the calibration steps: the total that fits 97% of the budget; before and after: unchanged."""
+        if self.budget is None or done != self.CALIBRATION_STEPS:
+            return current_total
+        elapsed = time.perf_counter() - self.started
+        per_step = elapsed / done
+        remaining = 0.97 * self.budget - elapsed
+        return max(done, done + int(remaining / per_step))
+
+    def out_of_time(self) -> bool:
+        return self.budget is not None and time.perf_counter() - self.started > self.budget
+
+
+def train(config: Config, log: Callable[[str], None] = _log, prepared: PreparedData | None = None) -> dict:
     """Run `config` to the end; returns the results that are also written to RUN_DIR/results.json."""
     t = config.train
     device = resolve_device(t.device)
@@ -124,26 +161,38 @@ def train(config: Config, log: Callable[[str], None] = _log) -> dict:
     log(f"run: {run_dir} | device: {device} | autocast: {amp_dtype or 'off'}")
     seed_everything(t.seed)
 
-    prepared = prepare_data(config, device, log)
+    prepared = prepared or prepare_data(config, device, log)
     data = prepared.data
-    model = create_model(config.model.name, data.spec.num_classes, **config.model.kwargs).to(device)
-    if config.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(config, prepared, device)
     initial_dropout = model.dropout_rates() if hasattr(model, "dropout_rates") else []
     validate_dropout_events(config.schedule.dropout_events, len(initial_dropout))
     optimizer = build_optimizer(model, config.optim)
+    averager = (WeightAverager(model, t.ema_decay, t.ema_every, t.lookahead, t.ema_ramp_power)
+                if t.ema_decay > 0 else None)
     loader = DeviceLoader(prepared.train_x, prepared.train_y, t.batch_size, prepared.preprocess, config.augment,
                           seed=t.seed)
+    forward = torch.compile(model) if t.compile else model
+    total_steps = plan_steps(t, len(loader))
     metrics = MetricsLog(run_dir)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {config.model.name} ({n_params:,} parameters) | {t.steps} steps of batch {t.batch_size} "
-        f"({len(loader)} steps per epoch)")
+    log(f"model: {config.model.name} ({n_params:,} parameters) | "
+        + (f"{t.budget_seconds:g}s budget" if t.budget_seconds else f"{total_steps} steps")
+        + f" of batch {t.batch_size} ({len(loader)} steps per epoch)")
+
+    def eval_model() -> torch.nn.Module:
+        return averager.average if averager is not None else model
+
+    def evaluate(x, y, tta: bool = False) -> dict:
+        batches = eval_batches(x, y, t.eval_batch_size, prepared.preprocess)
+        return evaluate_batches(eval_model(), batches, device, amp_dtype, tta=tta)
 
     def checkpoint_payload(step: int, val: dict) -> dict:
         return {
             "config": config.to_dict(),
             "step": step,
-            "model": model.state_dict(),
+            "total_steps": total_steps,
+            "model": eval_model().state_dict(),  # the weights that were validated
+            "train_model": model.state_dict() if averager is not None else None,
             "preprocess": prepared.preprocess.to_state(),
             "optimizer": optimizer.state_dict(),
             "loader": loader.state_dict(),
@@ -157,11 +206,14 @@ def train(config: Config, log: Callable[[str], None] = _log) -> dict:
 
     train_acc = Accumulator(device)
     best_val_loss, best_step = float("inf"), -1
-    bar = _progress_bar(t.steps, 0)
+    bar = _progress_bar(None if t.budget_seconds else total_steps, 0)
     started = time.perf_counter()
+    timer = StepTimer(t.budget_seconds, started)
+    eval_seconds = 0.0
     model.train()
-    for step in range(t.steps):
-        lr = lr_at(step, config.optim.lr, t.steps, config.schedule)
+    step = 0
+    while step < total_steps:
+        lr = lr_at(step, config.optim.lr, total_steps, config.schedule)
         set_lr(optimizer, lr)
         if initial_dropout:
             model.set_dropout_rates(dropout_at(step, initial_dropout, config.schedule.dropout_events))
@@ -169,68 +221,124 @@ def train(config: Config, log: Callable[[str], None] = _log) -> dict:
         if config.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
-            logits = model(x)
+            logits = forward(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.optim.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if averager is not None:
+            averager.update(model, step, total_steps)
         train_acc.add(logits.float(), y, loss)
         bar.update(1)
+        step += 1
 
-        done = step + 1
-        if done % t.eval_every == 0 or done == t.steps:
+        if timer.budget is not None:
+            synchronize(device)
+            total_steps = timer.planned_total(step, total_steps)
+            if timer.out_of_time():
+                total_steps = step
+        if step % t.eval_every == 0 or step == total_steps:
+            eval_started = time.perf_counter()
             train_metrics = train_acc.result()
             train_acc.reset()
             if not np.isfinite(train_metrics["loss"]):
-                raise ConfigError(f"training loss became {train_metrics['loss']} by step {done}; "
+                raise ConfigError(f"training loss became {train_metrics['loss']} by step {step}; "
                                   "lower optim.lr or check the data")
-            val = evaluate_batches(model, eval_batches(prepared.val_x, prepared.val_y, t.eval_batch_size,
-                                                       prepared.preprocess), device, amp_dtype)
+            val = evaluate(prepared.val_x, prepared.val_y)
             scalars = {f"train/{k}": v for k, v in train_metrics.items()}
             scalars.update({f"val/{k}": v for k, v in val.items()})
             scalars["lr"] = lr
             for i, rate in enumerate(model.dropout_rates() if initial_dropout else []):
                 scalars[f"dropout/stack{i + 1}"] = rate
-            metrics.log(done, scalars)
+            metrics.log(step, scalars)
             is_best = val["loss"] < best_val_loss
             if is_best:
-                best_val_loss, best_step = val["loss"], done
-            payload = checkpoint_payload(done, val)
+                best_val_loss, best_step = val["loss"], step
+            payload = checkpoint_payload(step, val)
             save_checkpoint(run_dir / "last.pt", payload)
             if is_best:
                 save_checkpoint(run_dir / "best.pt", payload)
-            line = (f"step {done}/{t.steps} | train loss {train_metrics['loss']:.4f} top1 {train_metrics['top1']:.4f}"
-                    f" | val loss {val['loss']:.4f} top1 {val['top1']:.4f} top5 {val['top5']:.4f} | lr {lr:.2g}"
-                    + (" | best" if is_best else ""))
+            line = (f"step {step}/{total_steps} | train loss {train_metrics['loss']:.4f} top1 "
+                    f"{train_metrics['top1']:.4f} | val loss {val['loss']:.4f} top1 {val['top1']:.4f} top5 "
+                    f"{val['top5']:.4f} | lr {lr:.3g}" + (" | best" if is_best else ""))
             bar.write(line) if not bar.disable else log(line)
+            eval_seconds += time.perf_counter() - eval_started
     synchronize(device)
     elapsed = time.perf_counter() - started
     bar.close()
     metrics.close()
 
     # The test set, once: with the weights that the validation split chose.
-    from cifarkit.train.checkpoint import load_checkpoint
-
     best = load_checkpoint(run_dir / "best.pt", map_location=device)
-    model.load_state_dict(best["model"])
+    eval_model().load_state_dict(best["model"])
     test_x, test_y = prepared.test_tensors(device)
-    test = evaluate_batches(model, eval_batches(test_x, test_y, t.eval_batch_size, prepared.preprocess), device,
-                            amp_dtype)
+    test = evaluate(test_x, test_y)
     results = {
         "recipe": config.recipe,
         "dataset": config.data.dataset,
         "model": config.model.name,
         "parameters": n_params,
-        "steps": t.steps,
-        "device": str(device),
+        "seed": t.seed,
+        "steps": step,
+        "epochs": step * t.batch_size / len(prepared.train_x),
+        "device": device_name_of(device),
+        "torch": torch.__version__,
         "train_seconds": elapsed,
-        "images_per_second": t.steps * t.batch_size / elapsed,
+        "train_seconds_without_eval": elapsed - eval_seconds,
+        "images_per_second": step * t.batch_size / (elapsed - eval_seconds),
         "best_step": best_step,
         "val": best["val"],
         "test": test,
     }
+    if t.tta:
+        results["test_tta"] = evaluate(test_x, test_y, tta=True)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    log(f"done in {elapsed:.1f}s | best step {best_step}: val top1 {best['val']['top1']:.4f} | "
-        f"test top1 {test['top1']:.4f} top5 {test['top5']:.4f} | {run_dir}")
+    log(f"done: {step} steps in {elapsed:.1f}s | best step {best_step}: val top1 {best['val']['top1']:.4f} | "
+        f"test top1 {test['top1']:.4f} top5 {test['top5']:.4f}"
+        + (f" | test top1 with flip TTA {results['test_tta']['top1']:.4f}" if t.tta else "") + f" | {run_dir}")
     results["run_dir"] = str(run_dir)
     return results
+
+
+def train_seeds(config: Config, log: Callable[[str], None] = _log) -> dict:
+    """Train `config.train.seeds` seeds (seed, seed+1, ...) on the same split; mean and std of the results.
+    The runs go to RUN_DIR/seed<N>/ and the summary to RUN_DIR/summary.json."""
+    t = config.train
+    if t.seeds <= 1:
+        return train(config, log)
+    name = t.run_name or f"{config.recipe}-{datetime.now():%Y%m%d-%H%M%S}"
+    root = make_run_dir(dataclasses.replace(config, train=dataclasses.replace(t, run_name=name)))
+    prepared = prepare_data(config, resolve_device(t.device), log)
+    runs = []
+    for i in range(t.seeds):
+        run_config = dataclasses.replace(config, train=dataclasses.replace(
+            t, seed=t.seed + i, seeds=1, out_dir=str(root), run_name=f"seed{t.seed + i}"))
+        runs.append(train(run_config, log, prepared))
+    summary = summarize_runs(runs)
+    (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"{t.seeds} seeds: test top1 {summary['test_top1']['mean']:.4f} +- {summary['test_top1']['std']:.4f}"
+        + (f" | flip TTA {summary['test_tta_top1']['mean']:.4f} +- {summary['test_tta_top1']['std']:.4f}"
+           if "test_tta_top1" in summary else "")
+        + f" | train {summary['train_seconds']['mean']:.1f}s per seed | {root}")
+    summary["run_dir"] = str(root)
+    return summary
+
+
+def _mean_std(values: list[float]) -> dict:
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+            "n": len(array), "values": array.tolist()}
+
+
+def summarize_runs(runs: list[dict]) -> dict:
+    summary = {
+        "recipe": runs[0]["recipe"], "device": runs[0]["device"], "seeds": [r["seed"] for r in runs],
+        "test_top1": _mean_std([r["test"]["top1"] for r in runs]),
+        "test_top5": _mean_std([r["test"]["top5"] for r in runs]),
+        "val_top1": _mean_std([r["val"]["top1"] for r in runs]),
+        "train_seconds": _mean_std([r["train_seconds"] for r in runs]),
+        "images_per_second": _mean_std([r["images_per_second"] for r in runs]),
+    }
+    if all("test_tta" in r for r in runs):
+        summary["test_tta_top1"] = _mean_std([r["test_tta"]["top1"] for r in runs])
+    return summary

@@ -38,8 +38,9 @@ class Accumulator:
 
 
 @torch.no_grad()
-def evaluate_batches(model, batches, device, amp_dtype=None) -> dict[str, float]:
-    """Mean cross-entropy, top-1 and top-5 accuracy of `model` over (inputs, labels) batches, in eval mode."""
+def evaluate_batches(model, batches, device, amp_dtype=None, tta: bool = False) -> dict[str, float]:
+    """Mean cross-entropy, top-1 and top-5 accuracy of `model` over (inputs, labels) batches, in eval mode.
+    With `tta`, the logits are averaged over each image and its horizontal mirror."""
     from cifarkit.train.device import autocast
 
     was_training = model.training
@@ -47,8 +48,9 @@ def evaluate_batches(model, batches, device, amp_dtype=None) -> dict[str, float]
     acc = Accumulator(device)
     for x, y in batches:
         with autocast(device, amp_dtype):
-            logits = model(x)
-        logits = logits.float()
+            logits = model(x).float()
+            if tta:
+                logits = 0.5 * (logits + model(x.flip(3)).float())
         acc.add(logits, y, F.cross_entropy(logits, y))
     model.train(was_training)
     return acc.result()

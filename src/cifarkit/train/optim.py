@@ -10,9 +10,12 @@ from torch import nn
 from cifarkit.errors import ConfigError
 
 
-def parameter_groups(model: nn.Module, l2: float, l2_first_layer: float | None) -> list[dict]:
-    """Kernels (conv/dense weights) get weight decay 2*l2 -- the gradient of Keras's `l2 * sum(w^2)` --, the
-    first convolution's kernel 2*l2_first_layer; biases and normalization parameters get none."""
+def parameter_groups(model: nn.Module, l2: float, l2_first_layer: float | None, weight_decay: float = 0.0,
+                     norm_lr_scale: float = 1.0, norm_weight_decay: float = 0.0) -> list[dict]:
+    """Kernels (conv/dense weights) get weight decay 2*l2 -- the gradient of Keras's `l2 * sum(w^2)` -- plus
+    `weight_decay`; the first convolution's kernel 2*l2_first_layer instead of 2*l2. Biases and normalization
+    parameters get `norm_weight_decay` and a learning rate scaled by `norm_lr_scale` (`lr_scale` in the group).
+    Frozen parameters are left out."""
     first, kernels, others = [], [], []
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
@@ -27,9 +30,9 @@ def parameter_groups(model: nn.Module, l2: float, l2_first_layer: float | None) 
                 others.append(param)
     first_l2 = l2 if l2_first_layer is None else l2_first_layer
     groups = [
-        {"params": first, "weight_decay": 2 * first_l2, "name": "first_kernel"},
-        {"params": kernels, "weight_decay": 2 * l2, "name": "kernels"},
-        {"params": others, "weight_decay": 0.0, "name": "biases_and_norms"},
+        {"params": first, "weight_decay": 2 * first_l2 + weight_decay, "name": "first_kernel", "lr_scale": 1.0},
+        {"params": kernels, "weight_decay": 2 * l2 + weight_decay, "name": "kernels", "lr_scale": 1.0},
+        {"params": others, "weight_decay": norm_weight_decay, "name": "biases_and_norms", "lr_scale": norm_lr_scale},
     ]
     return [g for g in groups if g["params"]]
 
@@ -48,9 +51,11 @@ def build_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
         raise ConfigError(f"unknown optim.name {config.name!r}; choose one of: {', '.join(OPTIMIZERS)}") from None
     if config.nesterov and config.momentum <= 0:
         raise ConfigError("optim.nesterov needs optim.momentum > 0")
-    return make(parameter_groups(model, config.l2, config.l2_first_layer), config)
+    groups = parameter_groups(model, config.l2, config.l2_first_layer, config.weight_decay, config.norm_lr_scale,
+                              config.norm_weight_decay)
+    return make(groups, config)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -20,14 +20,22 @@ def _constant(step: int, total: int, c) -> float:
     return 1.0
 
 
+def warmup_steps(total: int, c) -> int:
+    return c.warmup_steps or round(c.warmup_fraction * total)
+
+
+def _progress_after_warmup(step: int, total: int, c) -> float:
+    warmup = warmup_steps(total, c)
+    return min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+
+
 def _cosine(step: int, total: int, c) -> float:
-    t = min(max(step - c.warmup_steps, 0) / max(total - c.warmup_steps, 1), 1.0)
+    t = _progress_after_warmup(step, total, c)
     return c.final_lr_fraction + (1 - c.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def _linear(step: int, total: int, c) -> float:
-    t = min(max(step - c.warmup_steps, 0) / max(total - c.warmup_steps, 1), 1.0)
-    return 1.0 + (c.final_lr_fraction - 1.0) * t
+    return 1.0 + (c.final_lr_fraction - 1.0) * _progress_after_warmup(step, total, c)
 
 
 # name -> multiplier of the base learning rate at a step (after warm-up).
@@ -44,8 +52,9 @@ def lr_at(step: int, base_lr: float, total_steps: int, config) -> float:
         shape = LR_SCHEDULES[config.lr]
     except KeyError:
         raise ConfigError(f"unknown schedule.lr {config.lr!r}; choose one of: {', '.join(LR_SCHEDULES)}") from None
-    warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    return base_lr * warmup * shape(step, total_steps, config)
+    warmup = warmup_steps(total_steps, config)
+    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return base_lr * ramp * shape(step, total_steps, config)
 
 
 def validate_dropout_events(events: Sequence[dict], num_stacks: int) -> None:
