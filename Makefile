@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (see README):
 #   make train   -- set up .venv and train the default recipe (elu-seed on CIFAR-100, downloading the data)
-#   make test    -- set up .venv and run the linter and the test suite
+#   make test    -- set up .venv and web/node_modules, run ruff, the web unit tests and build, and pytest
 # Pass options through ARGS, e.g.  make train ARGS="--data-dir ~/Downloads/cifar-100-python.tar.gz"
 
 PYTHON ?= python3
@@ -9,22 +9,30 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup train test lint
+.PHONY: setup web train test lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev,export]"
 	touch $@
 
 setup: $(VENV)/.installed
+
+web/node_modules/.installed: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $@
+
+# The browser page: type-check, unit tests (golden vectors), production build in web/dist.
+web: web/node_modules/.installed
+	cd web && npm test && npm run build
 
 train: setup
 	$(VENV)/bin/cifarkit train $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks web/scripts
 
-test: lint
+test: lint web
 	$(VENV)/bin/python -m pytest $(ARGS)

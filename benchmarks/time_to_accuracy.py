@@ -124,6 +124,7 @@ def main() -> None:
     summary = result if "test_top1" in result else {
         "test_top1": {"mean": result["test"]["top1"], "std": 0.0, "n": 1},
         "train_seconds": {"mean": result["train_seconds"]},
+        "wall_seconds": {"mean": result["wall_seconds"]},
         "images_per_second": {"mean": result["images_per_second"]},
         **({"test_tta_top1": {"mean": result["test_tta"]["top1"], "std": 0.0}} if "test_tta" in result else {}),
     }
@@ -133,12 +134,12 @@ def main() -> None:
     line = f"{args.recipe}: test top1 {top1['mean']:.4f} +- {top1['std']:.4f} over {args.seeds} seed(s)"
     if "test_tta_top1" in summary:
         line += f" | flip TTA {summary['test_tta_top1']['mean']:.4f} +- {summary['test_tta_top1']['std']:.4f}"
-    line += (f" | {summary['train_seconds']['mean']:.1f}s training per seed | "
-             f"{summary['images_per_second']['mean']:.0f} images/s")
+    line += (f" | {summary['train_seconds']['mean']:.1f}s training ({summary['wall_seconds']['mean']:.1f}s with "
+             f"validation passes) per seed | {summary['images_per_second']['mean']:.0f} images/s")
     print(line, flush=True)
 
     if args.reference:
-        budget = args.budget_seconds or summary["train_seconds"]["mean"]
+        budget = args.budget_seconds or summary["wall_seconds"]["mean"]
         prepared = prepare_data(config, device)
         reference = run_reference(prepared, budget, device, args.reference_workers)
         report["reference"] = reference

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -50,3 +51,22 @@ def real_cifar10() -> Path:
     if not path or not Path(path).exists():
         pytest.skip(f"real CIFAR-10 copy not available (set {REAL_CIFAR10_ENV} to its folder)")
     return Path(path)
+
+
+QUICK = ["model.name=airbench", "model.kwargs={widths=[16,32,32]}", "preprocess.normalize=meanstd",
+         "optim.lr=0.2", "optim.l2=0", "optim.l2_first_layer=0.0", "optim.momentum=0.9", "schedule.dropout_events=[]",
+         "schedule.milestones=[]", "train.batch_size=64", "train.eval_every=40", "train.steps=40", "train.run_name=run"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, fake_root):
+    """A small model trained inside the tests: on the real CIFAR-10 copy when present, else on fake data."""
+    from cifarkit.config import load_config
+    from cifarkit.train import train
+
+    out = tmp_path_factory.mktemp("use")
+    real = os.environ.get("CIFARKIT_TEST_CIFAR10")
+    data = ["data.dataset=cifar10", f"data.data_dir={json.dumps(real or str(fake_root))}"]
+    data += ["data.train_subset=5000"] if real else ["data.val_per_class=10"]
+    train(load_config("elu-seed", [*QUICK, *data, f"train.out_dir={json.dumps(str(out))}"]), log=lambda _: None)
+    return out / "run"

@@ -110,14 +110,20 @@ def _config(args):
 
 @command
 def cmd_train(args) -> int:
-    from cifarkit.train import train_seeds
+    from cifarkit.train import distributed, resume, train_seeds
 
-    config = _config(args)
-    if args.print_config:
-        print(json.dumps(config.to_dict(), indent=2))
+    try:
+        if args.resume:
+            resume(args.resume, list(args.set or []))
+            return 0
+        config = _config(args)
+        if args.print_config:
+            print(json.dumps(config.to_dict(), indent=2))
+            return 0
+        train_seeds(config)
         return 0
-    train_seeds(config)
-    return 0
+    finally:
+        distributed.cleanup()
 
 
 @command
@@ -138,6 +144,79 @@ def cmd_list(args) -> int:
     for name in list_recipes():
         print(f"  {name:<12} {load_config(name).description}")
     print("models:\n  " + "\n  ".join(list_models()))
+    return 0
+
+
+@command
+def cmd_evaluate(args) -> int:
+    from cifarkit.evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, args.split, args.tta, args.out, args.data_dir, args.device)
+    view = "flip TTA" if args.tta else "single view"
+    print(f"{report['split']} ({report['images']} images, {view}): top1 {report['top1']:.4f} | "
+          f"top5 {report['top5']:.4f} | loss {report['loss']:.4f} | ECE {report['calibration']['ece']:.4f}")
+    if "superclass" in report:
+        print(f"superclass top1 (fine predictions mapped to superclasses): {report['superclass']['top1']:.4f}")
+    worst = sorted(report["per_class_accuracy"].items(), key=lambda item: item[1])[:5]
+    print("weakest classes: " + ", ".join(f"{name} {acc:.2f}" for name, acc in worst))
+    if report["most_confused"]:
+        print("most confused: " + ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})"
+                                            for p in report["most_confused"][:5]))
+    for path in report["files"].values():
+        print(f"wrote {path}")
+    return 0
+
+
+@command
+def cmd_predict(args) -> int:
+    from cifarkit.predict import format_predictions, predict_files
+
+    results = predict_files(args.checkpoint, args.files, args.top_k, args.tta, args.device)
+    if not results:
+        print("cifarkit predict: error: no image files found in the given folders", file=sys.stderr)
+        return 1
+    print(format_predictions(results, args.format))
+    failed = [r for r in results if r.error]
+    if failed:
+        print(f"cifarkit predict: {len(failed)} of {len(results)} files could not be classified", file=sys.stderr)
+    return 1 if failed else 0
+
+
+@command
+def cmd_export(args) -> int:
+    from cifarkit.export import export_onnx
+
+    metadata = export_onnx(args.checkpoint, args.onnx)
+    print(f"wrote {args.onnx} and {Path(args.onnx).parent / 'model.json'} | ONNX Runtime matches PyTorch "
+          f"within {metadata['parity']['max_abs_difference']:.1e} on {metadata['parity']['images']} "
+          f"{metadata['parity']['source']}")
+    return 0
+
+
+@command
+def cmd_plot(args) -> int:
+    from cifarkit.plots import training_curves
+
+    print(f"wrote {training_curves(Path(args.run_dir), Path(args.out) if args.out else None)}")
+    return 0
+
+
+@command
+def cmd_serve_web(args) -> int:
+    import shutil
+
+    from cifarkit.serve import make_server
+
+    server = make_server(Path(args.onnx), Path(args.web_dir), args.host, args.port, args.samples, args.data_dir)
+    host, port = server.server_address[:2]
+    print(f"serving the page on http://{host}:{port}/ with {args.onnx} (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        shutil.rmtree(server.model_dir, ignore_errors=True)
     return 0
 
 
@@ -182,12 +261,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="parent folder of run directories (default: runs)")
     p.add_argument("--run-name", help="run directory name (default: RECIPE-DATE-TIME)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from its newest intact checkpoint (model, optimizer, "
+                        "schedules, data order, random generators); --set may change values, e.g. "
+                        "train.skip_nonfinite=true")
 
     p = sub.add_parser("summary", help="Keras-style layer summary of a registered model")
     p.add_argument("--model", default="elu_net_seed", help="model name (default: %(default)s)")
     p.add_argument("--dataset", choices=["cifar100", "cifar10"], default="cifar100")
 
     sub.add_parser("list", help="built-in recipes and registered models")
+
+    p = sub.add_parser("evaluate", help="full report of a checkpoint on the validation or test split",
+                       description="Top-1/top-5/loss, per-class and superclass accuracy, confusion matrix (CSV, "
+                                   "PNG) and most-confused pairs, misclassified gallery, calibration (ECE, "
+                                   "reliability diagram); all in report.json with the checkpoint's hash.")
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run directory (uses best.pt) or a .pt file")
+    p.add_argument("--split", choices=["val", "test"], default="test", help="default: %(default)s")
+    p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/eval-SPLIT[-tta])")
+    p.add_argument("--data-dir", metavar="PATH", help="where the dataset is (default: as in training)")
+    p.add_argument("--device", default="cpu", help="default: %(default)s")
+
+    p = sub.add_parser("predict", help="classify image files with a checkpoint",
+                       description="Classify pictures of any common format and size (resized to 32x32). A file "
+                                   "that cannot be read gets an error line; the others are still classified; "
+                                   "the exit status is 1 if any file failed.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file or a run directory")
+    p.add_argument("files", nargs="+", metavar="FILES_OR_DIRS", help="image files or folders of images")
+    p.add_argument("-k", "--top-k", type=int, default=5, help="classes to show per image (default: %(default)s)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="default: %(default)s")
+    p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
+    p.add_argument("--device", default="cpu", help="default: %(default)s")
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (pixels in, probabilities out), verified",
+                       description="Write an ONNX model taking uint8 RGB NHWC 32x32 pixels (dynamic batch) with "
+                                   "all preprocessing inside and probabilities out, plus model.json beside it; "
+                                   "ONNX Runtime must match PyTorch within 1e-4 or nothing is written.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file or a run directory")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the model")
+
+    p = sub.add_parser("serve-web", help="serve the browser page with an exported model on this machine",
+                       description="Serve web/dist (build it with `npm run build` in web/) with an exported "
+                                   "model and sample test images, at http://127.0.0.1:PORT/.")
+    p.add_argument("--onnx", required=True, metavar="MODEL.onnx", help="from `cifarkit export` (model.json beside)")
+    p.add_argument("--web-dir", default="web/dist", help="the built page (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="default: %(default)s (this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default: %(default)s; 0 picks a free port")
+    p.add_argument("--samples", type=int, default=24, help="sample test images in the gallery (default: %(default)s)")
+    p.add_argument("--data-dir", metavar="PATH", help="where the model's dataset is, for the sample gallery")
+
+    p = sub.add_parser("plot", help="training curves (PNG) of a run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     return parser
 
 
@@ -197,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except CifarkitError as e:
         print(f"cifarkit {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 1)
     except KeyboardInterrupt:
         print(f"cifarkit {args.command}: interrupted", file=sys.stderr)
         return 130

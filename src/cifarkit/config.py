@@ -57,6 +57,10 @@ class OptimConfig:
     norm_lr_scale: float = 1.0  # learning-rate multiplier for biases and normalization parameters
     norm_weight_decay: float = 0.0  # PyTorch-style decay on biases and normalization parameters
     label_smoothing: float = 0.0
+    # train.batch_size is the global batch (all processes together). To keep a learning rate tuned at another
+    # batch size, name that size here and how lr follows the batch: "none", "linear" or "sqrt".
+    base_batch_size: int | None = None
+    lr_scaling: str = "none"
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,13 @@ class TrainConfig:
     ema_every: int = 1
     ema_ramp_power: float = 0.0  # decay at step s is ema_decay * (s / total) ** power: no averaging early on
     lookahead: bool = False
+    # Never lose a run: a checkpoint at every evaluation, and also every N steps and/or T minutes.
+    checkpoint_every: int | None = None
+    checkpoint_minutes: float | None = 10.0
+    keep_checkpoints: int = 3  # newest step checkpoints kept (best.pt is kept regardless)
+    skip_nonfinite: bool = False  # skip steps whose loss is NaN/inf instead of stopping the run
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-reproducible resume on CPU)
+    sync_batchnorm: bool = False  # with several processes: BatchNorm statistics over the global batch
 
 
 @dataclass(frozen=True)
@@ -130,8 +141,30 @@ def _build(cls, values: dict[str, Any], where: str):
     return cls(**kwargs)
 
 
+@dataclass(frozen=True)
+class Override:
+    """A `--set` value as TOML read it, and as typed: a text setting takes the text (run_name=nan stays
+    "nan", not a float)."""
+
+    value: Any
+    raw: str
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Override):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _check_type(value: Any, hint: Any, where: str) -> Any:
     text = str(hint)
+    if isinstance(value, Override):
+        value = value.value if isinstance(value.value, str) or not text.startswith("str") else value.raw
+    value = _plain(value)
     if value is None:
         if "None" not in text:
             raise ConfigError(f"{where} cannot be empty")
@@ -193,8 +226,9 @@ def _read_recipe(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any
     return values
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`train.steps=200` -> (["train", "steps"], 200). Values are TOML (numbers, true, [lists]) or bare strings."""
+def parse_override(text: str) -> tuple[list[str], Override]:
+    """`train.steps=200` -> (["train", "steps"], Override(200, "200")). Values are TOML (numbers, true,
+    [lists], {tables}) or bare strings."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects KEY=VALUE such as train.steps=200, got {text!r}")
@@ -202,7 +236,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
-    return key.strip().split("."), value
+    return key.strip().split("."), Override(value, raw.strip())
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -15,3 +15,7 @@ class ConfigError(CifarkitError):
 
 class CheckpointError(CifarkitError):
     """A checkpoint that is missing, corrupt, or would run code when loaded."""
+
+
+class ImageError(CifarkitError):
+    """A file given for prediction that is not a usable image (reported per file)."""

@@ -56,3 +56,41 @@ def one_per_class_sheet(images: np.ndarray, labels: np.ndarray, names: list[str]
     first = [int(np.flatnonzero(labels == c)[0]) for c in range(len(names)) if (labels == c).any()]
     return image_grid(images[first], [names[labels[i]] for i in first], path,
                       columns=10 if len(first) > 10 else len(first))
+
+
+# (panel title, metric keys drawn in it); a key absent from the metrics file is skipped.
+CURVE_PANELS = (
+    ("loss", ("train/loss", "val/loss")),
+    ("top-1 accuracy", ("train/top1", "val/top1")),
+    ("top-5 accuracy", ("train/top5", "val/top5")),
+    ("learning rate", ("lr",)),
+)
+
+
+def training_curves(run_dir: Path, out: Path | None = None) -> Path:
+    """Training curves from RUN_DIR/metrics.jsonl: loss, top-1, top-5, learning rate, dropout rates."""
+    from cifarkit.errors import CifarkitError
+    from cifarkit.train.metrics import read_metrics
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise CifarkitError(f"{run_dir} has no metrics.jsonl; is it a cifarkit run directory?")
+    rows = read_metrics(run_dir)
+    if not rows:
+        raise CifarkitError(f"{run_dir}/metrics.jsonl is empty: the run logged no step yet")
+    dropout_keys = sorted({k for row in rows for k in row if k.startswith("dropout/")},
+                          key=lambda k: int(k.removeprefix("dropout/stack") or 0))
+    panels = [*CURVE_PANELS, *([("dropout rates", tuple(dropout_keys))] if dropout_keys else [])]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    steps = [row["step"] for row in rows]
+    for ax, (title, keys) in zip(axes[0], panels, strict=True):
+        for key in keys:
+            values = [row.get(key) for row in rows]
+            if any(v is not None for v in values):
+                ax.plot(steps, values, label=key.split("/")[-1] if title == "dropout rates" else key)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return save_figure(fig, out or run_dir / "curves.png")

@@ -26,30 +26,45 @@ class AugmentConfig:
 PAD_MODES = {"zeros": "constant", "reflect": "reflect"}
 
 
-def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator, pad_mode: str = "zeros") -> torch.Tensor:
-    """Pad every image by `pad` pixels, then take one random HxW window per image (batched gather)."""
+def crop(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int, pad_mode: str = "zeros") -> torch.Tensor:
+    """Pad every image by `pad` pixels, then take the HxW window at (dy[i], dx[i]) of image i (batched gather)."""
     if pad == 0:
         return x
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode=PAD_MODES[pad_mode])
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dy, dx = dy.to(x.device), dx.to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # n, h, 1
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # n, 1, w
     batch = torch.arange(n, device=x.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # n, c, h, w
 
 
+def flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.to(x.device)[:, None, None, None], x.flip(3), x)
+
+
+def draw_augmentation(n: int, config: AugmentConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The random choices for `n` images (crop offsets, flips), drawn on the CPU from `generator`. Drawn for
+    a whole global batch, then sliced per rank, so every image gets the same augmentation whatever the
+    number of processes."""
+    span = 2 * config.pad + 1
+    return {"dy": torch.randint(0, span, (n,), generator=generator),
+            "dx": torch.randint(0, span, (n,), generator=generator),
+            "flip": torch.rand(n, generator=generator) < 0.5}
+
+
+def apply_augmentation(x: torch.Tensor, draw: dict[str, torch.Tensor], config: AugmentConfig) -> torch.Tensor:
+    x = crop(x, draw["dy"], draw["dx"], config.pad, config.pad_mode)
+    return flip(x, draw["flip"]) if config.flip else x
+
+
+def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator, pad_mode: str = "zeros") -> torch.Tensor:
+    draw = draw_augmentation(x.shape[0], AugmentConfig(pad=pad, pad_mode=pad_mode), generator)
+    return crop(x, draw["dy"], draw["dx"], pad, pad_mode)
+
+
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
-
-
-def augment(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    x = random_crop(x, config.pad, generator, config.pad_mode)
-    if config.flip:
-        x = random_flip(x, generator)
-    return x
+    return flip(x, torch.rand(x.shape[0], generator=generator) < 0.5)
 
 
 def to_device_images(images_nhwc: np.ndarray, device: torch.device | str) -> torch.Tensor:
@@ -67,7 +82,12 @@ def eval_batches(
 
 class DeviceLoader:
     """Endless training batches from a resident split: a fresh seeded permutation per epoch, full batches
-    only (the remainder of each permutation is dropped), preprocessed then augmented on the device."""
+    only (the remainder of each permutation is dropped), preprocessed then augmented on the device.
+
+    Distributed: `batch_size` is the global batch. Every rank draws the same permutation and the same
+    augmentation choices and keeps its own contiguous slice of each global batch, so within an epoch no image
+    is repeated or missed across ranks, and N ranks see exactly the images (and augmentations) that one
+    process would."""
 
     def __init__(
         self,
@@ -77,11 +97,17 @@ class DeviceLoader:
         preprocess: torch.nn.Module,
         augment_config: AugmentConfig,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if images.shape[0] != labels.shape[0]:
             raise ValueError("images and labels differ in length")
         if batch_size > images.shape[0]:
             raise ValueError(f"batch size {batch_size} exceeds the {images.shape[0]} training images")
+        if batch_size % world_size:
+            raise ValueError(f"the global batch size {batch_size} does not split evenly over {world_size} processes")
+        self.rank, self.world_size = rank, world_size
+        self.shard = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
         self.images, self.labels = images, labels
         self.batch_size = batch_size
         self.preprocess = preprocess
@@ -112,9 +138,12 @@ class DeviceLoader:
         return self.epoch_indices()[start : start + self.batch_size]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next training batch; starts a new epoch (and a new permutation) when one runs out."""
-        index = self.next_indices().to(self.images.device)
-        x = augment(self.preprocess(self.images[index]), self.augment_config, self.augment_generator)
+        """This rank's part of the next global batch; a new epoch (and permutation) starts when one runs out."""
+        global_index = self.next_indices()
+        draw = draw_augmentation(len(global_index), self.augment_config, self.augment_generator)
+        index = global_index[self.shard].to(self.images.device)
+        x = self.preprocess(self.images[index])
+        x = apply_augmentation(x, {k: v[self.shard] for k, v in draw.items()}, self.augment_config)
         return x, self.labels[index]
 
     def state_dict(self) -> dict:

@@ -1,5 +1,5 @@
 """Training: the loop, schedules, optimizers, checkpoints, devices and metrics."""
 
-from cifarkit.train.loop import train, train_seeds
+from cifarkit.train.loop import Trainer, resume, train, train_seeds
 
-__all__ = ["train", "train_seeds"]
+__all__ = ["Trainer", "resume", "train", "train_seeds"]

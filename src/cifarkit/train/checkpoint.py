@@ -35,12 +35,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
+def checkpoint_bytes(payload: dict) -> bytes:
     import io
 
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    atomic_write_bytes(Path(path), checkpoint_bytes(payload))
 
 
 def file_sha256(path: Path) -> str:
@@ -78,3 +82,62 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not a cifarkit checkpoint")
     return payload
+
+
+class CheckpointStore:
+    """A run's checkpoints: RUN_DIR/checkpoints/step-NNNNNNNN.pt, each with a .sha256 file beside it; the newest
+    `keep` are kept. `last.pt` and `best.pt` are hard links to the step files (no second copy is written)."""
+
+    def __init__(self, run_dir: Path, keep: int = 3):
+        self.run_dir, self.keep = Path(run_dir), max(1, keep)
+        self.folder = self.run_dir / "checkpoints"
+
+    def step_files(self) -> list[Path]:
+        return sorted(self.folder.glob("step-*.pt"), reverse=True)  # newest first (zero-padded step numbers)
+
+    def save(self, payload: dict, step: int, best: bool = False) -> Path:
+        data = checkpoint_bytes(payload)
+        path = self.folder / f"step-{step:08d}.pt"
+        atomic_write_bytes(path, data)
+        atomic_write_bytes(path.with_suffix(".pt.sha256"), hashlib.sha256(data).hexdigest().encode() + b"\n")
+        self._link("last.pt", path)
+        if best:
+            self._link("best.pt", path)
+        for old in self.step_files()[self.keep :]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".pt.sha256").unlink(missing_ok=True)
+        return path
+
+    def _link(self, name: str, target: Path) -> None:
+        tmp = self.run_dir / f".{name}.link"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(target, tmp)
+        except OSError:  # file systems without hard links: copy
+            import shutil
+
+            shutil.copyfile(target, tmp)
+        os.replace(tmp, self.run_dir / name)
+
+    @staticmethod
+    def verify(path: Path) -> None:
+        """Raise CheckpointError if the file's sha256 does not match the one written beside it."""
+        sidecar = path.with_suffix(".pt.sha256")
+        if not sidecar.is_file():
+            raise CheckpointError(f"{path} has no checksum file beside it")
+        expected = sidecar.read_text().strip()
+        if file_sha256(path) != expected:
+            raise CheckpointError(f"{path} is corrupt or truncated (its sha256 does not match {sidecar.name})")
+
+    def load_latest(self, warn) -> dict:
+        """The newest checkpoint that verifies and loads; corrupt ones are skipped with a warning."""
+        candidates = self.step_files()
+        if not candidates:
+            raise CheckpointError(f"{self.run_dir} has no checkpoints to resume from (checkpoints/step-*.pt)")
+        for path in candidates:
+            try:
+                self.verify(path)
+                return load_checkpoint(path)
+            except CheckpointError as e:
+                warn(f"warning: {e}; trying the previous checkpoint")
+        raise CheckpointError(f"no checkpoint in {self.folder} is intact; the run cannot be resumed")

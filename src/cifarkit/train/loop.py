@@ -11,7 +11,10 @@ import dataclasses
 import json
 import os
 import random
+import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,18 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
-from cifarkit.config import Config
+from cifarkit.config import Config, apply_overrides, config_from_dict
 from cifarkit.data import CifarData, Split, load_dataset, stratified_split
 from cifarkit.data.loader import DeviceLoader, eval_batches, to_device_images
 from cifarkit.data.preprocess import Preprocess
-from cifarkit.errors import ConfigError
+from cifarkit.errors import CheckpointError, CifarkitError, ConfigError
 from cifarkit.models import create_model
+from cifarkit.train import distributed
 from cifarkit.train.averaging import WeightAverager
-from cifarkit.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from cifarkit.train.checkpoint import CheckpointStore, atomic_write_bytes, load_checkpoint
 from cifarkit.train.device import autocast, autocast_dtype, device_name_of, resolve_device, synchronize
 from cifarkit.train.metrics import Accumulator, MetricsLog, evaluate_batches
-from cifarkit.train.optim import build_optimizer, set_lr
+from cifarkit.train.optim import build_optimizer, scaled_lr, set_lr
 from cifarkit.train.schedules import dropout_at, lr_at, validate_dropout_events
 
 
@@ -54,9 +59,9 @@ class PreparedData:
         return to_device_images(self.data.test_images, device), torch.from_numpy(self.data.test_labels).to(device)
 
 
-def prepare_data(config: Config, device: torch.device, log: Callable[[str], None] = _log) -> PreparedData:
+def split_for(data: CifarData, config: Config) -> Split:
+    """The train/validation split of `config` (deterministic: evaluation recomputes it from a checkpoint)."""
     c = config.data
-    data = load_dataset(c.dataset, c.data_dir, download=c.download)
     labels = data.train_labels
     subset = np.arange(len(labels)) if c.train_subset is None else np.arange(min(c.train_subset, len(labels)))
     val_per_class = data.spec.default_val_per_class if c.val_per_class is None else c.val_per_class
@@ -64,7 +69,14 @@ def prepare_data(config: Config, device: torch.device, log: Callable[[str], None
         # keep the official proportion (10% held out) when training on a subset
         val_per_class = max(1, len(subset) // (10 * data.spec.num_classes))
     split = stratified_split(labels[subset], val_per_class, c.split_seed)
-    split = Split(train=subset[split.train], val=subset[split.val])
+    return Split(train=subset[split.train], val=subset[split.val])
+
+
+def prepare_data(config: Config, device: torch.device, log: Callable[[str], None] = _log) -> PreparedData:
+    c = config.data
+    data = load_dataset(c.dataset, c.data_dir, download=c.download)
+    labels = data.train_labels
+    split = split_for(data, config)
     log(f"data: {c.dataset} from {data.source_description}; {len(split.train)} train / {len(split.val)} val "
         f"/ {len(data.test_labels)} test images")
     started = time.perf_counter()
@@ -103,16 +115,25 @@ def rng_state() -> dict:
     return state
 
 
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def _progress_bar(total: int, initial: int):
+def _progress_bar(total: int | None, initial: int, enabled: bool = True):
     from tqdm import tqdm
 
-    interactive = sys.stderr.isatty() and not os.environ.get("CI")
+    interactive = enabled and sys.stderr.isatty() and not os.environ.get("CI")
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not interactive)
 
 
@@ -130,174 +151,351 @@ def build_model(config: Config, prepared: PreparedData, device: torch.device) ->
     return model
 
 
-class StepTimer:
-    """Plans the number of steps that fit a wall-clock budget from the throughput of the first steps."""
+class BudgetPlanner:
+    """Fits a run to a wall-clock budget (training plus validation passes). The number of steps is planned
+    after a few calibration steps and re-planned after every validation pass from the measured time per step
+    and per pass, so the learning-rate schedule still ends at its end instead of being cut short."""
 
     CALIBRATION_STEPS = 10
+    MARGIN = 0.98
 
-    def __init__(self, budget_seconds: float | None, started: float):
-        self.budget, self.started = budget_seconds, started
+    def __init__(self, budget_seconds: float | None, eval_every: int):
+        self.budget, self.eval_every = budget_seconds, eval_every
+        self.started = time.perf_counter()
+        self.eval_seconds, self.evals = 0.0, 0
 
-    def planned_total(self, done: int, current_total: int) -> int:
-        """After the calibration steps: the total that fits 97% of the budget; before and after: unchanged."""
-        if self.budget is None or done != self.CALIBRATION_STEPS:
-            return current_total
+    def record_eval(self, seconds: float) -> None:
+        self.eval_seconds += seconds
+        self.evals += 1
+
+    def plan(self, done: int, total: int, just_evaluated: bool) -> int:
+        if self.budget is None:
+            return total
         elapsed = time.perf_counter() - self.started
-        per_step = elapsed / done
-        remaining = 0.97 * self.budget - elapsed
-        return max(done, done + int(remaining / per_step))
+        if elapsed > self.budget:
+            return done
+        if done != self.CALIBRATION_STEPS and not just_evaluated:
+            return total
+        per_step = (elapsed - self.eval_seconds) / done
+        per_eval = self.eval_seconds / self.evals if self.evals else 0.0
+        left = (self.MARGIN * self.budget - elapsed) / (per_step + per_eval / self.eval_every)
+        return max(done + 1, done + int(left))
 
-    def out_of_time(self) -> bool:
-        return self.budget is not None and time.perf_counter() - self.started > self.budget
+
+class TrainingStopped(CifarkitError):
+    """The run stopped early (a signal, a non-finite loss); the message says how to go on."""
+
+    exit_code = 1
 
 
-def train(config: Config, log: Callable[[str], None] = _log, prepared: PreparedData | None = None) -> dict:
-    """Run `config` to the end; returns the results that are also written to RUN_DIR/results.json."""
-    t = config.train
-    device = resolve_device(t.device)
-    amp_dtype = autocast_dtype(t.amp, device)
-    run_dir = make_run_dir(config)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    log(f"run: {run_dir} | device: {device} | autocast: {amp_dtype or 'off'}")
-    seed_everything(t.seed)
+class TrainingInterrupted(TrainingStopped):
+    exit_code = 130
 
-    prepared = prepared or prepare_data(config, device, log)
-    data = prepared.data
-    model = build_model(config, prepared, device)
-    initial_dropout = model.dropout_rates() if hasattr(model, "dropout_rates") else []
-    validate_dropout_events(config.schedule.dropout_events, len(initial_dropout))
-    optimizer = build_optimizer(model, config.optim)
-    averager = (WeightAverager(model, t.ema_decay, t.ema_every, t.lookahead, t.ema_ramp_power)
-                if t.ema_decay > 0 else None)
-    loader = DeviceLoader(prepared.train_x, prepared.train_y, t.batch_size, prepared.preprocess, config.augment,
-                          seed=t.seed)
-    forward = torch.compile(model) if t.compile else model
-    total_steps = plan_steps(t, len(loader))
-    metrics = MetricsLog(run_dir)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {config.model.name} ({n_params:,} parameters) | "
-        + (f"{t.budget_seconds:g}s budget" if t.budget_seconds else f"{total_steps} steps")
-        + f" of batch {t.batch_size} ({len(loader)} steps per epoch)")
 
-    def eval_model() -> torch.nn.Module:
-        return averager.average if averager is not None else model
+class StopRequests:
+    """SIGINT/SIGTERM: the first asks the loop to finish its step, save and exit; a second SIGINT exits at
+    once (Python's own KeyboardInterrupt)."""
 
-    def evaluate(x, y, tta: bool = False) -> dict:
-        batches = eval_batches(x, y, t.eval_batch_size, prepared.preprocess)
-        return evaluate_batches(eval_model(), batches, device, amp_dtype, tta=tta)
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous: dict = {}
 
-    def checkpoint_payload(step: int, val: dict) -> dict:
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the second Ctrl-C is not caught
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def check_disk_space(run_dir: Path, model: torch.nn.Module, keep: int) -> None:
+    """Fail at start-up, not after an hour, when the checkpoints will not fit on the disk."""
+    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    needed = parameter_bytes * 4 * (keep + 1)  # weights + optimizer state (+ averaged weights), per kept file
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise ConfigError(f"{run_dir} has {free / 2**20:.0f} MiB free; {keep} checkpoints of this model need about "
+                          f"{needed / 2**20:.0f} MiB. Free some space, lower train.keep_checkpoints, or choose "
+                          "another --out-dir")
+
+
+class Trainer:
+    """One training run: builds everything from the config (or restores it from a checkpoint), then `fit`."""
+
+    def __init__(self, config: Config, log: Callable[[str], None] = _log, prepared: PreparedData | None = None,
+                 run_dir: Path | None = None, resume_from: dict | None = None):
+        t = self.t = config.train
+        self.dist = distributed.setup(t.device)
+        if self.dist.enabled and t.budget_seconds:
+            raise ConfigError("train.budget_seconds plans steps from one process's speed; use it without torchrun")
+        self.config = config
+        self.log = log = log if self.dist.is_main else (lambda _: None)  # one voice: rank 0's
+        self.device = distributed.device_for(self.dist, resolve_device(t.device))
+        self.amp_dtype = autocast_dtype(t.amp, self.device)
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        if self.dist.is_main:
+            run_dir = run_dir or make_run_dir(config)
+            (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        self.run_dir = Path(distributed.broadcast_object(str(run_dir)))
+        log(f"run: {self.run_dir} | device: {self.device} | autocast: {self.amp_dtype or 'off'}"
+            + (f" | {self.dist.world_size} processes" if self.dist.enabled else ""))
+        seed_everything(t.seed)  # the same initial weights on every rank
+
+        self.prepared = prepared = prepared or prepare_data(config, self.device, log)
+        self.model = build_model(config, prepared, self.device)
+        if self.dist.enabled and t.sync_batchnorm:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        if self.dist.rank:
+            torch.manual_seed(t.seed + 1000 * self.dist.rank)  # each rank its own dropout masks
+        self.initial_dropout = self.model.dropout_rates() if hasattr(self.model, "dropout_rates") else []
+        validate_dropout_events(config.schedule.dropout_events, len(self.initial_dropout))
+        self.optimizer = build_optimizer(self.model, config.optim)
+        self.averager = (WeightAverager(self.model, t.ema_decay, t.ema_every, t.lookahead, t.ema_ramp_power)
+                         if t.ema_decay > 0 else None)
+        self.loader = DeviceLoader(prepared.train_x, prepared.train_y, t.batch_size, prepared.preprocess,
+                                   config.augment, seed=t.seed, rank=self.dist.rank, world_size=self.dist.world_size)
+        self.train_module = self.model
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_module = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.forward = torch.compile(self.train_module) if t.compile else self.train_module
+        self.base_lr = scaled_lr(config.optim, t.batch_size)
+        self.store = CheckpointStore(self.run_dir, t.keep_checkpoints)
+        if self.dist.is_main:
+            check_disk_space(self.run_dir, self.model, t.keep_checkpoints)
+        self.train_acc = Accumulator(self.device)
+        self.step, self.total_steps = 0, plan_steps(t, len(self.loader))
+        self.best_val_loss, self.best_step = float("inf"), -1
+        self.skipped_steps = 0
+        self.train_seconds = 0.0  # across resumes
+        self.lr = config.optim.lr
+        self.wall_seconds = 0.0
+        if resume_from is not None:
+            self._restore(resume_from)
+        self.metrics = (MetricsLog(self.run_dir, resume_after=self.step if resume_from is not None else None)
+                        if self.dist.is_main else None)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        log(f"model: {config.model.name} ({self.n_params:,} parameters) | "
+            + (f"{t.budget_seconds:g}s budget" if t.budget_seconds else f"{self.total_steps} steps")
+            + f" of batch {t.batch_size} ({len(self.loader)} steps per epoch)"
+            + (f" | resumed at step {self.step}" if resume_from is not None else ""))
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def eval_model(self) -> torch.nn.Module:
+        return self.averager.average if self.averager is not None else self.model
+
+    def payload(self, val: dict | None) -> dict:
+        data = self.prepared.data
         return {
-            "config": config.to_dict(),
-            "step": step,
-            "total_steps": total_steps,
-            "model": eval_model().state_dict(),  # the weights that were validated
-            "train_model": model.state_dict() if averager is not None else None,
-            "preprocess": prepared.preprocess.to_state(),
-            "optimizer": optimizer.state_dict(),
-            "loader": loader.state_dict(),
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "model": self.eval_model().state_dict(),  # the weights that are validated and used afterwards
+            "train_model": self.model.state_dict() if self.averager is not None else None,
+            "preprocess": self.prepared.preprocess.to_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "loader": self.loader.state_dict(),
+            "train_accumulator": {"sums": self.train_acc.sums.cpu(), "count": self.train_acc.count},
             "rng": rng_state(),
             "val": val,
-            "best_val_loss": best_val_loss,
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+            "skipped_steps": self.skipped_steps,
+            "train_seconds": self.train_seconds,
             "class_names": data.class_names,
             "coarse_names": data.coarse_names,
             "fine_to_coarse": None if data.fine_to_coarse is None else data.fine_to_coarse.tolist(),
         }
 
-    train_acc = Accumulator(device)
-    best_val_loss, best_step = float("inf"), -1
-    bar = _progress_bar(None if t.budget_seconds else total_steps, 0)
-    started = time.perf_counter()
-    timer = StepTimer(t.budget_seconds, started)
-    eval_seconds = 0.0
-    model.train()
-    step = 0
-    while step < total_steps:
-        lr = lr_at(step, config.optim.lr, total_steps, config.schedule)
-        set_lr(optimizer, lr)
-        if initial_dropout:
-            model.set_dropout_rates(dropout_at(step, initial_dropout, config.schedule.dropout_events))
-        x, y = loader.next_batch()
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["train_model"] if state.get("train_model") is not None else state["model"])
+        if self.averager is not None:
+            self.averager.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loader.load_state_dict(state["loader"])
+        self.train_acc.sums = state["train_accumulator"]["sums"].to(self.device)
+        self.train_acc.count = state["train_accumulator"]["count"]
+        self.step, self.total_steps = state["step"], state["total_steps"]
+        self.best_val_loss, self.best_step = state["best_val_loss"], state["best_step"]
+        self.skipped_steps, self.train_seconds = state["skipped_steps"], state["train_seconds"]
+        set_rng_state(state["rng"])
+        if self.dist.rank:  # a checkpoint holds rank 0's generators; the others derive theirs
+            torch.manual_seed(self.t.seed + 1000 * self.dist.rank + self.step)
+
+    def save(self, val: dict | None = None, best: bool = False) -> Path:
+        """Rank 0 writes; every rank returns the path."""
+        path = self.store.folder / f"step-{self.step:08d}.pt"
+        if self.dist.is_main:
+            path = self.store.save(self.payload(val), self.step, best=best)
+        return path
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def train_step(self) -> None:
+        config, step = self.config, self.step
+        lr = lr_at(step, self.base_lr, self.total_steps, config.schedule)
+        set_lr(self.optimizer, lr)
+        if self.initial_dropout:
+            self.model.set_dropout_rates(dropout_at(step, self.initial_dropout, config.schedule.dropout_events))
+        x, y = self.loader.next_batch()
         if config.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
-            logits = forward(x)
+        with autocast(self.device, self.amp_dtype):
+            logits = self.forward(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.optim.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if averager is not None:
-            averager.update(model, step, total_steps)
-        train_acc.add(logits.float(), y, loss)
-        bar.update(1)
-        step += 1
+        if distributed.agree(not torch.isfinite(loss).item(), self.device):  # every rank skips, or none
+            if not self.t.skip_nonfinite:
+                path = self.save()  # the weights are still the last good ones: the bad update is not applied
+                raise TrainingStopped(
+                    f"the training loss is {loss.item()} at step {step + 1}; stopped without applying it. The last "
+                    f"good state is saved in {path}. Lower optim.lr, or resume and skip such steps with: "
+                    f"cifarkit train --resume {self.run_dir} --set train.skip_nonfinite=true")
+            self.skipped_steps += 1
+            self.log(f"warning: non-finite loss at step {step + 1}; step skipped ({self.skipped_steps} so far)")
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.averager is not None:
+                self.averager.update(self.model, step, self.total_steps)
+            self.train_acc.add(logits.float(), y, loss)
+        self.step += 1
+        self.lr = lr
 
-        if timer.budget is not None:
-            synchronize(device)
-            total_steps = timer.planned_total(step, total_steps)
-            if timer.out_of_time():
-                total_steps = step
-        if step % t.eval_every == 0 or step == total_steps:
-            eval_started = time.perf_counter()
-            train_metrics = train_acc.result()
-            train_acc.reset()
-            if not np.isfinite(train_metrics["loss"]):
-                raise ConfigError(f"training loss became {train_metrics['loss']} by step {step}; "
-                                  "lower optim.lr or check the data")
-            val = evaluate(prepared.val_x, prepared.val_y)
-            scalars = {f"train/{k}": v for k, v in train_metrics.items()}
-            scalars.update({f"val/{k}": v for k, v in val.items()})
-            scalars["lr"] = lr
-            for i, rate in enumerate(model.dropout_rates() if initial_dropout else []):
-                scalars[f"dropout/stack{i + 1}"] = rate
-            metrics.log(step, scalars)
-            is_best = val["loss"] < best_val_loss
-            if is_best:
-                best_val_loss, best_step = val["loss"], step
-            payload = checkpoint_payload(step, val)
-            save_checkpoint(run_dir / "last.pt", payload)
-            if is_best:
-                save_checkpoint(run_dir / "best.pt", payload)
-            line = (f"step {step}/{total_steps} | train loss {train_metrics['loss']:.4f} top1 "
-                    f"{train_metrics['top1']:.4f} | val loss {val['loss']:.4f} top1 {val['top1']:.4f} top5 "
-                    f"{val['top5']:.4f} | lr {lr:.3g}" + (" | best" if is_best else ""))
-            bar.write(line) if not bar.disable else log(line)
-            eval_seconds += time.perf_counter() - eval_started
-    synchronize(device)
-    elapsed = time.perf_counter() - started
-    bar.close()
-    metrics.close()
+    def evaluate(self, x, y, tta: bool = False) -> dict:
+        """Each rank evaluates its share of the split; the sums are all-reduced."""
+        shard = slice(self.dist.rank, None, self.dist.world_size)
+        batches = eval_batches(x[shard], y[shard], self.t.eval_batch_size, self.prepared.preprocess)
+        return evaluate_batches(self.eval_model(), batches, self.device, self.amp_dtype, tta=tta)
 
-    # The test set, once: with the weights that the validation split chose.
-    best = load_checkpoint(run_dir / "best.pt", map_location=device)
-    eval_model().load_state_dict(best["model"])
-    test_x, test_y = prepared.test_tensors(device)
-    test = evaluate(test_x, test_y)
-    results = {
-        "recipe": config.recipe,
-        "dataset": config.data.dataset,
-        "model": config.model.name,
-        "parameters": n_params,
-        "seed": t.seed,
-        "steps": step,
-        "epochs": step * t.batch_size / len(prepared.train_x),
-        "device": device_name_of(device),
-        "torch": torch.__version__,
-        "train_seconds": elapsed,
-        "train_seconds_without_eval": elapsed - eval_seconds,
-        "images_per_second": step * t.batch_size / (elapsed - eval_seconds),
-        "best_step": best_step,
-        "val": best["val"],
-        "test": test,
-    }
-    if t.tta:
-        results["test_tta"] = evaluate(test_x, test_y, tta=True)
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    log(f"done: {step} steps in {elapsed:.1f}s | best step {best_step}: val top1 {best['val']['top1']:.4f} | "
-        f"test top1 {test['top1']:.4f} top5 {test['top5']:.4f}"
-        + (f" | test top1 with flip TTA {results['test_tta']['top1']:.4f}" if t.tta else "") + f" | {run_dir}")
-    results["run_dir"] = str(run_dir)
-    return results
+    def validate_and_save(self, bar) -> None:
+        train_metrics = self.train_acc.result()
+        self.train_acc.reset()
+        val = self.evaluate(self.prepared.val_x, self.prepared.val_y)
+        scalars = {f"train/{k}": v for k, v in train_metrics.items()}
+        scalars.update({f"val/{k}": v for k, v in val.items()})
+        scalars["lr"] = self.lr
+        for i, rate in enumerate(self.model.dropout_rates() if self.initial_dropout else []):
+            scalars[f"dropout/stack{i + 1}"] = rate
+        if self.metrics is not None:
+            self.metrics.log(self.step, scalars)
+        is_best = val["loss"] < self.best_val_loss
+        if is_best:
+            self.best_val_loss, self.best_step = val["loss"], self.step
+        self.save(val, best=is_best)
+        line = (f"step {self.step}/{self.total_steps} | train loss {train_metrics['loss']:.4f} top1 "
+                f"{train_metrics['top1']:.4f} | val loss {val['loss']:.4f} top1 {val['top1']:.4f} top5 "
+                f"{val['top5']:.4f} | lr {self.lr:.3g}" + (" | best" if is_best else ""))
+        bar.write(line) if not bar.disable else self.log(line)
+
+    def fit(self) -> dict:
+        t = self.t
+        bar = _progress_bar(None if t.budget_seconds else self.total_steps, self.step, self.dist.is_main)
+        started = fit_started = time.perf_counter()
+        planner = BudgetPlanner(t.budget_seconds if self.step == 0 else None, t.eval_every)
+        last_save = time.monotonic()
+        eval_seconds = 0.0
+        self.train_module.train()
+        with StopRequests() as stop:
+            while self.step < self.total_steps:
+                self.train_step()
+                bar.update(1)
+                if planner.budget is not None:
+                    synchronize(self.device)
+                    self.total_steps = planner.plan(self.step, self.total_steps, just_evaluated=False)
+                if self.step % t.eval_every == 0 or self.step == self.total_steps:
+                    eval_started = time.perf_counter()
+                    self.train_seconds += eval_started - started - eval_seconds
+                    started, eval_seconds = eval_started, 0.0
+                    self.validate_and_save(bar)
+                    eval_seconds = time.perf_counter() - eval_started
+                    planner.record_eval(eval_seconds)
+                    if self.step < self.total_steps:
+                        self.total_steps = planner.plan(self.step, self.total_steps, just_evaluated=True)
+                    last_save = time.monotonic()
+                elif (t.checkpoint_every and self.step % t.checkpoint_every == 0) or (
+                        t.checkpoint_minutes and time.monotonic() - last_save > 60 * t.checkpoint_minutes):
+                    self.save()
+                    last_save = time.monotonic()
+                if distributed.agree(stop.signal_name is not None, self.device):
+                    bar.close()
+                    self.save()
+                    raise TrainingInterrupted(
+                        f"{stop.signal_name or 'a stop signal'} received: stopped after step {self.step} and saved a "
+                        f"checkpoint. Resume with: cifarkit train --resume {self.run_dir}")
+        synchronize(self.device)
+        self.train_seconds += time.perf_counter() - started - eval_seconds
+        self.wall_seconds = time.perf_counter() - fit_started
+        bar.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        distributed.barrier()  # best.pt is on disk for every rank
+        return self.test_once()
+
+    def test_once(self) -> dict:
+        """The test set, once: with the weights that the validation split chose."""
+        t, run_dir = self.t, self.run_dir
+        chosen = run_dir / "best.pt"
+        if not chosen.exists():  # no validation loss was ever finite: report the last weights, and say so
+            self.log("warning: the validation loss was never finite; testing the last checkpoint")
+            chosen = run_dir / "last.pt"
+        best = load_checkpoint(chosen, map_location=self.device)
+        self.eval_model().load_state_dict(best["model"])
+        test_x, test_y = self.prepared.test_tensors(self.device)
+        test = self.evaluate(test_x, test_y)
+        results = {
+            "recipe": self.config.recipe,
+            "dataset": self.config.data.dataset,
+            "model": self.config.model.name,
+            "parameters": self.n_params,
+            "seed": t.seed,
+            "steps": self.step,
+            "skipped_steps": self.skipped_steps,
+            "epochs": self.step * t.batch_size / len(self.prepared.train_x),
+            "device": device_name_of(self.device),
+            "torch": torch.__version__,
+            "train_seconds": self.train_seconds,  # optimizer steps only, across resumes
+            "wall_seconds": self.wall_seconds,  # this process's loop, validation passes included
+            "images_per_second": (self.step - self.skipped_steps) * t.batch_size / max(self.train_seconds, 1e-9),
+            "best_step": self.best_step,
+            "val": best["val"],
+            "test": test,
+        }
+        if t.tta:
+            results["test_tta"] = self.evaluate(test_x, test_y, tta=True)
+        if self.dist.is_main:
+            (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        self.log(f"done: {self.step} steps, {self.train_seconds:.1f}s training ({self.wall_seconds:.1f}s with "
+                 f"validation) | best step {self.best_step}: val top1 "
+                 f"{best['val']['top1']:.4f} | test top1 {test['top1']:.4f} top5 {test['top5']:.4f}"
+                 + (f" | test top1 with flip TTA {results['test_tta']['top1']:.4f}" if t.tta else "")
+                 + f" | {run_dir}")
+        results["run_dir"] = str(run_dir)
+        return results
+
+
+def train(config: Config, log: Callable[[str], None] = _log, prepared: PreparedData | None = None) -> dict:
+    """Run `config` to the end; returns the results that are also written to RUN_DIR/results.json."""
+    return Trainer(config, log, prepared).fit()
+
+
+def resume(run_dir: str | Path, overrides: list[str] | None = None, log: Callable[[str], None] = _log) -> dict:
+    """Continue the run in `run_dir` from its newest intact checkpoint, exactly where it stopped."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is not a run directory")
+    state = CheckpointStore(run_dir).load_latest(log)
+    config = config_from_dict(apply_overrides(state["config"], overrides or []))
+    log(f"resuming {run_dir} from step {state['step']}")
+    return Trainer(config, log, run_dir=run_dir, resume_from=state).fit()
 
 
 def train_seeds(config: Config, log: Callable[[str], None] = _log) -> dict:
@@ -337,6 +535,7 @@ def summarize_runs(runs: list[dict]) -> dict:
         "test_top5": _mean_std([r["test"]["top5"] for r in runs]),
         "val_top1": _mean_std([r["val"]["top1"] for r in runs]),
         "train_seconds": _mean_std([r["train_seconds"] for r in runs]),
+        "wall_seconds": _mean_std([r["wall_seconds"] for r in runs]),
         "images_per_second": _mean_std([r["images_per_second"] for r in runs]),
     }
     if all("test_tta" in r for r in runs):

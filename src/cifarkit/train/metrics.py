@@ -31,9 +31,14 @@ class Accumulator:
         self.count += n
 
     def result(self) -> dict[str, float]:
-        if self.count == 0:
+        """Means over everything added since the last reset -- on all processes, when distributed."""
+        from cifarkit.train.distributed import all_reduce_
+
+        totals = all_reduce_(torch.cat([self.sums, torch.tensor([float(self.count)], dtype=torch.float64,
+                                                                 device=self.sums.device)]))
+        if totals[3] == 0:
             return {"loss": math.nan, "top1": math.nan, "top5": math.nan}
-        loss, top1, top5 = (self.sums / self.count).tolist()
+        loss, top1, top5 = (totals[:3] / totals[3]).tolist()
         return {"loss": loss, "top1": top1, "top5": top5}
 
 
@@ -59,11 +64,20 @@ def evaluate_batches(model, batches, device, amp_dtype=None, tta: bool = False) 
 class MetricsLog:
     """Writes scalars to TensorBoard event files and one JSON object per logged step to metrics.jsonl."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, resume_after: int | None = None):
+        """With `resume_after` (the checkpoint's step), lines and events logged after that step by the
+        interrupted run are dropped, so the resumed run appends without duplicated steps."""
         from torch.utils.tensorboard import SummaryWriter
 
+        from cifarkit.train.checkpoint import atomic_write_bytes
+
         self.path = run_dir / "metrics.jsonl"
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if resume_after is not None and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_after]
+            atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
+        purge = None if resume_after is None else resume_after + 1  # TensorBoard drops events from this step on
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         for key, value in scalars.items():

@@ -56,6 +56,18 @@ def build_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
     return make(groups, config)
 
 
+LR_SCALING = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": lambda ratio: ratio**0.5}
+
+
+def scaled_lr(config, batch_size: int) -> float:
+    """optim.lr, scaled for a global batch that differs from optim.base_batch_size by optim.lr_scaling."""
+    if config.lr_scaling not in LR_SCALING:
+        raise ConfigError(f"optim.lr_scaling must be one of {', '.join(LR_SCALING)}, got {config.lr_scaling!r}")
+    if config.base_batch_size is None:
+        return config.lr
+    return config.lr * LR_SCALING[config.lr_scaling](batch_size / config.base_batch_size)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -1,0 +1,169 @@
+"""`cifarkit evaluate`: an honest, complete report of a trained model on the validation or test split.
+
+Top-1, top-5 and loss; per-class accuracy; for CIFAR-100 the superclass view (fine predictions mapped to
+their superclass); the confusion matrix (CSV and PNG) and the most-confused pairs; a gallery of
+misclassified images; calibration (expected calibration error, reliability diagram). Everything goes into
+one JSON report together with the checkpoint's hash and config.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cifarkit.data import load_dataset
+from cifarkit.data.loader import to_device_images
+from cifarkit.errors import ConfigError
+from cifarkit.inference import TrainedModel, load_trained_model
+from cifarkit.train.checkpoint import atomic_write_bytes
+from cifarkit.train.loop import split_for
+
+SPLITS = ("val", "test")
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[float, list]:
+    """ECE with equal-width confidence bins; also the per-bin table for the reliability diagram."""
+    edges = np.linspace(0, 1, bins + 1)
+    table, ece = [], 0.0
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            accuracy, mean_confidence = float(correct[inside].mean()), float(confidence[inside].mean())
+            ece += inside.mean() * abs(accuracy - mean_confidence)
+            table.append({"low": float(low), "high": float(high), "count": int(inside.sum()),
+                          "accuracy": accuracy, "confidence": mean_confidence})
+    return float(ece), table
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int) -> np.ndarray:
+    return np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
+
+
+def compute_report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],
+                   fine_to_coarse: list[int] | None = None, coarse_names: list[str] | None = None) -> dict:
+    """Every figure of the report from the model's probabilities (N, C) and the true labels."""
+    n, classes = probabilities.shape
+    predictions = probabilities.argmax(1)
+    top5 = np.argsort(-probabilities, axis=1)[:, : min(5, classes)]
+    correct = predictions == labels
+    loss = float(-np.log(np.clip(probabilities[np.arange(n), labels], 1e-12, None)).mean())
+    matrix = confusion_matrix(labels, predictions, classes)
+    per_class = matrix.diagonal() / np.maximum(matrix.sum(1), 1)
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    pairs = np.dstack(np.unravel_index(np.argsort(-off, axis=None), off.shape))[0]
+    confused = [{"true": class_names[t], "predicted": class_names[p], "count": int(off[t, p])}
+                for t, p in pairs[:10] if off[t, p] > 0]
+    ece, bins = expected_calibration_error(probabilities.max(1), correct)
+    report = {
+        "images": int(n),
+        "top1": float(correct.mean()),
+        "top5": float((top5 == labels[:, None]).any(1).mean()),
+        "loss": loss,
+        "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class, strict=True)},
+        "most_confused": confused,
+        "calibration": {"ece": ece, "bins": bins},
+        "confusion_matrix": matrix.tolist(),
+    }
+    if fine_to_coarse is not None and coarse_names:
+        mapping = np.asarray(fine_to_coarse)
+        true_coarse, predicted_coarse = mapping[labels], mapping[predictions]
+        coarse_matrix = confusion_matrix(true_coarse, predicted_coarse, len(coarse_names))
+        report["superclass"] = {
+            "top1": float((true_coarse == predicted_coarse).mean()),
+            "per_class_accuracy": {name: float(a) for name, a in zip(
+                coarse_names, coarse_matrix.diagonal() / np.maximum(coarse_matrix.sum(1), 1), strict=True)},
+        }
+    return report
+
+
+def _write_png(fig, path: Path) -> None:
+    from cifarkit.plots import save_figure
+
+    save_figure(fig, path)
+
+
+def confusion_png(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
+    from cifarkit.plots import _pyplot
+
+    plt = _pyplot()
+    size = max(6, len(class_names) * 0.16)
+    fig, ax = plt.subplots(figsize=(size, size))
+    normalized = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    image = ax.imshow(normalized, cmap="viridis", vmin=0, vmax=1)
+    ticks = np.arange(len(class_names))
+    fontsize = 8 if len(class_names) <= 20 else 4
+    ax.set_xticks(ticks, class_names, rotation=90, fontsize=fontsize)
+    ax.set_yticks(ticks, class_names, fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
+    _write_png(fig, path)
+
+
+def reliability_png(bins: list[dict], ece: float, path: Path) -> None:
+    from cifarkit.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    centers = [(b["low"] + b["high"]) / 2 for b in bins]
+    ax.bar(centers, [b["accuracy"] for b in bins], width=1 / 15, edgecolor="black", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE {ece:.3f})")
+    ax.legend()
+    _write_png(fig, path)
+
+
+def write_confusion_csv(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["true \\ predicted", *class_names])
+    for name, row in zip(class_names, matrix, strict=True):
+        writer.writerow([name, *row.tolist()])
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", tta: bool = False,
+                        out_dir: str | Path | None = None, data_dir: str | None = None, device: str = "cpu",
+                        gallery_size: int = 36) -> dict:
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be one of {SPLITS}, got {split!r}")
+    trained: TrainedModel = load_trained_model(checkpoint, device)
+    c = trained.config.data
+    data = load_dataset(c.dataset, data_dir or c.data_dir, download=c.download)
+    if split == "test":
+        images, labels = data.test_images, data.test_labels
+    else:
+        index = split_for(data, trained.config).val
+        images, labels = data.train_images[index], data.train_labels[index]
+    probabilities = trained.probabilities(to_device_images(images, device), tta=tta).numpy().astype(np.float64)
+    report = compute_report(probabilities, labels, trained.class_names, trained.fine_to_coarse, trained.coarse_names)
+    report = {"checkpoint": str(trained.checkpoint), "checkpoint_sha256": trained.sha256, "step": trained.step,
+              "split": split, "tta": tta, **report, "config": trained.config.to_dict()}
+
+    out = Path(out_dir) if out_dir else trained.checkpoint.parent / f"eval-{split}{'-tta' if tta else ''}"
+    out.mkdir(parents=True, exist_ok=True)
+    matrix = np.asarray(report["confusion_matrix"])
+    write_confusion_csv(matrix, trained.class_names, out / "confusion.csv")
+    confusion_png(matrix, trained.class_names, out / "confusion.png")
+    reliability_png(report["calibration"]["bins"], report["calibration"]["ece"], out / "reliability.png")
+    predictions = probabilities.argmax(1)
+    wrong = np.flatnonzero(predictions != labels)[:gallery_size]
+    if len(wrong):
+        from cifarkit.plots import image_grid
+
+        image_grid(images[wrong], [f"{trained.class_names[labels[i]]}\n→ {trained.class_names[predictions[i]]}"
+                                   for i in wrong], out / "misclassified.png", columns=6,
+                   title="misclassified: true → predicted")
+    report["files"] = {name: str(out / name) for name in
+                       ("confusion.csv", "confusion.png", "reliability.png", "misclassified.png")
+                       if (out / name).exists()}
+    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    report["files"]["report.json"] = str(out / "report.json")
+    return report

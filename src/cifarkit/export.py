@@ -1,0 +1,139 @@
+"""`cifarkit export`: an ONNX model that takes raw pixels and returns probabilities, checked by ONNX Runtime.
+
+The graph's input is uint8 RGB pixels, NHWC (batch, 32, 32, 3), with a dynamic batch size; all of the
+checkpoint's preprocessing (scaling, GCN, ZCA or mean/std) is inside it, and it ends in a softmax. Beside it,
+`model.json` records the classes, superclasses, the input spec, the resize filter, the source checkpoint's
+hash and its validation/test accuracy. The export verifies itself: ONNX Runtime must reproduce PyTorch's
+outputs within 1e-4 on real images, or nothing is left on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cifarkit.errors import CifarkitError
+from cifarkit.images import SIZE
+from cifarkit.inference import TrainedModel, load_trained_model
+from cifarkit.train.checkpoint import atomic_write_bytes
+
+TOLERANCE = 1e-4
+
+
+class ExportError(CifarkitError):
+    """The exported graph could not be written or does not reproduce PyTorch's outputs."""
+
+
+class PixelsToProbabilities(nn.Module):
+    """uint8 NHWC pixels -> Preprocess -> network -> softmax: the whole inference path in one graph."""
+
+    def __init__(self, trained: TrainedModel):
+        super().__init__()
+        self.preprocess, self.model = trained.preprocess, trained.model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float()
+        return self.model(self.preprocess(x)).softmax(dim=1)
+
+
+def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # The exporter narrates its passes and warns about optional packages (torchvision); keep the CLI quiet.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), input_names=["pixels"], output_names=["probabilities"],
+                          dynamic_shapes={"pixels": {0: batch}}, dynamo=True, external_data=False, verbose=False,
+                          optimize=True)
+
+
+def run_onnx(path: Path | str, pixels: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["probabilities"], {"pixels": pixels})[0]
+
+
+def real_check_images(trained: TrainedModel, count: int = 64) -> np.ndarray | None:
+    """The first test images of the checkpoint's dataset, if a local copy is at hand (never downloads)."""
+    from cifarkit.data import load_dataset
+    from cifarkit.errors import DatasetError
+
+    c = trained.config.data
+    try:
+        return load_dataset(c.dataset, c.data_dir, download=False).test_images[:count]
+    except DatasetError:
+        return None
+
+
+def _results_beside(checkpoint: Path) -> dict:
+    path = checkpoint.parent / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, check_images: np.ndarray | None = None) -> dict:
+    """Write OUT (.onnx) and OUT's folder/model.json; returns the metadata (with the measured parity)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ExportError("export needs onnx, onnxscript and onnxruntime: pip install 'cifarkit[export]'") from None
+    trained = load_trained_model(checkpoint, "cpu")
+    module = PixelsToProbabilities(trained).eval()
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise ExportError(f"{out}: the output file should end in .onnx")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if check_images is None:
+        check_images = real_check_images(trained)
+    source = "test images" if check_images is not None else "random pixels (no local copy of the dataset)"
+    if check_images is None:
+        check_images = np.random.default_rng(0).integers(0, 256, (64, SIZE, SIZE, 3), dtype=np.uint8)
+    check_images = np.ascontiguousarray(check_images, dtype=np.uint8)
+
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
+        staged = Path(tmp) / out.name
+        try:
+            _onnx_export(module, torch.from_numpy(check_images[:2]), staged)
+        except Exception as e:  # the exporter's own errors are long; keep the first line
+            raise ExportError(f"ONNX export failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        with torch.no_grad():
+            expected = module(torch.from_numpy(check_images)).numpy()
+        got = run_onnx(staged, check_images)
+        difference = float(np.abs(got - expected).max())
+        if difference > TOLERANCE:
+            raise ExportError(f"ONNX Runtime's outputs differ from PyTorch's by {difference:.2e} "
+                              f"(> {TOLERANCE:g}); nothing was written")
+        results = _results_beside(trained.checkpoint)
+        metadata = {
+            "format": "cifarkit-onnx",
+            "model": trained.config.model.name,
+            "dataset": trained.config.data.dataset,
+            "classes": trained.class_names,
+            "superclasses": trained.coarse_names or None,
+            "fine_to_coarse": trained.fine_to_coarse,
+            "input": {"name": "pixels", "dtype": "uint8", "shape": ["batch", SIZE, SIZE, 3], "layout": "NHWC",
+                      "channels": "RGB", "range": [0, 255],
+                      "resize": "whole picture to 32x32, PIL bilinear (antialiased); EXIF orientation applied; "
+                                "alpha composited onto white"},
+            "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(trained.class_names)]},
+            "preprocess": trained.preprocess.to_state()["config"],
+            "source_checkpoint": str(trained.checkpoint),
+            "source_checkpoint_sha256": trained.sha256,
+            "step": trained.step,
+            "val": trained.val,
+            "test": results.get("test"),
+            "parity": {"images": int(len(check_images)), "source": source, "max_abs_difference": difference,
+                       "tolerance": TOLERANCE},
+        }
+        atomic_write_bytes(out, staged.read_bytes())
+    atomic_write_bytes(out.parent / "model.json", (json.dumps(metadata, indent=2) + "\n").encode())
+    return metadata

@@ -1,0 +1,77 @@
+"""Turn any common picture into the 32x32 RGB uint8 array a CIFAR model takes.
+
+The steps, which the browser page reproduces exactly (see web/): apply the EXIF orientation; bring any mode
+to 8-bit RGB (16-bit scaled by 1/257; transparency composited onto white; greyscale and palettes expanded);
+resize the whole picture (no crop) to 32x32 with PIL's antialiased bilinear filter.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cifarkit.errors import ImageError
+
+SIZE = 32
+RESAMPLE = Image.Resampling.BILINEAR  # antialiased when shrinking: PIL widens the filter by the scale factor
+MAX_PIXELS = 40_000_000  # refuse larger pictures before decoding them (decompression bombs)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16"):
+            array = array / 257.0  # 65535 -> 255
+        image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A 32x32x3 uint8 array from an image file, or an ImageError saying why not."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size  # read from the header, before any decoding
+                if width * height > max_pixels:
+                    raise ImageError(f"{path}: {width}x{height} pixels is over the limit of {max_pixels:,} "
+                                     "(a decompression bomb?); refusing to decode it")
+                image = ImageOps.exif_transpose(image)
+                image = to_rgb8(image)
+                image = image.resize((SIZE, SIZE), RESAMPLE)
+                return np.asarray(image, dtype=np.uint8).copy()
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file (or a format Pillow cannot read)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{path}: refused as a possible decompression bomb ({e})") from None
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: truncated or corrupt image ({e})") from None
+
+
+def expand_paths(paths: list[str | Path]) -> list[Path]:
+    """Files as given; folders expanded (sorted, recursively) to the image files they hold."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(path)
+    return out

@@ -1,0 +1,86 @@
+"""The browser page, end to end in a real Chromium: it must classify like `cifarkit predict`, report bad
+files and a missing model clearly, and keep working offline. Also: the golden vectors that the TypeScript
+unit tests check are still what the Python side produces."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifarkit.images import load_image
+
+WEB = Path(__file__).resolve().parents[1] / "web"
+ARTIFACTS = Path(os.environ.get("CIFARKIT_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+
+
+def test_golden_vectors_are_what_python_produces():
+    cases = json.loads((WEB / "test" / "golden" / "golden.json").read_text())
+    assert len(cases) >= 5
+    for case in cases:
+        expected = load_image(WEB / "test" / "golden" / case["file"]).reshape(-1)
+        assert np.array_equal(np.asarray(case["pixels"], dtype=np.uint8), expected), case["file"]
+
+
+needs_browser = pytest.mark.skipif(
+    not (WEB / "dist" / "index.html").is_file() or not Path(CHROMIUM).exists() or shutil.which("node") is None
+    or not (WEB / "node_modules" / "playwright-core").is_dir(),
+    reason="needs the built page (cd web && npm ci && npm run build), node and Chromium (/usr/bin/chromium)")
+
+
+@needs_browser
+def test_page_classifies_like_cifarkit_predict(trained_run, tmp_path):
+    from cifarkit.export import export_onnx
+    from cifarkit.predict import predict_files
+    from cifarkit.serve import make_server
+
+    export_onnx(trained_run, tmp_path / "model" / "model.onnx")
+    trained_data = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert trained_data["format"] == "cifarkit-onnx"
+    rng = np.random.default_rng(3)
+    pictures = []
+    for i, size in enumerate([(32, 32), (97, 64), (40, 150)]):
+        path = tmp_path / f"picture{i}.png"
+        Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(path)
+        pictures.append(path)
+    bad = tmp_path / "not-a-picture.png"
+    bad.write_text("this is text")
+    files = [pictures[0], bad, pictures[1], pictures[2]]
+
+    trained = json.loads((trained_run / "config.json").read_text())
+    server = make_server(tmp_path / "model" / "model.onnx", WEB / "dist", port=0, samples=4,
+                         data_dir=trained["data"]["data_dir"])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        result = subprocess.run(["node", "e2e/classify.mjs", url, str(ARTIFACTS / "web-page.png"), *map(str, files)],
+                                cwd=WEB, capture_output=True, text=True, timeout=600)
+    finally:
+        server.shutdown()
+        server.server_close()
+        shutil.rmtree(server.model_dir, ignore_errors=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["ready"] == "true", report
+    by_file = {Path(r["file"]).name: r for r in report["results"]}
+
+    expected = {Path(p.path).name: p.classes[0][0] for p in predict_files(trained_run, pictures)}
+    for name, top1 in expected.items():
+        assert by_file[name]["top1"] == top1 and not by_file[name]["error"] and by_file[name]["rows"] == 5
+    assert by_file[bad.name]["error"] and "not an image" in by_file[bad.name]["status"]
+    assert by_file[bad.name]["top1"] is None  # and the next picture was still classified (checked above)
+    assert report["offline"]["ready"] == "true" and report["offline"]["result"]["top1"] == expected[pictures[0].name]
+    assert "Could not fetch the model" in report["missingModel"]
+    assert not report["pageErrors"]
+    assert report["samples"] == 4  # the gallery of test images
+    assert (ARTIFACTS / "web-page.png").stat().st_size > 1000

@@ -1,0 +1,171 @@
+/** The page: pick, drop, paste or photograph a picture (or click a sample); see the 32x32 the model sees
+ * and its top-5 classes. Everything runs in the browser. */
+import { Classifier, ModelLoadError, type Classification } from "./model";
+import { SIZE, toModelPixels, type RGBAImage } from "./preprocess";
+import "./style.css";
+
+const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
+const status = $<HTMLParagraphElement>("status");
+const results = $<HTMLOListElement>("results");
+const superclass = $<HTMLParagraphElement>("superclass");
+const preview = $<HTMLCanvasElement>("preview");
+const original = $<HTMLImageElement>("original");
+const fileInput = $<HTMLInputElement>("file");
+const drop = $<HTMLElement>("drop");
+
+// The model's location: ?model=URL-prefix (ending in /), else the folder the page is served with.
+const modelBase = new URLSearchParams(location.search).get("model") ?? "./model/";
+let classifier: Classifier | null = null;
+
+function say(text: string, kind: "info" | "error" = "info") {
+  status.textContent = text;
+  status.dataset.kind = kind;
+}
+
+/** Decode with the browser (EXIF orientation applied) and read back RGBA pixels. */
+async function decode(blob: Blob): Promise<RGBAImage> {
+  let bitmap: ImageBitmap;
+  try {
+    bitmap = await createImageBitmap(blob, { imageOrientation: "from-image" });
+  } catch {
+    throw new Error("This file is not an image the browser can read.");
+  }
+  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const context = canvas.getContext("2d", { colorSpace: "srgb" })!;
+  context.drawImage(bitmap, 0, 0);
+  const { data, width, height } = context.getImageData(0, 0, bitmap.width, bitmap.height, { colorSpace: "srgb" });
+  bitmap.close();
+  return { data, width, height };
+}
+
+function showPreview(pixels: Uint8Array) {
+  const rgba = new Uint8ClampedArray(SIZE * SIZE * 4);
+  for (let i = 0; i < SIZE * SIZE; i++) {
+    rgba.set([pixels[i * 3]!, pixels[i * 3 + 1]!, pixels[i * 3 + 2]!, 255], i * 4);
+  }
+  preview.getContext("2d")!.putImageData(new ImageData(rgba, SIZE, SIZE), 0, 0);
+}
+
+function showResults(result: Classification) {
+  results.replaceChildren(
+    ...result.top.map(({ name, probability }) => {
+      const item = document.createElement("li");
+      const label = document.createElement("span");
+      label.className = "name";
+      label.textContent = name;
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.style.setProperty("--p", String(probability));
+      const value = document.createElement("span");
+      value.className = "value";
+      value.textContent = `${(probability * 100).toFixed(1)}%`;
+      item.append(label, bar, value);
+      return item;
+    }),
+  );
+  superclass.textContent = result.superclass ? `superclass: ${result.superclass}` : "";
+  document.body.dataset.top1 = result.top[0]?.name ?? "";
+}
+
+async function classify(blob: Blob, label: string) {
+  if (!classifier) return say("The model is not loaded yet.", "error");
+  say(`Classifying ${label}…`);
+  try {
+    const image = await decode(blob);
+    original.src = URL.createObjectURL(blob);
+    const pixels = toModelPixels(image);
+    showPreview(pixels);
+    showResults(await classifier.classify(pixels));
+    say(`${label}: ${image.width}×${image.height} → 32×32`);
+  } catch (error) {
+    results.replaceChildren();
+    superclass.textContent = "";
+    document.body.dataset.top1 = "";
+    say(`${label}: ${error instanceof Error ? error.message : String(error)}`, "error");
+  }
+}
+
+fileInput.addEventListener("change", () => {
+  const file = fileInput.files?.[0];
+  if (file) void classify(file, file.name);
+  fileInput.value = "";
+});
+drop.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  drop.classList.add("over");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  const file = event.dataTransfer?.files[0];
+  if (file) void classify(file, file.name);
+});
+window.addEventListener("paste", (event) => {
+  const file = Array.from(event.clipboardData?.files ?? [])[0];
+  if (file) void classify(file, "pasted image");
+});
+
+async function loadSamples() {
+  const gallery = $<HTMLDivElement>("samples");
+  try {
+    const response = await fetch(`${modelBase}samples/index.json`);
+    if (!response.ok) return;
+    const samples = (await response.json()) as { file: string; label: string }[];
+    $<HTMLHeadingElement>("samples-title").hidden = samples.length === 0;
+    gallery.replaceChildren(
+      ...samples.map(({ file, label }) => {
+        const button = document.createElement("button");
+        const img = document.createElement("img");
+        img.src = `${modelBase}samples/${file}`;
+        img.alt = label;
+        button.title = `test image: ${label}`;
+        button.append(img);
+        button.addEventListener("click", async () => classify(await (await fetch(img.src)).blob(), `sample (${label})`));
+        return button;
+      }),
+    );
+  } catch {
+    /* samples are optional */
+  }
+}
+
+/** Offline after the first visit: once the service worker runs, it caches everything this visit loaded
+ * (page, runtime, model, samples) and says when it is done. */
+async function enableOffline() {
+  if (!("serviceWorker" in navigator)) return;
+  try {
+    await navigator.serviceWorker.register("./sw.js");
+    const registration = await navigator.serviceWorker.ready;
+    const urls = [location.href, ...performance.getEntriesByType("resource").map((entry) => entry.name)]
+      .filter((url) => url.startsWith(location.origin));
+    const channel = new MessageChannel();
+    const answer = new Promise<unknown>((resolve) => (channel.port1.onmessage = (event) => resolve(event.data)));
+    registration.active?.postMessage({ type: "cache-urls", urls }, [channel.port2]);
+    if ((await answer) === "done") document.body.dataset.offline = "ready";
+  } catch {
+    /* offline use is a bonus; the page works without it */
+  }
+}
+
+async function start() {
+  say("Loading the model…");
+  try {
+    classifier = await Classifier.load(modelBase);
+    const { info } = classifier;
+    const accuracy = info.test?.top1 ?? info.val?.top1;
+    say(
+      `Ready: ${info.model} on ${info.dataset}, ${info.classes.length} classes` +
+        (accuracy !== undefined ? `, ${(accuracy * 100).toFixed(1)}% ${info.test ? "test" : "validation"} top-1` : "") +
+        ` (${classifier.backend}). Choose a picture.`,
+    );
+    document.body.dataset.ready = "true";
+  } catch (error) {
+    say(error instanceof ModelLoadError ? error.message : `Could not start: ${String(error)}`, "error");
+    document.body.dataset.ready = "failed";
+  }
+  await loadSamples();
+  await enableOffline();
+}
+
+void start();
