@@ -90,3 +90,16 @@ def test_l2_in_the_loss_gives_the_same_gradient_as_weight_decay():
     groups = parameter_groups(model, lam, 0.01)
     assert [g["name"] for g in groups] == ["first_kernel", "kernels", "biases_and_norms"]
     assert groups[1]["weight_decay"] == pytest.approx(2 * lam)
+
+
+def test_learning_rate_scaling_with_the_global_batch():
+    from cifarkit.train.optim import scaled_lr
+
+    base = load_config("elu-seed", ["optim.lr=0.1", "optim.base_batch_size=128"]).optim
+    assert scaled_lr(base, 512) == pytest.approx(0.1)  # "none" by default: the lr is taken as given
+    linear = load_config("elu-seed", ["optim.lr=0.1", "optim.base_batch_size=128", "optim.lr_scaling=linear"]).optim
+    assert scaled_lr(linear, 512) == pytest.approx(0.4)
+    root = load_config("elu-seed", ["optim.lr=0.1", "optim.base_batch_size=128", "optim.lr_scaling=sqrt"]).optim
+    assert scaled_lr(root, 512) == pytest.approx(0.2)
+    with pytest.raises(ConfigError, match="lr_scaling"):
+        scaled_lr(load_config("elu-seed", ["optim.lr_scaling=cubic"]).optim, 100)

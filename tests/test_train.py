@@ -145,3 +145,25 @@ def test_narrow_elu_recipe_beats_chance_on_real_cifar10(real_cifar10, tmp_path):
         "train.steps=300", "train.eval_every=100", f"train.out_dir={json.dumps(str(tmp_path))}", "train.run_name=r"])
     results = train(config, log=print)
     assert results["test"]["top1"] > 0.25 and results["val"]["top1"] > 0.25
+
+
+@pytest.mark.slow
+def test_fast10_recipe_learns_real_cifar10_quickly(real_cifar10, tmp_path):
+    """Two epochs of the CPU fast recipe on 10,000 real images: a broken pipeline (labels shuffled against
+    images, wrong normalization, no augmentation bookkeeping) cannot reach 50%."""
+    config = load_config("fast10-cpu", [
+        f"data.data_dir={json.dumps(str(real_cifar10))}", "data.train_subset=10000", "train.budget_seconds=0",
+        "train.epochs=2", "train.eval_every=1000", "train.batch_size=256",
+        f"train.out_dir={json.dumps(str(tmp_path))}", "train.run_name=f"])
+    results = train(config, log=print)
+    assert results["test"]["top1"] > 0.5 and results["test_tta"]["top1"] > 0.5
+
+
+def test_budget_mode_ends_the_schedule_within_the_budget(tmp_path, fake_root):
+    budget = 6.0
+    config = tiny_config(tmp_path, fake_root, f"train.budget_seconds={budget}", "train.steps=1000000",
+                         "schedule.lr=linear", "schedule.final_lr_fraction=0.1", "train.eval_every=20")
+    results = train(config, log=lambda _: None)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert results["steps"] > 10 and results["wall_seconds"] < budget + 3
+    assert lines[-1]["lr"] < 0.25 * load_config("elu-seed").optim.lr  # the schedule ran to (near) its end

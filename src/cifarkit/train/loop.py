@@ -400,7 +400,7 @@ class Trainer:
         t = self.t
         bar = _progress_bar(None if t.budget_seconds else self.total_steps, self.step, self.dist.is_main)
         started = fit_started = time.perf_counter()
-        planner = BudgetPlanner(t.budget_seconds if self.step == 0 else None, t.eval_every)
+        planner = BudgetPlanner((t.budget_seconds or None) if self.step == 0 else None, t.eval_every)
         last_save = time.monotonic()
         eval_seconds = 0.0
         self.train_module.train()
