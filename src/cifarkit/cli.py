@@ -103,6 +103,8 @@ def _config(args):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
+    if getattr(args, "steps", None) is not None:
+        overrides.append("train.epochs=0")  # --steps counts steps, whatever epochs the recipe names
     if getattr(args, "no_download", False):
         overrides.append("data.download=false")
     return load_config(args.recipe, overrides)
@@ -257,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="PATH", help="override data.data_dir (folder or .tar.gz)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading the dataset")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument("--steps", type=int, help="train this many steps (overrides train.steps and train.epochs)")
     p.add_argument("--out-dir", help="parent folder of run directories (default: runs)")
     p.add_argument("--run-name", help="run directory name (default: RECIPE-DATE-TIME)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

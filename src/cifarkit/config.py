@@ -78,7 +78,7 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 165_000
-    epochs: float | None = None  # if set, overrides `steps`: epochs x (training images // batch size)
+    epochs: float | None = None  # if set (> 0), overrides `steps`: epochs x (training images // batch size)
     budget_seconds: float | None = None  # fit the run to a wall-clock budget (steps planned from speed); 0: off
     batch_size: int = 100
     eval_every: int = 500  # steps between validation passes, metrics lines and checkpoints

@@ -138,7 +138,7 @@ def _progress_bar(total: int | None, initial: int, enabled: bool = True):
 
 
 def plan_steps(t, steps_per_epoch: int) -> int:
-    return max(1, round(t.epochs * steps_per_epoch)) if t.epochs is not None else t.steps
+    return max(1, round(t.epochs * steps_per_epoch)) if t.epochs else t.steps
 
 
 def build_model(config: Config, prepared: PreparedData, device: torch.device) -> torch.nn.Module:
