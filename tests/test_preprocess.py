@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifarkit.data.loader import AugmentConfig, DeviceLoader, eval_batches, random_crop, random_flip
+from cifarkit.data.loader import AugmentConfig, DeviceLoader, apply_augmentation, draw_augmentation, eval_batches
 from cifarkit.data.preprocess import Preprocess, PreprocessConfig
 from cifarkit.errors import ConfigError
 
@@ -77,7 +77,8 @@ def test_bad_preprocess_config():
 def test_crops_stay_inside_the_padded_image():
     n, pad = 2000, 4
     x = torch.arange(32 * 32, dtype=torch.float32).view(1, 1, 32, 32).repeat(n, 1, 1, 1) + 1
-    out = random_crop(x, pad, torch.Generator().manual_seed(0))
+    config = AugmentConfig(pad=pad, flip=False)
+    out = apply_augmentation(x, draw_augmentation(n, config, torch.Generator().manual_seed(0)), config)
     assert out.shape == x.shape
     # Each crop is the padded image shifted by (dy, dx) in [-pad, pad]: find the shift from a surviving pixel.
     for i in range(0, n, 97):
@@ -95,7 +96,8 @@ def test_crops_stay_inside_the_padded_image():
 
 def test_flips_happen_about_half_the_time():
     x = torch.arange(32, dtype=torch.float32).view(1, 1, 1, 32).repeat(10_000, 1, 32, 1)
-    out = random_flip(x, torch.Generator().manual_seed(0))
+    config = AugmentConfig(pad=0, flip=True)
+    out = apply_augmentation(x, draw_augmentation(len(x), config, torch.Generator().manual_seed(0)), config)
     flipped = (out[:, 0, 0, 0] == 31).float().mean().item()
     assert 0.48 < flipped < 0.52
     assert torch.equal(out[out[:, 0, 0, 0] == 31][0], x[0].flip(2))

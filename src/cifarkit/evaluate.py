@@ -81,16 +81,10 @@ def compute_report(probabilities: np.ndarray, labels: np.ndarray, class_names: l
     return report
 
 
-def _write_png(fig, path: Path) -> None:
-    from cifarkit.plots import save_figure
-
-    save_figure(fig, path)
-
-
 def confusion_png(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
-    from cifarkit.plots import _pyplot
+    from cifarkit.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     size = max(6, len(class_names) * 0.16)
     fig, ax = plt.subplots(figsize=(size, size))
     normalized = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
@@ -102,13 +96,13 @@ def confusion_png(matrix: np.ndarray, class_names: list[str], path: Path) -> Non
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
-    _write_png(fig, path)
+    save_figure(fig, path)
 
 
 def reliability_png(bins: list[dict], ece: float, path: Path) -> None:
-    from cifarkit.plots import _pyplot
+    from cifarkit.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     centers = [(b["low"] + b["high"]) / 2 for b in bins]
     ax.bar(centers, [b["accuracy"] for b in bins], width=1 / 15, edgecolor="black", label="accuracy")
@@ -117,7 +111,7 @@ def reliability_png(bins: list[dict], ece: float, path: Path) -> None:
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability (ECE {ece:.3f})")
     ax.legend()
-    _write_png(fig, path)
+    save_figure(fig, path)
 
 
 def write_confusion_csv(matrix: np.ndarray, class_names: list[str], path: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 from cifarkit.train.checkpoint import atomic_write_bytes
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only: works on machines without a display
@@ -23,7 +23,7 @@ def _pyplot():
 def save_figure(fig, path: Path, dpi: int = 100) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(Path(path), buffer.getvalue())
     return Path(path)
 
@@ -31,7 +31,7 @@ def save_figure(fig, path: Path, dpi: int = 100) -> Path:
 def image_grid(images: np.ndarray, titles: list[str], path: Path, columns: int | None = None,
                title: str | None = None) -> Path:
     """Save uint8 NHWC `images` as a grid, each with its title (label name) above it."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(images)
     columns = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)
@@ -81,7 +81,7 @@ def training_curves(run_dir: Path, out: Path | None = None) -> Path:
     dropout_keys = sorted({k for row in rows for k in row if k.startswith("dropout/")},
                           key=lambda k: int(k.removeprefix("dropout/stack") or 0))
     panels = [*CURVE_PANELS, *([("dropout rates", tuple(dropout_keys))] if dropout_keys else [])]
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     steps = [row["step"] for row in rows]
     for ax, (title, keys) in zip(axes[0], panels, strict=True):

@@ -58,15 +58,6 @@ def apply_augmentation(x: torch.Tensor, draw: dict[str, torch.Tensor], config: A
     return flip(x, draw["flip"]) if config.flip else x
 
 
-def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator, pad_mode: str = "zeros") -> torch.Tensor:
-    draw = draw_augmentation(x.shape[0], AugmentConfig(pad=pad, pad_mode=pad_mode), generator)
-    return crop(x, draw["dy"], draw["dx"], pad, pad_mode)
-
-
-def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return flip(x, torch.rand(x.shape[0], generator=generator) < 0.5)
-
-
 def to_device_images(images_nhwc: np.ndarray, device: torch.device | str) -> torch.Tensor:
     """uint8 NHWC array -> uint8 NCHW tensor on `device` (uint8: a quarter of float32's memory)."""
     return torch.from_numpy(np.ascontiguousarray(images_nhwc)).permute(0, 3, 1, 2).contiguous().to(device)

@@ -1,4 +1,5 @@
-"""The training loop: `prepare_data`, `train_step`, `evaluate_batches`, `train(config)`.
+"""The training loop: `prepare_data`, then a `Trainer` (`train_step`, `validate_and_save`, `fit`,
+`test_once`); `train(config)`, `resume(run_dir)` and `train_seeds(config)` on top.
 
 One direction: data -> Preprocess (fitted on the training split) -> device loader -> model -> loss ->
 optimizer. Schedules are pure functions of the step. Model selection uses the validation split only; the
