@@ -130,9 +130,10 @@ def cmd_train(args) -> int:
 
 @command
 def cmd_summary(args) -> int:
+    from cifarkit.data import get_spec
     from cifarkit.models import create_model, format_summary, keras_summary
 
-    num_classes = {"cifar100": 100, "cifar10": 10}[args.dataset]
+    num_classes = get_spec(args.dataset).num_classes
     print(format_summary(keras_summary(create_model(args.model, num_classes))))
     return 0
 
