@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarkit.data import load_dataset
+from cifarkit.data import load_dataset, split_for
 from cifarkit.data.loader import to_device_images
 from cifarkit.errors import ConfigError
+from cifarkit.files import atomic_write_bytes
 from cifarkit.inference import TrainedModel, load_trained_model
-from cifarkit.train.checkpoint import atomic_write_bytes
-from cifarkit.train.loop import split_for
 
 SPLITS = ("val", "test")
 
@@ -134,7 +133,7 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", tta: bool =
     if split == "test":
         images, labels = data.test_images, data.test_labels
     else:
-        index = split_for(data, trained.config).val
+        index = split_for(data, trained.config.data).val
         images, labels = data.train_images[index], data.train_labels[index]
     probabilities = trained.probabilities(to_device_images(images, device), tta=tta).numpy().astype(np.float64)
     report = compute_report(probabilities, labels, trained.class_names, trained.fine_to_coarse, trained.coarse_names)

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from cifarkit.errors import CifarkitError
+from cifarkit.files import atomic_write_bytes
 from cifarkit.images import SIZE
 from cifarkit.inference import TrainedModel, load_trained_model
-from cifarkit.train.checkpoint import atomic_write_bytes
 
 TOLERANCE = 1e-4
 

@@ -17,6 +17,7 @@ from cifarkit.data.preprocess import Preprocess
 from cifarkit.errors import CheckpointError
 from cifarkit.models import create_model
 from cifarkit.train.checkpoint import file_sha256, load_checkpoint, resolve_checkpoint
+from cifarkit.train.metrics import predict_logits
 
 
 @dataclass
@@ -39,10 +40,7 @@ class TrainedModel:
         out = []
         for start in range(0, len(images_nchw_uint8), batch_size):
             x = self.preprocess(images_nchw_uint8[start : start + batch_size].to(device))
-            logits = self.model(x).float()
-            if tta:
-                logits = 0.5 * (logits + self.model(x.flip(3)).float())
-            out.append(logits.softmax(dim=1).cpu())
+            out.append(predict_logits(self.model, x, tta).softmax(dim=1).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
 
 

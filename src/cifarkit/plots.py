@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarkit.train.checkpoint import atomic_write_bytes
+from cifarkit.files import atomic_write_bytes
 
 
 def pyplot():

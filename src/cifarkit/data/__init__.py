@@ -7,7 +7,7 @@ from pathlib import Path
 from cifarkit.data.cifar import CifarData, read_folder
 from cifarkit.data.locate import DATA_DIR_ENV, Located, default_cache_dir, locate
 from cifarkit.data.specs import DATASETS, DatasetSpec, get_spec
-from cifarkit.data.split import Split, stratified_split
+from cifarkit.data.split import Split, split_for, stratified_split
 
 
 def load_dataset(
@@ -23,5 +23,5 @@ def load_dataset(
 
 __all__ = [
     "CifarData", "DatasetSpec", "DATASETS", "DATA_DIR_ENV", "Located", "Split",
-    "default_cache_dir", "get_spec", "load_dataset", "locate", "read_folder", "stratified_split",
+    "default_cache_dir", "get_spec", "load_dataset", "locate", "read_folder", "split_for", "stratified_split",
 ]

@@ -7,7 +7,6 @@ renamed into place only once every member was extracted. An interruption leaves 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -19,20 +18,11 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from cifarkit.errors import DatasetError
-
-CHUNK = 1 << 20
-
-
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
+from cifarkit.files import CHUNK, file_digest
 
 
 def verify_md5(path: Path, expected: str) -> None:
-    actual = md5sum(path)
+    actual = file_digest(path, "md5")
     if actual != expected:
         raise DatasetError(
             f"{path}: md5 {actual} does not match the official {expected}; the file is corrupt, truncated "

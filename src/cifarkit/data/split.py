@@ -33,3 +33,16 @@ def stratified_split(labels: np.ndarray, val_per_class: int, seed: int = 0) -> S
     mask = np.ones(len(labels), dtype=bool)
     mask[val] = False
     return Split(train=np.flatnonzero(mask), val=val)
+
+
+def split_for(data, c) -> Split:
+    """The train/validation split a run's data config (`c`, a DataConfig) asks of `data` (a CifarData).
+    Deterministic, so evaluation recomputes a run's validation split from its checkpoint."""
+    labels = data.train_labels
+    subset = np.arange(len(labels)) if c.train_subset is None else np.arange(min(c.train_subset, len(labels)))
+    val_per_class = data.spec.default_val_per_class if c.val_per_class is None else c.val_per_class
+    if c.train_subset is not None and c.val_per_class is None:
+        # keep the official proportion (10% held out) when training on a subset
+        val_per_class = max(1, len(subset) // (10 * data.spec.num_classes))
+    split = stratified_split(labels[subset], val_per_class, c.split_seed)
+    return Split(train=subset[split.train], val=subset[split.val])

@@ -10,29 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
 from cifarkit.errors import CheckpointError
+from cifarkit.files import atomic_write_bytes, file_digest
 
 FORMAT = "cifarkit-checkpoint"
 VERSION = 1
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def checkpoint_bytes(payload: dict) -> bytes:
@@ -43,16 +29,8 @@ def checkpoint_bytes(payload: dict) -> bytes:
     return buffer.getvalue()
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    atomic_write_bytes(Path(path), checkpoint_bytes(payload))
-
-
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -28,14 +28,15 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from cifarkit.config import Config, apply_overrides, config_from_dict
-from cifarkit.data import CifarData, Split, load_dataset, stratified_split
+from cifarkit.data import CifarData, Split, load_dataset, split_for
 from cifarkit.data.loader import DeviceLoader, eval_batches, to_device_images
 from cifarkit.data.preprocess import Preprocess
 from cifarkit.errors import CheckpointError, CifarkitError, ConfigError
+from cifarkit.files import atomic_write_bytes, atomic_write_text
 from cifarkit.models import create_model
 from cifarkit.train import distributed
 from cifarkit.train.averaging import WeightAverager
-from cifarkit.train.checkpoint import CheckpointStore, atomic_write_bytes, load_checkpoint
+from cifarkit.train.checkpoint import CheckpointStore, load_checkpoint
 from cifarkit.train.device import autocast, autocast_dtype, device_name_of, resolve_device, synchronize
 from cifarkit.train.metrics import Accumulator, MetricsLog, evaluate_batches
 from cifarkit.train.optim import build_optimizer, scaled_lr, set_lr
@@ -60,24 +61,11 @@ class PreparedData:
         return to_device_images(self.data.test_images, device), torch.from_numpy(self.data.test_labels).to(device)
 
 
-def split_for(data: CifarData, config: Config) -> Split:
-    """The train/validation split of `config` (deterministic: evaluation recomputes it from a checkpoint)."""
-    c = config.data
-    labels = data.train_labels
-    subset = np.arange(len(labels)) if c.train_subset is None else np.arange(min(c.train_subset, len(labels)))
-    val_per_class = data.spec.default_val_per_class if c.val_per_class is None else c.val_per_class
-    if c.train_subset is not None and c.val_per_class is None:
-        # keep the official proportion (10% held out) when training on a subset
-        val_per_class = max(1, len(subset) // (10 * data.spec.num_classes))
-    split = stratified_split(labels[subset], val_per_class, c.split_seed)
-    return Split(train=subset[split.train], val=subset[split.val])
-
-
 def prepare_data(config: Config, device: torch.device, log: Callable[[str], None] = _log) -> PreparedData:
     c = config.data
     data = load_dataset(c.dataset, c.data_dir, download=c.download)
     labels = data.train_labels
-    split = split_for(data, config)
+    split = split_for(data, c)
     log(f"data: {c.dataset} from {data.source_description}; {len(split.train)} train / {len(split.val)} val "
         f"/ {len(data.test_labels)} test images")
     started = time.perf_counter()
@@ -245,7 +233,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         if self.dist.is_main:
             run_dir = run_dir or make_run_dir(config)
-            (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         self.run_dir = Path(distributed.broadcast_object(str(run_dir)))
         log(f"run: {self.run_dir} | device: {self.device} | autocast: {self.amp_dtype or 'off'}"
             + (f" | {self.dist.world_size} processes" if self.dist.enabled else ""))
@@ -473,7 +461,7 @@ class Trainer:
         if t.tta:
             results["test_tta"] = self.evaluate(test_x, test_y, tta=True)
         if self.dist.is_main:
-            (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         self.log(f"done: {self.step} steps, {self.train_seconds:.1f}s training ({self.wall_seconds:.1f}s with "
                  f"validation) | best step {self.best_step}: val top1 "
                  f"{best['val']['top1']:.4f} | test top1 {test['top1']:.4f} top5 {test['top5']:.4f}"
@@ -514,7 +502,7 @@ def train_seeds(config: Config, log: Callable[[str], None] = _log) -> dict:
             t, seed=t.seed + i, seeds=1, out_dir=str(root), run_name=f"seed{t.seed + i}"))
         runs.append(train(run_config, log, prepared))
     summary = summarize_runs(runs)
-    (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(root / "summary.json", json.dumps(summary, indent=2) + "\n")
     log(f"{t.seeds} seeds: test top1 {summary['test_top1']['mean']:.4f} +- {summary['test_top1']['std']:.4f}"
         + (f" | flip TTA {summary['test_tta_top1']['mean']:.4f} +- {summary['test_tta_top1']['std']:.4f}"
            if "test_tta_top1" in summary else "")

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cifarkit.train.device import autocast
+
 
 class Accumulator:
     """Sums of loss and top-1/top-5 hits on the device; one host sync when read."""
@@ -42,20 +44,24 @@ class Accumulator:
         return {"loss": loss, "top1": top1, "top5": top5}
 
 
+def predict_logits(model, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """float32 logits; with `tta`, averaged over each image and its horizontal mirror."""
+    logits = model(x).float()
+    if tta:
+        logits = 0.5 * (logits + model(x.flip(3)).float())
+    return logits
+
+
 @torch.no_grad()
 def evaluate_batches(model, batches, device, amp_dtype=None, tta: bool = False) -> dict[str, float]:
     """Mean cross-entropy, top-1 and top-5 accuracy of `model` over (inputs, labels) batches, in eval mode.
     With `tta`, the logits are averaged over each image and its horizontal mirror."""
-    from cifarkit.train.device import autocast
-
     was_training = model.training
     model.eval()
     acc = Accumulator(device)
     for x, y in batches:
         with autocast(device, amp_dtype):
-            logits = model(x).float()
-            if tta:
-                logits = 0.5 * (logits + model(x.flip(3)).float())
+            logits = predict_logits(model, x, tta)
         acc.add(logits, y, F.cross_entropy(logits, y))
     model.train(was_training)
     return acc.result()
@@ -69,7 +75,7 @@ class MetricsLog:
         interrupted run are dropped, so the resumed run appends without duplicated steps."""
         from torch.utils.tensorboard import SummaryWriter
 
-        from cifarkit.train.checkpoint import atomic_write_bytes
+        from cifarkit.files import atomic_write_bytes
 
         self.path = run_dir / "metrics.jsonl"
         if resume_after is not None and self.path.exists():
