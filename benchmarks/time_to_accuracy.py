@@ -120,20 +120,14 @@ def main() -> None:
     device = resolve_device(args.device)
     print(f"device: {device_name_of(device)} | torch {torch.__version__} | threads {torch.get_num_threads()}",
           flush=True)
-    result = train_seeds(config)
-    summary = result if "test_top1" in result else {
-        "test_top1": {"mean": result["test"]["top1"], "std": 0.0, "n": 1},
-        "train_seconds": {"mean": result["train_seconds"]},
-        "wall_seconds": {"mean": result["wall_seconds"]},
-        "images_per_second": {"mean": result["images_per_second"]},
-        **({"test_tta_top1": {"mean": result["test_tta"]["top1"], "std": 0.0}} if "test_tta" in result else {}),
-    }
+    summary = train_seeds(config)
     report = {"recipe": args.recipe, "device": device_name_of(device), "torch": torch.__version__,
               "seeds": args.seeds, "budget_seconds": args.budget_seconds, "cifarkit": summary}
     top1 = summary["test_top1"]
     line = f"{args.recipe}: test top1 {top1['mean']:.4f} +- {top1['std']:.4f} over {args.seeds} seed(s)"
-    if "test_tta_top1" in summary:
-        line += f" | flip TTA {summary['test_tta_top1']['mean']:.4f} +- {summary['test_tta_top1']['std']:.4f}"
+    for key, label in (("test_tta_top1", "flip TTA"), ("test_tta_translate_top1", "flip+translate TTA")):
+        if key in summary:
+            line += f" | {label} {summary[key]['mean']:.4f} +- {summary[key]['std']:.4f}"
     line += (f" | {summary['train_seconds']['mean']:.1f}s training ({summary['wall_seconds']['mean']:.1f}s with "
              f"validation passes) per seed | {summary['images_per_second']['mean']:.0f} images/s")
     print(line, flush=True)

@@ -3,7 +3,12 @@
 Lineage: Keller Jordan's airbench (CIFAR-10 speed records: 94.01% in 2.59 s on an A100), itself from the
 hlb-CIFAR10 / tysam-code line: a frozen, patch-whitening first convolution; three conv groups
 (conv -> max-pool -> BatchNorm -> GELU -> conv -> BatchNorm -> GELU); BatchNorm with frozen scale; a
+3x3 max-pool over the final 4x4 map (stride 3, so it sees the top-left 3x3 window, as airbench94 does); a
 linear head whose output is scaled by 1/9.
+
+The whitening layer's bias starts at zero, trains at the base learning rate (it is listed in
+`kernel_like_parameters`, so the optimizer treats it like the kernels, not like the BatchNorm biases) and is
+frozen after `whiten_bias_epochs` epochs (`frozen_parameters`), as in airbench94.
 
 The first convolution is initialised from the training data (`init_from_data`): its filters are the
 eigenvectors of the covariance of 2x2 image patches, scaled to unit variance, and their negatives -- so the
@@ -43,19 +48,32 @@ class ConvGroup(nn.Module):
         return self.activation(self.norm2(self.conv2(x)))
 
 
+# The last pooling: airbench94's MaxPool2d(3) on the 4x4 map of a 32x32 input (one 3x3 window at the top
+# left), or a global max over the whole map.
+FINAL_POOLS = {"airbench": lambda: nn.MaxPool2d(3), "global": lambda: nn.AdaptiveMaxPool2d(1)}
+
+
 class AirbenchNet(nn.Module):
+    # parameter names the optimizer groups with the kernels (base learning rate, kernel weight decay)
+    kernel_like_parameters = ("whiten.bias",)
+
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
-                 bn_momentum: float = 0.6, scaling_factor: float = 1 / 9, whiten_kernel: int = 2):
+                 bn_momentum: float = 0.6, scaling_factor: float = 1 / 9, whiten_kernel: int = 2,
+                 whiten_bias_epochs: int = 3, final_pool: str = "airbench"):
         super().__init__()
+        if final_pool not in FINAL_POOLS:
+            raise ValueError(f"final_pool must be one of {', '.join(FINAL_POOLS)}, got {final_pool!r}")
         whiten_width = 2 * 3 * whiten_kernel**2
         self.whiten = nn.Conv2d(3, whiten_width, whiten_kernel, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
+        nn.init.zeros_(self.whiten.bias)
+        self.whiten_bias_epochs = whiten_bias_epochs
         self.layers = nn.Sequential(
             nn.GELU(),
             ConvGroup(whiten_width, widths[0], bn_momentum),
             ConvGroup(widths[0], widths[1], bn_momentum),
             ConvGroup(widths[1], widths[2], bn_momentum),
-            nn.AdaptiveMaxPool2d(1),
+            FINAL_POOLS[final_pool](),
             nn.Flatten(),
         )
         self.head = nn.Linear(widths[2], num_classes, bias=False)
@@ -67,17 +85,26 @@ class AirbenchNet(nn.Module):
         k = self.whiten.kernel_size[0]
         patches = images.unfold(2, k, 1).unfold(3, k, 1).transpose(1, 3).reshape(-1, 3, k, k).double()
         flat = patches.flatten(1)
-        flat = flat - flat.mean(0)
-        cov = flat.T @ flat / flat.shape[0]
+        cov = flat.T @ flat / flat.shape[0]  # uncentered, as airbench94 (the inputs are mean-normalized)
         eigenvalues, eigenvectors = torch.linalg.eigh(cov)
         filters = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).view(-1, 3, k, k).flip(0)
         self.whiten.weight.copy_(torch.cat([filters, -filters]).float())
+
+    def frozen_parameters(self, epoch: int) -> list[nn.Parameter]:
+        """Parameters that must not change in `epoch` (the loop drops their gradients before the update, which
+        works unchanged under DDP and torch.compile, unlike toggling requires_grad)."""
+        return [self.whiten.bias] if epoch >= self.whiten_bias_epochs else []
 
     def forward(self, x):
         return self.head(self.layers(self.whiten(x))) * self.scaling_factor
 
 
 @register_model
-def airbench(num_classes: int = 10, widths=(64, 256, 256), **kwargs) -> AirbenchNet:
+def airbench(num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256), bn_momentum: float = 0.6,
+             scaling_factor: float = 1 / 9, whiten_kernel: int = 2, whiten_bias_epochs: int = 3,
+             final_pool: str = "airbench") -> AirbenchNet:
     """airbench94-sized network (about 2M parameters)."""
-    return AirbenchNet(num_classes, tuple(widths), **kwargs)
+    if len(widths) != 3 or not all(isinstance(w, int) and w >= 1 for w in widths):
+        raise ValueError(f"widths must be three positive integers, got {widths!r}")
+    return AirbenchNet(num_classes, tuple(widths), bn_momentum, scaling_factor, whiten_kernel, whiten_bias_epochs,
+                       final_pool)

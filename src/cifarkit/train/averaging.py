@@ -2,7 +2,8 @@
 
 Every `every` steps: average = decay * average + (1 - decay) * weights. With lookahead (as in airbench) the
 weights are then reset to the average, which damps the noise of very high learning rates. Buffers
-(BatchNorm statistics) are copied, not averaged.
+(BatchNorm statistics) are copied for a plain EMA; with lookahead their floating-point ones are averaged and
+reset like the weights, as airbench94 does with its whole state dict.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ class WeightAverager:
             if self.lookahead:
                 live.copy_(avg)
         for avg, live in zip(self.average.buffers(), model.buffers(), strict=True):
-            avg.copy_(live)
+            if self.lookahead and avg.is_floating_point():
+                avg.lerp_(live, 1 - decay)
+                live.copy_(avg)
+            else:
+                avg.copy_(live)
 
     def state_dict(self) -> dict:
         return self.average.state_dict()

@@ -44,18 +44,43 @@ class Accumulator:
         return {"loss": loss, "top1": top1, "top5": top5}
 
 
-def predict_logits(model, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """float32 logits; with `tta`, averaged over each image and its horizontal mirror."""
-    logits = model(x).float()
-    if tta:
-        logits = 0.5 * (logits + model(x.flip(3)).float())
-    return logits
+def _single_view(model, x: torch.Tensor) -> torch.Tensor:
+    return model(x).float()
+
+
+def _mirror(model, x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (model(x).float() + model(x.flip(3)).float())
+
+
+def _mirror_translate(model, x: torch.Tensor) -> torch.Tensor:
+    """airbench94's level-2 test-time augmentation: the mirror pair (weight 1/2) and the mirror pairs of the
+    image shifted by one pixel up-left and down-right (reflect padding; weight 1/4 each): 6 views."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[:, :, :h, :w], padded[:, :, 2:, 2:]]
+    return 0.5 * _mirror(model, x) + 0.25 * sum(_mirror(model, s) for s in shifted)
+
+
+# Test-time augmentation: name -> logits of a batch. `True` means "flip" (the mirror pair).
+TTA_MODES = {"none": _single_view, "flip": _mirror, "flip_translate": _mirror_translate}
+
+
+def tta_mode(tta: bool | str | None) -> str:
+    mode = {True: "flip", False: "none", None: "none"}.get(tta, tta) if not isinstance(tta, str) else tta
+    if mode not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA_MODES)}")
+    return mode
+
+
+def predict_logits(model, x: torch.Tensor, tta: bool | str = False) -> torch.Tensor:
+    """float32 logits; with `tta` ("flip" or True, "flip_translate"), averaged over augmented views."""
+    return TTA_MODES[tta_mode(tta)](model, x)
 
 
 @torch.no_grad()
-def evaluate_batches(model, batches, device, amp_dtype=None, tta: bool = False) -> dict[str, float]:
+def evaluate_batches(model, batches, device, amp_dtype=None, tta: bool | str = False) -> dict[str, float]:
     """Mean cross-entropy, top-1 and top-5 accuracy of `model` over (inputs, labels) batches, in eval mode.
-    With `tta`, the logits are averaged over each image and its horizontal mirror."""
+    With `tta`, the logits are averaged over augmented views (see TTA_MODES)."""
     was_training = model.training
     model.eval()
     acc = Accumulator(device)

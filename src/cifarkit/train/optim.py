@@ -15,19 +15,24 @@ def parameter_groups(model: nn.Module, l2: float, l2_first_layer: float | None, 
     """Kernels (conv/dense weights) get weight decay 2*l2 -- the gradient of Keras's `l2 * sum(w^2)` -- plus
     `weight_decay`; the first convolution's kernel 2*l2_first_layer instead of 2*l2. Biases and normalization
     parameters get `norm_weight_decay` and a learning rate scaled by `norm_lr_scale` (`lr_scale` in the group).
-    Frozen parameters are left out."""
+    A model may name parameters to treat as kernels anyway in `kernel_like_parameters` (airbench's whitening
+    bias trains at the base rate with the kernels' decay). Frozen parameters are left out."""
+    kernel_like = set(getattr(model, "kernel_like_parameters", ()))
     first, kernels, others = [], [], []
-    for module in model.modules():
+    seen_kernel = False  # the first trainable conv kernel, before any other kernel, is "first"
+    for prefix, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
-            is_kernel = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
-            if is_kernel and isinstance(module, nn.Conv2d) and not first and not kernels:
+            full_name = f"{prefix}.{name}" if prefix else name
+            is_weight = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
+            if is_weight and isinstance(module, nn.Conv2d) and not seen_kernel:
                 first.append(param)
-            elif is_kernel:
+            elif is_weight or full_name in kernel_like:
                 kernels.append(param)
             else:
                 others.append(param)
+            seen_kernel = seen_kernel or is_weight
     first_l2 = l2 if l2_first_layer is None else l2_first_layer
     groups = [
         {"params": first, "weight_decay": 2 * first_l2 + weight_decay, "name": "first_kernel", "lr_scale": 1.0},

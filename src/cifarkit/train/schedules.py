@@ -21,7 +21,7 @@ def _constant(step: int, total: int, c) -> float:
 
 
 def warmup_steps(total: int, c) -> int:
-    return c.warmup_steps or round(c.warmup_fraction * total)
+    return c.warmup_steps or int(c.warmup_fraction * total)  # floor, as airbench94
 
 
 def _progress_after_warmup(step: int, total: int, c) -> float:
@@ -52,16 +52,43 @@ def lr_at(step: int, base_lr: float, total_steps: int, config) -> float:
         shape = LR_SCHEDULES[config.lr]
     except KeyError:
         raise ConfigError(f"unknown schedule.lr {config.lr!r}; choose one of: {', '.join(LR_SCHEDULES)}") from None
+    return base_lr * warmup_ramp(step, total_steps, config) * shape(step, total_steps, config)
+
+
+def warmup_ramp(step: int, total_steps: int, config) -> float:
+    """The warm-up multiplier: from `warmup_start_fraction` at step 0 up to 1 at the end of the warm-up
+    (airbench94: 0.2 + 0.8 * step / warmup); without a start fraction, (step + 1) / warmup."""
     warmup = warmup_steps(total_steps, config)
-    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
-    return base_lr * ramp * shape(step, total_steps, config)
+    if not warmup or step >= warmup:
+        return 1.0
+    start = config.warmup_start_fraction
+    if start is None:
+        return (step + 1) / warmup
+    return start + (1.0 - start) * step / warmup
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_dropout_events(events: Sequence) -> None:
+    """The shape of each event (the number of rates is checked against the model in `validate_dropout_events`)."""
+    for event in events:
+        keys = set(event) if isinstance(event, dict) else set()
+        if "step" not in keys or len(keys & {"set", "scale"}) != 1 or keys - {"step", "set", "scale"}:
+            raise ConfigError(f"dropout event {event} should be {{step = N, set = [...]}} or {{step = N, scale = f}}")
+        if not isinstance(event["step"], int) or isinstance(event["step"], bool) or event["step"] < 0:
+            raise ConfigError(f"dropout event {event}: step must be an integer >= 0")
+        if "set" in event and not (isinstance(event["set"], list) and all(_is_number(r) and 0 <= r < 1
+                                                                          for r in event["set"])):
+            raise ConfigError(f"dropout event {event}: set must be a list of rates in [0, 1)")
+        if "scale" in event and not (_is_number(event["scale"]) and event["scale"] >= 0):
+            raise ConfigError(f"dropout event {event}: scale must be a number >= 0")
 
 
 def validate_dropout_events(events: Sequence[dict], num_stacks: int) -> None:
+    check_dropout_events(events)
     for event in events:
-        keys = set(event)
-        if "step" not in keys or len(keys & {"set", "scale"}) != 1 or keys - {"step", "set", "scale"}:
-            raise ConfigError(f"dropout event {event} should be {{step = N, set = [...]}} or {{step = N, scale = f}}")
         if "set" in event and len(event["set"]) != num_stacks:
             raise ConfigError(f"dropout event at step {event['step']} sets {len(event['set'])} rates; "
                               f"the model has {num_stacks} dropout layers")
