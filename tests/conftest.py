@@ -55,7 +55,8 @@ def real_cifar10() -> Path:
 
 QUICK = ["model.name=airbench", "model.kwargs={widths=[16,32,32]}", "preprocess.normalize=meanstd",
          "optim.lr=0.2", "optim.l2=0", "optim.l2_first_layer=0.0", "optim.momentum=0.9", "schedule.dropout_events=[]",
-         "schedule.milestones=[]", "train.batch_size=64", "train.eval_every=40", "train.steps=40", "train.run_name=run"]
+         "schedule.milestones=[]", "train.batch_size=64", "train.eval_every=40", "train.steps=40", "train.run_name=run",
+         "train.amp=off"]  # fp32, so that tests can recompute its figures exactly
 
 
 @pytest.fixture(scope="session")

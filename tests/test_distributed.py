@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cifarkit.data.loader import AugmentConfig, DeviceLoader
+from cifarkit.errors import ConfigError
 from cifarkit.train.checkpoint import load_checkpoint
 
 STEPS = 12
@@ -46,7 +47,7 @@ def test_ranks_get_the_augmentation_one_process_would():
 
 
 def test_global_batch_must_split_evenly():
-    with pytest.raises(ValueError, match="does not split evenly"):
+    with pytest.raises(ConfigError, match="does not split evenly"):
         DeviceLoader(torch.zeros(10, 3, 32, 32), torch.zeros(10), 5, torch.nn.Identity(), AugmentConfig(),
                      world_size=2)
 
@@ -56,7 +57,8 @@ def args(fake_root, out, name, *extra):
             "--out-dir", str(out), "--run-name", name, "--device", "cpu", "--steps", str(STEPS),
             "--set", "model.kwargs.width=0.05", "--set", "model.kwargs.dropout=0.0", "--set", "train.batch_size=40",
             "--set", "data.val_per_class=10", "--set", "train.eval_every=6", "--set", "train.checkpoint_every=3",
-            "--set", "train.keep_checkpoints=10", "--set", "optim.lr=0.05", *extra]
+            "--set", "train.keep_checkpoints=10", "--set", "optim.lr=0.05",
+            "--set", "train.amp=off", *extra]  # fp32: one process and two must agree closely
 
 
 def run(command, timeout=600):
@@ -75,9 +77,12 @@ def single(*cli_args):
     return run([sys.executable, "-m", "cifarkit", *cli_args])
 
 
-def assert_close_weights(a, b, tolerance=1e-5):
+def assert_close_weights(a, b, tolerance=1e-4):
+    """Two half-batches and one whole batch sum their gradients in a different order: float32 rounding drifts by
+    about 1e-5 over a dozen steps (measured on an AMX CPU), while the training steps move weights by ~1e-2."""
     for name in a["model"]:
-        assert torch.allclose(a["model"][name], b["model"][name], atol=tolerance, rtol=tolerance), name
+        difference = (a["model"][name].double() - b["model"][name].double()).abs().max().item()
+        assert torch.allclose(a["model"][name], b["model"][name], atol=tolerance, rtol=tolerance), (name, difference)
 
 
 @pytest.fixture(scope="module")

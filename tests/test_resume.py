@@ -81,7 +81,9 @@ def reference_run(tmp_path_factory, fake_root):
 
 
 def test_sigkill_then_resume_is_bitwise_identical(reference_run, fake_root, tmp_path):
-    kill_after = random.Random(os.getpid()).randint(4, STEPS - 12)
+    seed = os.getpid()
+    kill_after = random.Random(seed).randint(4, STEPS - 12)
+    print(f"SIGKILL after step {kill_after} (random seed {seed}); to reproduce, set kill_after to it")
     process = cli(*run_args(fake_root, tmp_path, "killed"))
     wait_for_step(process, tmp_path / "killed", kill_after)
     process.send_signal(signal.SIGKILL)
@@ -124,9 +126,14 @@ def test_second_sigint_exits_at_once(fake_root, tmp_path):
     process = cli(*run_args(fake_root, tmp_path, "twice", "--steps", "100000"))
     wait_for_step(process, tmp_path / "twice", 3)
     process.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # two separate signals (back to back, the OS may deliver them as one)
     process.send_signal(signal.SIGINT)
-    process.communicate(timeout=60)
-    assert process.returncode != 0
+    _, err = process.communicate(timeout=60)
+    # The second Ctrl-C is Python's KeyboardInterrupt: exit 130 ("interrupted"), or 130 after the first had
+    # already finished its step and saved ("SIGINT received"), or death by SIGINT if it lands as the process
+    # is exiting -- never a traceback, never a run that goes on
+    assert process.returncode in (130, -signal.SIGINT), err
+    assert "Traceback" not in err
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(fake_root, tmp_path):
@@ -197,6 +204,8 @@ def test_damaged_real_checkpoint_gives_a_checkpoint_error(tmp_path, cut, junk):
     path = tmp_path / "damaged.pt"
     path.write_bytes(raw[: cut % len(raw)] + junk)
     try:
-        load_checkpoint(path)
+        state = load_checkpoint(path)
     except CheckpointError:
-        pass
+        return
+    # a damaged file may only load if what it yields is exactly what was saved
+    assert torch.equal(state["model"]["w"], torch.ones(3))

@@ -47,9 +47,8 @@ def test_cosine_and_linear_end_points():
 
 
 def test_unknown_schedule():
-    c = load_config("elu-seed", ["schedule.lr=zigzag"]).schedule
-    with pytest.raises(ConfigError, match="unknown schedule.lr"):
-        lr_at(0, 0.1, 10, c)
+    with pytest.raises(ConfigError, match="schedule.lr must be one of step, constant, cosine, linear; got 'zigzag'"):
+        load_config("elu-seed", ["schedule.lr=zigzag"])
 
 
 class TwoLayer(nn.Module):

@@ -40,7 +40,7 @@ needs_browser = pytest.mark.skipif(
 def test_page_classifies_like_cifarkit_predict(trained_run, tmp_path):
     from cifarkit.export import export_onnx
     from cifarkit.predict import predict_files
-    from cifarkit.serve import make_server
+    from cifarkit.serve import WebServer
 
     export_onnx(trained_run, tmp_path / "model" / "model.onnx")
     trained_data = json.loads((tmp_path / "model" / "model.json").read_text())
@@ -56,19 +56,18 @@ def test_page_classifies_like_cifarkit_predict(trained_run, tmp_path):
     files = [pictures[0], bad, pictures[1], pictures[2]]
 
     trained = json.loads((trained_run / "config.json").read_text())
-    server = make_server(tmp_path / "model" / "model.onnx", WEB / "dist", port=0, samples=4,
-                         data_dir=trained["data"]["data_dir"])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/"
-        result = subprocess.run(["node", "e2e/classify.mjs", url, str(ARTIFACTS / "web-page.png"), *map(str, files)],
-                                cwd=WEB, capture_output=True, text=True, timeout=600)
-    finally:
-        server.shutdown()
-        server.server_close()
-        shutil.rmtree(server.model_dir, ignore_errors=True)
+    with WebServer(tmp_path / "model" / "model.onnx", WEB / "dist", port=0, samples=4,
+                   data_dir=trained["data"]["data_dir"]) as web:
+        thread = threading.Thread(target=web.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{web.address[1]}/"
+            result = subprocess.run(["node", "e2e/classify.mjs", url, str(ARTIFACTS / "web-page.png"),
+                                     *map(str, files)], cwd=WEB, capture_output=True, text=True, timeout=600)
+        finally:
+            web.server.shutdown()
+    assert web.model_dir is None  # the temporary copy is gone
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["ready"] == "true", report

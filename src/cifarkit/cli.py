@@ -30,6 +30,16 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading when no copy is found")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def _load(args):
     from cifarkit.data import load_dataset
 
@@ -95,7 +105,7 @@ def cmd_show(args) -> int:
 
 
 def _config(args):
-    from cifarkit.config import load_config
+    from cifarkit.config import DEFAULT_RECIPE, load_config
 
     overrides = list(args.set or [])
     for flag, key in (("device", "train.device"), ("out_dir", "train.out_dir"), ("data_dir", "data.data_dir"),
@@ -107,7 +117,7 @@ def _config(args):
         overrides.append("train.epochs=0")  # --steps counts steps, whatever epochs the recipe names
     if getattr(args, "no_download", False):
         overrides.append("data.download=false")
-    return load_config(args.recipe, overrides)
+    return load_config(args.recipe or DEFAULT_RECIPE, overrides)
 
 
 @command
@@ -116,7 +126,21 @@ def cmd_train(args) -> int:
 
     try:
         if args.resume:
-            resume(args.resume, list(args.set or []))
+            ignored = [flag for flag, value in (("--recipe", args.recipe), ("--dataset", args.dataset),
+                                                ("--device", args.device), ("--steps", args.steps),
+                                                ("--out-dir", args.out_dir), ("--run-name", args.run_name),
+                                                ("--print-config", args.print_config or None))
+                       if value is not None]
+            if ignored:
+                raise CifarkitError(f"{ignored[0]} cannot be used with --resume: a resumed run keeps its own settings "
+                                    "(only --data-dir, --no-download and --set of train.skip_nonfinite, "
+                                    "train.checkpoint_every, train.checkpoint_minutes or train.keep_checkpoints)")
+            overrides = list(args.set or [])
+            if args.data_dir is not None:
+                overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
+            if args.no_download:
+                overrides.append("data.download=false")
+            resume(args.resume, overrides)
             return 0
         config = _config(args)
         if args.print_config:
@@ -178,7 +202,8 @@ def cmd_predict(args) -> int:
     if not results:
         print("cifarkit predict: error: no image files found in the given folders", file=sys.stderr)
         return 1
-    print(format_predictions(results, args.format))
+    for line in format_predictions(results, args.format).splitlines():  # line by line: each result reaches a pipe
+        print(line, flush=args.format != "json")
     failed = [r for r in results if r.error]
     if failed:
         print(f"cifarkit predict: {len(failed)} of {len(results)} files could not be classified", file=sys.stderr)
@@ -190,7 +215,7 @@ def cmd_export(args) -> int:
     from cifarkit.export import export_onnx
 
     metadata = export_onnx(args.checkpoint, args.onnx)
-    print(f"wrote {args.onnx} and {Path(args.onnx).parent / 'model.json'} | ONNX Runtime matches PyTorch "
+    print(f"wrote {args.onnx} and {Path(args.onnx).with_suffix('.json')} | ONNX Runtime matches PyTorch "
           f"within {metadata['parity']['max_abs_difference']:.1e} on {metadata['parity']['images']} "
           f"{metadata['parity']['source']}")
     return 0
@@ -206,20 +231,18 @@ def cmd_plot(args) -> int:
 
 @command
 def cmd_serve_web(args) -> int:
-    import shutil
+    from cifarkit.serve import WebServer, is_loopback
 
-    from cifarkit.serve import make_server
-
-    server = make_server(Path(args.onnx), Path(args.web_dir), args.host, args.port, args.samples, args.data_dir)
-    host, port = server.server_address[:2]
-    print(f"serving the page on http://{host}:{port}/ with {args.onnx} (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        shutil.rmtree(server.model_dir, ignore_errors=True)
+    with WebServer(Path(args.onnx), Path(args.web_dir), args.host, args.port, args.samples, args.data_dir) as web:
+        host, port = web.address
+        try:
+            if not is_loopback(args.host):
+                print(f"warning: listening on {args.host}, not only this machine: anyone who can reach port {port} "
+                      "can use the page and download the model", file=sys.stderr, flush=True)
+            print(f"serving the page on http://{host}:{port}/ with {args.onnx} (Ctrl-C stops)", flush=True)
+            web.serve_forever()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a normal stop
+            pass
     return 0
 
 
@@ -252,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a recipe. The run directory holds config.json, TensorBoard events, "
                                    "metrics.jsonl, best.pt (by validation loss), last.pt and results.json "
                                    "(the test set, evaluated once at the end).")
-    p.add_argument("--recipe", default="elu-seed", help="built-in recipe name or a .toml path "
-                                                       "(default: %(default)s; `cifarkit list` shows all)")
+    p.add_argument("--recipe", help="built-in recipe name or a .toml path "
+                                    "(default: elu-seed; `cifarkit list` shows all)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.steps=200 --set optim.lr=0.05 (repeatable)")
     p.add_argument("--dataset", choices=["cifar100", "cifar10"], help="override data.dataset")
@@ -292,22 +315,25 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the exit status is 1 if any file failed.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file or a run directory")
     p.add_argument("files", nargs="+", metavar="FILES_OR_DIRS", help="image files or folders of images")
-    p.add_argument("-k", "--top-k", type=int, default=5, help="classes to show per image (default: %(default)s)")
+    p.add_argument("-k", "--top-k", type=_positive_int, default=5,
+                   help="classes to show per image (default: %(default)s)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="default: %(default)s")
     p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
     p.add_argument("--device", default="cpu", help="default: %(default)s")
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX (pixels in, probabilities out), verified",
                        description="Write an ONNX model taking uint8 RGB NHWC 32x32 pixels (dynamic batch) with "
-                                   "all preprocessing inside and probabilities out, plus model.json beside it; "
-                                   "ONNX Runtime must match PyTorch within 1e-4 or nothing is written.")
+                                   "all preprocessing inside and probabilities out, plus its metadata named after "
+                                   "it (model.onnx -> model.json); ONNX Runtime must match PyTorch within 1e-4 "
+                                   "or nothing is written.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file or a run directory")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the model")
 
     p = sub.add_parser("serve-web", help="serve the browser page with an exported model on this machine",
                        description="Serve web/dist (build it with `npm run build` in web/) with an exported "
                                    "model and sample test images, at http://127.0.0.1:PORT/.")
-    p.add_argument("--onnx", required=True, metavar="MODEL.onnx", help="from `cifarkit export` (model.json beside)")
+    p.add_argument("--onnx", required=True, metavar="MODEL.onnx",
+                   help="from `cifarkit export` (its .json metadata beside it)")
     p.add_argument("--web-dir", default="web/dist", help="the built page (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="default: %(default)s (this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default: %(default)s; 0 picks a free port")
@@ -320,8 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C, so temporary files and folders are removed
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return COMMANDS[args.command](args)
     except CifarkitError as e:

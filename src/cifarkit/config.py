@@ -8,11 +8,13 @@ config is saved in every run directory and inside every checkpoint as plain data
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from cifarkit.data.loader import AugmentConfig
 from cifarkit.data.preprocess import PreprocessConfig
@@ -60,7 +62,7 @@ class OptimConfig:
     # train.batch_size is the global batch (all processes together). To keep a learning rate tuned at another
     # batch size, name that size here and how lr follows the batch: "none", "linear" or "sqrt".
     base_batch_size: int | None = None
-    lr_scaling: str = "none"
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class ScheduleConfig:
     gamma: float = 0.1
     warmup_steps: int = 0
     warmup_fraction: float = 0.0  # warm-up length as a fraction of the run (used when warmup_steps is 0)
+    warmup_start_fraction: float | None = None  # lr at step 0 as a fraction of the peak (None: 1/warmup)
     final_lr_fraction: float = 0.0  # "cosine" / "linear": the lr reached at the last step, as a fraction
     # Dropout events in optimizer steps: {step = N, set = [rates per stack]} or {step = N, scale = f}.
     dropout_events: list[dict[str, Any]] = field(default_factory=list)
@@ -85,7 +88,7 @@ class TrainConfig:
     eval_batch_size: int = 500
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA, then MPS, then CPU) | "cuda" | "cuda:1" | "mps" | "cpu"
-    amp: str = "auto"  # "auto" (bf16 on CUDA, off elsewhere) | "bf16" | "off"
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16, else off
     out_dir: str = "runs"
     run_name: str | None = None  # default: <recipe>-<date>-<time>
     seeds: int = 1  # train this many seeds (seed, seed+1, ...) and report mean and standard deviation
@@ -160,7 +163,27 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _literal_choices(hint: Any) -> tuple | None:
+    """The allowed values of `Literal[...]` or `Literal[...] | None`, else None."""
+    if get_origin(hint) is Literal:
+        return get_args(hint)
+    for arm in get_args(hint):
+        if get_origin(arm) is Literal:
+            return get_args(arm)
+    return None
+
+
 def _check_type(value: Any, hint: Any, where: str) -> Any:
+    choices = _literal_choices(hint)
+    if choices is not None:
+        if isinstance(value, Override):  # a text choice given bare (amp=off) or quoted (amp="off")
+            value = value.value if isinstance(value.value, str) else value.raw
+        plain = _plain(value)
+        if plain is None and type(None) in get_args(hint):
+            return None
+        if plain not in choices:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}; got {plain!r}")
+        return plain
     text = str(hint)
     if isinstance(value, Override):
         value = value.value if isinstance(value.value, str) or not text.startswith("str") else value.raw
@@ -179,6 +202,8 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} should be a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value}")
     elif hint is str or text.startswith("str"):
         if not isinstance(value, str):
             raise ConfigError(f"{where} should be a string, got {value!r}")
@@ -204,10 +229,18 @@ def list_recipes() -> list[str]:
                   if p.name.endswith(".toml"))
 
 
-def _read_recipe(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def _read_recipe(name_or_path: str, seen: tuple[str, ...] = (), base: Path | None = None) -> dict[str, Any]:
+    """A recipe's values, `extends` resolved (a path in `extends` is relative to the recipe that names it)."""
     path = Path(name_or_path)
+    if base is not None and not path.is_absolute():
+        path = base / path
     if name_or_path.endswith(".toml") and path.is_file():
-        text, label = path.read_text(), str(path)
+        try:
+            text, label = path.read_bytes().decode("utf-8"), str(path)
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"recipe {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read recipe {path}: {e.strerror}") from None
     elif name_or_path in list_recipes():
         text, label = resources.files("cifarkit.recipes").joinpath(f"{name_or_path}.toml").read_text(), name_or_path
     else:
@@ -215,15 +248,26 @@ def _read_recipe(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any
                           "(or pass a path to a .toml file)")
     if label in seen:
         raise ConfigError(f"recipe {label} extends itself (through {' -> '.join(seen)})")
-    try:
-        values = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"recipe {label} is not valid TOML: {e}") from None
+    if len(seen) > 20:
+        raise ConfigError(f"recipe {label}: more than 20 levels of `extends`")
+    values = _parse_toml(text, f"recipe {label}")
     parent = values.pop("extends", None)
-    if parent:
-        values = _merge(_read_recipe(parent, (*seen, label)), values)
+    if parent is not None:
+        if not isinstance(parent, str) or not parent:
+            raise ConfigError(f"recipe {label}: `extends` must name a recipe or a .toml path, got {parent!r}")
+        parent_base = Path(label).parent if label.endswith(".toml") else None
+        values = _merge(_read_recipe(parent, (*seen, label), parent_base), values)
     values["recipe"] = Path(label).stem if label.endswith(".toml") else label
     return values
+
+
+def _parse_toml(text: str, what: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} is nested too deeply to read") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Override]:
@@ -236,6 +280,10 @@ def parse_override(text: str) -> tuple[list[str], Override]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    except RecursionError:
+        raise ConfigError(f"--set {key.strip()}: the value is nested too deeply") from None
+    if any(not part.strip() for part in key.split(".")):
+        raise ConfigError(f"--set expects KEY=VALUE with a dotted key such as train.steps, got {key!r}")
     return key.strip().split("."), Override(value, raw.strip())
 
 
@@ -249,8 +297,99 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
+def _at_least(low):
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _above(low):
+    return lambda v: None if v > low else f"must be > {low}"
+
+
+def _within(low, high):  # low <= v < high
+    return lambda v: None if low <= v < high else f"must be in [{low}, {high})"
+
+
+def _optional(check):
+    return lambda v: None if v is None else check(v)
+
+
+# "section.key" -> a check returning what is wrong (or None). Types and enumerations are checked by
+# `_build` from the dataclasses' annotations; these are the ranges that a type cannot say.
+RANGES: dict[str, Callable[[Any], str | None]] = {
+    "data.val_per_class": _optional(_at_least(0)),
+    "data.split_seed": _at_least(0),
+    "data.train_subset": _optional(_at_least(1)),
+    "preprocess.zca_epsilon": _above(0),
+    "preprocess.gcn_std_floor": _above(0),
+    "augment.pad": _within(0, 17),
+    "optim.lr": _above(0),
+    "optim.momentum": _within(0, 1),
+    "optim.l2": _at_least(0),
+    "optim.l2_first_layer": _optional(_at_least(0)),
+    "optim.weight_decay": _at_least(0),
+    "optim.norm_lr_scale": _above(0),
+    "optim.norm_weight_decay": _at_least(0),
+    "optim.label_smoothing": _within(0, 1),
+    "optim.base_batch_size": _optional(_at_least(1)),
+    "schedule.milestones": lambda v: None if all(isinstance(m, int) and not isinstance(m, bool) and m >= 0
+                                                  for m in v) else "must be a list of step numbers >= 0",
+    "schedule.gamma": _above(0),
+    "schedule.warmup_steps": _at_least(0),
+    "schedule.warmup_fraction": _within(0, 1),
+    "schedule.warmup_start_fraction": _optional(lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
+    "schedule.final_lr_fraction": _at_least(0),
+    "train.steps": _at_least(1),
+    "train.epochs": _optional(_at_least(0)),  # 0: off (train.steps counts)
+    "train.budget_seconds": _optional(_at_least(0)),  # 0: off
+    "train.batch_size": _at_least(1),
+    "train.eval_every": _at_least(1),
+    "train.eval_batch_size": _at_least(1),
+    "train.seed": _within(0, 2**32),
+    "train.seeds": _within(1, 1001),
+    "train.ema_decay": _within(0, 1),
+    "train.ema_every": _at_least(1),
+    "train.ema_ramp_power": _at_least(0),
+    "train.checkpoint_every": _optional(_at_least(1)),
+    "train.checkpoint_minutes": _optional(_at_least(0)),
+    "train.keep_checkpoints": _at_least(1),
+}
+
+
+def _check_registries(config: Config) -> None:
+    """Names that must exist in a registry, and options that the chosen model must take."""
+    from cifarkit.data.specs import DATASETS
+    from cifarkit.models.registry import check_model_options
+    from cifarkit.train.device import check_device_name
+    from cifarkit.train.optim import OPTIMIZERS
+    from cifarkit.train.schedules import LR_SCHEDULES, check_dropout_events
+
+    for where, value, registry in (("data.dataset", config.data.dataset, DATASETS),
+                                   ("optim.name", config.optim.name, OPTIMIZERS),
+                                   ("schedule.lr", config.schedule.lr, LR_SCHEDULES)):
+        if value not in registry:
+            raise ConfigError(f"{where} must be one of {', '.join(registry)}; got {value!r}")
+    check_model_options(config.model.name, config.model.kwargs)
+    check_device_name(config.train.device)
+    check_dropout_events(config.schedule.dropout_events)
+    if config.optim.nesterov and config.optim.momentum <= 0:
+        raise ConfigError("optim.nesterov needs optim.momentum > 0")
+
+
+def validate(config: Config) -> Config:
+    """Every value in range and every name known, or a ConfigError saying which and what is allowed."""
+    for key, check in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        problem = check(value)
+        if problem:
+            raise ConfigError(f"{key} {problem}; got {value!r}")
+    _check_registries(config)
+    return config
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
-    return _build(Config, values, "")
+    """A validated Config from plain data (a recipe after overrides, or a checkpoint's saved config)."""
+    return validate(_build(Config, values, ""))
 
 
 def load_config(recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None) -> Config:

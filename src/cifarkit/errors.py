@@ -19,3 +19,7 @@ class CheckpointError(CifarkitError):
 
 class ImageError(CifarkitError):
     """A file given for prediction that is not a usable image (reported per file)."""
+
+
+class OutputError(CifarkitError):
+    """A place to write results that cannot be used (not writable, a file where a folder should be...)."""

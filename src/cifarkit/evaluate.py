@@ -11,14 +11,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from cifarkit.data import load_dataset, split_for
 from cifarkit.data.loader import to_device_images
-from cifarkit.errors import ConfigError
-from cifarkit.files import atomic_write_bytes
+from cifarkit.errors import ConfigError, OutputError
+from cifarkit.files import atomic_write_bytes, check_writable_folder, replace_folder
 from cifarkit.inference import TrainedModel, load_trained_model
 
 SPLITS = ("val", "test")
@@ -127,7 +129,11 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", tta: bool =
                         gallery_size: int = 36) -> dict:
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {SPLITS}, got {split!r}")
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise OutputError(f"--out {out_dir} is a file; the report is a folder of files: name a folder")
     trained: TrainedModel = load_trained_model(checkpoint, device)
+    out = Path(out_dir) if out_dir else trained.checkpoint.parent / f"eval-{split}{'-tta' if tta else ''}"
+    check_writable_folder(out.parent, "the evaluation report")  # now, not after the whole evaluation
     c = trained.config.data
     data = load_dataset(c.dataset, data_dir or c.data_dir, download=c.download)
     if split == "test":
@@ -140,8 +146,20 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", tta: bool =
     report = {"checkpoint": str(trained.checkpoint), "checkpoint_sha256": trained.sha256, "step": trained.step,
               "split": split, "tta": tta, **report, "config": trained.config.to_dict()}
 
-    out = Path(out_dir) if out_dir else trained.checkpoint.parent / f"eval-{split}{'-tta' if tta else ''}"
-    out.mkdir(parents=True, exist_ok=True)
+    # every file is written into a staging folder beside OUT, which then replaces OUT as a whole
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+    try:
+        files = _write_report_files(report, probabilities, images, labels, trained, staging, gallery_size)
+        replace_folder(staging, out)
+    except BaseException:  # Ctrl-C, SIGTERM, a full disk: the previous report stays as it was
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    report["files"] = {name: str(out / name) for name in files}
+    return report
+
+
+def _write_report_files(report: dict, probabilities: np.ndarray, images: np.ndarray, labels: np.ndarray,
+                        trained: TrainedModel, out: Path, gallery_size: int) -> list[str]:
     matrix = np.asarray(report["confusion_matrix"])
     write_confusion_csv(matrix, trained.class_names, out / "confusion.csv")
     confusion_png(matrix, trained.class_names, out / "confusion.png")
@@ -154,9 +172,6 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", tta: bool =
         image_grid(images[wrong], [f"{trained.class_names[labels[i]]}\n→ {trained.class_names[predictions[i]]}"
                                    for i in wrong], out / "misclassified.png", columns=6,
                    title="misclassified: true → predicted")
-    report["files"] = {name: str(out / name) for name in
-                       ("confusion.csv", "confusion.png", "reliability.png", "misclassified.png")
-                       if (out / name).exists()}
     atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
-    report["files"]["report.json"] = str(out / "report.json")
-    return report
+    return [name for name in ("confusion.csv", "confusion.png", "reliability.png", "misclassified.png",
+                              "report.json") if (out / name).exists()]

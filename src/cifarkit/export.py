@@ -1,15 +1,16 @@
 """`cifarkit export`: an ONNX model that takes raw pixels and returns probabilities, checked by ONNX Runtime.
 
 The graph's input is uint8 RGB pixels, NHWC (batch, 32, 32, 3), with a dynamic batch size; all of the
-checkpoint's preprocessing (scaling, GCN, ZCA or mean/std) is inside it, and it ends in a softmax. Beside it,
-`model.json` records the classes, superclasses, the input spec, the resize filter, the source checkpoint's
-hash and its validation/test accuracy. The export verifies itself: ONNX Runtime must reproduce PyTorch's
-outputs within 1e-4 on real images, or nothing is left on disk.
+checkpoint's preprocessing (scaling, GCN, ZCA or mean/std) is inside it, and it ends in a softmax. Beside it, a
+JSON file named after it (model.onnx -> model.json) records the classes, superclasses, the input spec,
+the resize filter, the source checkpoint's hash and its validation/test accuracy. The export verifies
+itself: ONNX Runtime must reproduce PyTorch's outputs within 1e-4 on real images, or nothing is left on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from cifarkit.errors import CifarkitError
-from cifarkit.files import atomic_write_bytes
+from cifarkit.files import atomic_write_bytes, check_writable_folder
 from cifarkit.images import SIZE
 from cifarkit.inference import TrainedModel, load_trained_model
 
@@ -81,17 +82,20 @@ def _results_beside(checkpoint: Path) -> dict:
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, check_images: np.ndarray | None = None) -> dict:
-    """Write OUT (.onnx) and OUT's folder/model.json; returns the metadata (with the measured parity)."""
+    """Write OUT (.onnx) and its metadata beside it, named after it (model.onnx -> model.json, so two exports
+    in one folder never share one metadata file); returns the metadata (with the measured parity)."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise ExportError("export needs onnx, onnxscript and onnxruntime: pip install 'cifarkit[export]'") from None
-    trained = load_trained_model(checkpoint, "cpu")
-    module = PixelsToProbabilities(trained).eval()
     out = Path(out)
     if out.suffix != ".onnx":
         raise ExportError(f"{out}: the output file should end in .onnx")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise ExportError(f"{out} is a folder; name the .onnx file to write")
+    check_writable_folder(out.parent, "the ONNX model")  # before the export, not after it
+    trained = load_trained_model(checkpoint, "cpu")
+    module = PixelsToProbabilities(trained).eval()
     if check_images is None:
         check_images = real_check_images(trained)
     source = "test images" if check_images is not None else "random pixels (no local copy of the dataset)"
@@ -134,6 +138,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path, check_images: np.ndarra
             "parity": {"images": int(len(check_images)), "source": source, "max_abs_difference": difference,
                        "tolerance": TOLERANCE},
         }
+        metadata["model_file"] = out.name
+        metadata["model_sha256"] = hashlib.sha256(staged.read_bytes()).hexdigest()
+        # the metadata first, then the model: a reader that finds OUT finds its own metadata beside it
+        atomic_write_bytes(out.with_suffix(".json"), (json.dumps(metadata, indent=2) + "\n").encode())
         atomic_write_bytes(out, staged.read_bytes())
-    atomic_write_bytes(out.parent / "model.json", (json.dumps(metadata, indent=2) + "\n").encode())
     return metadata

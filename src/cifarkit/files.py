@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+from cifarkit.errors import OutputError
 
 CHUNK = 1 << 20
 
@@ -38,3 +41,28 @@ def file_digest(path: Path, algorithm: str) -> str:
         while block := f.read(CHUNK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Create `folder` if needed and prove that a file can be written in it -- before any long computation."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"cannot write {what} in {folder}: {e.strerror or e}; choose another place") from None
+
+
+def replace_folder(staged: Path, target: Path) -> None:
+    """Put the complete folder `staged` at `target` (same file system), replacing a previous one as a whole:
+    readers see the old set or the new set of files, never a mix."""
+    staged, target = Path(staged), Path(target)
+    if not target.exists():
+        os.replace(staged, target)
+        return
+    retired = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, retired)
+    os.replace(staged, target)
+    shutil.rmtree(retired, ignore_errors=True)

@@ -7,6 +7,8 @@ resize the whole picture (no crop) to 32x32 with PIL's antialiased bilinear filt
 
 from __future__ import annotations
 
+import errno
+import os
 import warnings
 from pathlib import Path
 
@@ -18,6 +20,9 @@ from cifarkit.errors import ImageError
 SIZE = 32
 RESAMPLE = Image.Resampling.BILINEAR  # antialiased when shrinking: PIL widens the filter by the scale factor
 MAX_PIXELS = 40_000_000  # refuse larger pictures before decoding them (decompression bombs)
+# errno -> what to tell the user (other OS errors while decoding mean a damaged file)
+OS_ERRORS = {errno.ELOOP: "a loop of symbolic links", errno.EACCES: "permission denied (cannot read the file)",
+             errno.ENAMETOOLONG: "file name too long", errno.EIO: "input/output error reading the file"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
@@ -45,8 +50,8 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             with Image.open(path) as image:
                 width, height = image.size  # read from the header, before any decoding
                 if width * height > max_pixels:
-                    raise ImageError(f"{path}: {width}x{height} pixels is over the limit of {max_pixels:,} "
-                                     "(a decompression bomb?); refusing to decode it")
+                    raise ImageError(f"{display_path(path)}: {width}x{height} pixels is over the limit of "
+                                     f"{max_pixels:,} (a decompression bomb?); refusing to decode it")
                 image = ImageOps.exif_transpose(image)
                 image = to_rgb8(image)
                 image = image.resize((SIZE, SIZE), RESAMPLE)
@@ -54,24 +59,47 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file (or a format Pillow cannot read)") from None
+        raise ImageError(f"{display_path(path)}: not an image file (or a format Pillow cannot read)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{path}: refused as a possible decompression bomb ({e})") from None
+        raise ImageError(f"{display_path(path)}: refused as a possible decompression bomb ({e})") from None
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
+        raise ImageError(f"{display_path(path)}: no such file") from None
     except IsADirectoryError:
-        raise ImageError(f"{path}: is a folder") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: truncated or corrupt image ({e})") from None
+        raise ImageError(f"{display_path(path)}: is a folder") from None
+    except PermissionError:
+        raise ImageError(f"{display_path(path)}: permission denied (cannot read the file)") from None
+    except OSError as e:
+        if e.errno in OS_ERRORS:
+            raise ImageError(f"{display_path(path)}: {OS_ERRORS[e.errno]}") from None
+        raise ImageError(f"{display_path(path)}: truncated or corrupt image ({e})") from None
+    except (SyntaxError, ValueError) as e:
+        raise ImageError(f"{display_path(path)}: truncated or corrupt image ({e})") from None
 
 
-def expand_paths(paths: list[str | Path]) -> list[Path]:
-    """Files as given; folders expanded (sorted, recursively) to the image files they hold."""
-    out: list[Path] = []
+def display_path(path: str | Path) -> str:
+    """A file name that can always be printed: bytes that are not UTF-8 (possible in POSIX names) are shown as
+    \\xNN escapes instead of making every later print fail."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def expand_paths(paths: list[str | Path]) -> list[tuple[Path, str | None]]:
+    """(path, None) for files as given and for the image files under folders (sorted, recursively);
+    (path, why) for a folder, or a folder inside one, that cannot be read -- reported, never skipped."""
+    out: list[tuple[Path, str | None]] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            out.append(path)
+        if not path.is_dir():
+            out.append((path, None))
+            continue
+        found: list[tuple[Path, str | None]] = []
+
+        def unreadable(error: OSError, found=found) -> None:
+            reason = "permission denied" if isinstance(error, PermissionError) else error.strerror or str(error)
+            found.append((Path(error.filename), f"{display_path(error.filename)}: cannot read this folder ({reason})"))
+
+        for folder, dirs, files in os.walk(path, onerror=unreadable):
+            dirs.sort()
+            found.extend((Path(folder) / name, None) for name in files
+                         if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+        out.extend(sorted(found, key=lambda item: os.fsencode(item[0])))
     return out

@@ -31,7 +31,7 @@ class TrainedModel:
     checkpoint: Path
     sha256: str
     step: int
-    val: dict
+    val: dict  # the validation figures of the checkpoint; empty if it was saved before any validation pass
 
     @torch.no_grad()
     def probabilities(self, images_nchw_uint8: torch.Tensor, tta: bool = False, batch_size: int = 500):
@@ -45,6 +45,9 @@ class TrainedModel:
 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    from cifarkit.train.device import resolve_device
+
+    device = resolve_device(device) if isinstance(device, str) else device  # a bad name is a one-line error
     checkpoint = resolve_checkpoint(path)
     state = load_checkpoint(checkpoint)
     try:
@@ -59,5 +62,6 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
     return TrainedModel(
         model=model, preprocess=preprocess, config=config, class_names=list(state["class_names"]),
         coarse_names=list(state.get("coarse_names") or []), fine_to_coarse=state.get("fine_to_coarse"),
-        checkpoint=checkpoint, sha256=file_sha256(checkpoint), step=int(state["step"]), val=dict(state["val"]),
+        checkpoint=checkpoint, sha256=file_sha256(checkpoint), step=int(state["step"]),
+        val=dict(state.get("val") or {}),
     )

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cifarkit.errors import ImageError
-from cifarkit.images import expand_paths, load_image
+from cifarkit.images import display_path, expand_paths, load_image
 from cifarkit.inference import TrainedModel, load_trained_model
 
 
@@ -42,9 +42,11 @@ def predict_files(checkpoint: str | Path, paths: list[str | Path], top_k: int = 
                   device: str = "cpu", trained: TrainedModel | None = None) -> list[Prediction]:
     trained = trained or load_trained_model(checkpoint, device)
     files = expand_paths(paths)
-    results = [Prediction(str(p)) for p in files]
+    results = [Prediction(display_path(path), error=problem) for path, problem in files]
     images, ok = [], []
-    for i, path in enumerate(files):
+    for i, (path, problem) in enumerate(files):
+        if problem:
+            continue
         try:
             images.append(load_image(path))
             ok.append(i)

@@ -1,27 +1,48 @@
-"""`cifarkit serve-web`: serve the browser page (web/dist) with an exported model, on this machine only.
+"""`cifarkit serve-web`: serve the browser page (web/dist) with an exported model.
 
     cifarkit serve-web --onnx model.onnx [--web-dir web/dist] [--port 8000] [--samples 24] [--data-dir DIR]
 
 The page is at http://127.0.0.1:PORT/; the model (model.onnx, model.json) and a gallery of sample test
 images are served under /model/.
+
+Only an allow-list is served: a table from URL path to file, built once at start-up from the built page's
+regular files (resolved inside the page folder; links that lead out of it are left out) and the model's own
+files. A request whose path is not a key of that table is a 404, whatever its dots, slashes, encodings or
+bytes, so no request can name a file outside the table -- there is no path joining at request time at all.
+Connections time out, worker threads are bounded (a full server answers 503 at once), and a client that
+hangs up costs one quiet line, not a traceback.
 """
 
 from __future__ import annotations
 
-import functools
 import http.server
+import ipaddress
 import json
+import mimetypes
+import os
 import shutil
+import socket
+import sys
 import tempfile
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cifarkit.errors import CifarkitError
 
+MAX_SAMPLES = 500
+MAX_PATH_LENGTH = 2048  # longer request paths are refused before any lookup
+CONTENT_TYPES = {".wasm": "application/wasm", ".mjs": "text/javascript", ".js": "text/javascript",
+                 ".onnx": "application/octet-stream", ".json": "application/json", ".html": "text/html",
+                 ".css": "text/css", ".png": "image/png", ".svg": "image/svg+xml", ".webmanifest":
+                 "application/manifest+json"}
+
 
 class ServeError(CifarkitError):
-    """The page or the model to serve is missing."""
+    """The page or the model to serve is missing, or the server cannot start."""
 
 
 def write_samples(model_json: dict, folder: Path, count: int, data_dir: str | None = None) -> int:
@@ -51,41 +72,184 @@ def write_samples(model_json: dict, folder: Path, count: int, data_dir: str | No
     return len(index)
 
 
-class Handler(http.server.SimpleHTTPRequestHandler):
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".wasm": "application/wasm",
-                      ".mjs": "text/javascript", ".js": "text/javascript", ".onnx": "application/octet-stream"}
+def files_under(root: Path) -> dict[str, Path]:
+    """URL path -> file for every regular file under `root` whose real location stays inside `root`.
+    Symbolic links are followed only where they resolve inside the root; anything else is left out."""
+    root = root.resolve()
+    table: dict[str, Path] = {}
+    for folder, _, files in os.walk(root, followlinks=False):
+        for name in files:
+            path = Path(folder) / name
+            real = path.resolve()
+            if not real.is_relative_to(root) or not real.is_file():
+                continue
+            table["/" + path.relative_to(root).as_posix()] = real
+    return table
 
-    def __init__(self, *args, model_dir: Path, **kwargs):
-        self.model_dir = model_dir
-        super().__init__(*args, **kwargs)
 
-    def translate_path(self, path: str) -> str:
-        clean = path.split("?", 1)[0].split("#", 1)[0]
-        if clean.startswith("/model/"):
-            relative = Path(clean.removeprefix("/model/"))
-            if ".." in relative.parts:
-                return str(self.model_dir / "__refused__")
-            return str(self.model_dir / relative)
-        return super().translate_path(path)
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """GET/HEAD of the files in `server.routes`; everything else is 404 (or 405 for other methods)."""
+
+    server_version = "cifarkit"
+    sys_version = ""
+    timeout = 10  # seconds a connection may stay silent (socket timeout), so a slow client cannot hold a thread
+    protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive connections hold threads
+
+    def do_GET(self):
+        self._send(body=True)
+
+    def do_HEAD(self):
+        self._send(body=False)
+
+    def _send(self, body: bool) -> None:
+        target = self.server.lookup(self.path)
+        if target is None:
+            self.send_error(404, "Not found")
+            return
+        try:
+            handle = open(target, "rb")
+        except OSError:
+            self.send_error(404, "Not found")
+            return
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPES.get(target.suffix.lower())
+                             or mimetypes.guess_type(target.name)[0] or "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            if body:
+                shutil.copyfileobj(handle, self.wfile)
 
     def log_message(self, format, *args):  # quiet: one line per request is noise here
         pass
 
 
-def make_server(onnx: Path, web_dir: Path, host: str = "127.0.0.1", port: int = 8000, samples: int = 24,
-                data_dir: str | None = None):
-    onnx, web_dir = Path(onnx), Path(web_dir)
-    if not (web_dir / "index.html").is_file():
-        raise ServeError(f"{web_dir} holds no built page; build it first: cd web && npm ci && npm run build")
-    metadata_path = onnx.parent / "model.json"
-    if not onnx.is_file() or not metadata_path.is_file():
-        raise ServeError(f"{onnx} (with model.json beside it) not found; make it with: "
-                         "cifarkit export CHECKPOINT --onnx model.onnx")
-    model_dir = Path(tempfile.mkdtemp(prefix="cifarkit-serve-"))
-    shutil.copyfile(onnx, model_dir / "model.onnx")
-    shutil.copyfile(metadata_path, model_dir / "model.json")
-    write_samples(json.loads(metadata_path.read_text()), model_dir / "samples", samples, data_dir)
-    handler = functools.partial(Handler, directory=str(web_dir), model_dir=model_dir)
-    server = http.server.ThreadingHTTPServer((host, port), handler)
-    server.model_dir = model_dir
-    return server
+class BoundedThreadingServer(http.server.HTTPServer):
+    """One thread per connection, at most `max_threads` at once; a connection beyond that gets an immediate 503
+    and is closed. The table of served files (`routes`) is fixed before the first request."""
+
+    daemon_threads = True
+
+    def __init__(self, address, routes: dict[str, Path], max_threads: int = 16):
+        self.routes = routes
+        self.slots = threading.BoundedSemaphore(max_threads)
+        super().__init__(address, Handler)
+
+    def lookup(self, raw_path: str) -> Path | None:
+        if len(raw_path) > MAX_PATH_LENGTH:
+            return None
+        try:
+            path = urllib.parse.unquote(urllib.parse.urlsplit(raw_path).path, errors="strict")
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return self.routes.get("/index.html" if path == "/" else path)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.settimeout(1)
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        thread = threading.Thread(target=self._work, args=(request, client_address), daemon=True)
+        thread.start()
+
+    def _work(self, request, client_address):
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self.slots.release()
+
+    def handle_error(self, request, client_address):
+        """One line, no traceback: clients hang up, time out and send garbage all the time."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError, socket.timeout)):
+            return
+        print(f"serve-web: request from {client_address[0]} failed: {type(error).__name__}: {error}",
+              file=sys.stderr, flush=True)
+
+
+@dataclass
+class WebServer:
+    """The server and the temporary folder with its copy of the model: a context manager that removes the
+    folder however the server stops (Ctrl-C, SIGTERM, an error at start-up)."""
+
+    onnx: Path
+    web_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    samples: int = 24
+    data_dir: str | None = None
+    max_threads: int = 16
+    server: BoundedThreadingServer | None = field(default=None, init=False)
+    model_dir: Path | None = field(default=None, init=False)
+
+    def __post_init__(self):
+        self.onnx, self.web_dir = Path(self.onnx), Path(self.web_dir)
+        if not 0 <= self.samples <= MAX_SAMPLES:
+            raise ServeError(f"--samples must be between 0 and {MAX_SAMPLES}, got {self.samples}")
+        if not 0 <= self.port <= 65535:
+            raise ServeError(f"--port must be between 0 and 65535 (0: any free port), got {self.port}")
+        if not (self.web_dir / "index.html").is_file():
+            raise ServeError(f"{self.web_dir} holds no built page; build it first: cd web && npm ci && npm run build")
+        self.metadata_path = self.onnx.with_suffix(".json")
+        if not self.onnx.is_file() or not self.metadata_path.is_file():
+            raise ServeError(f"{self.onnx} (with {self.metadata_path.name} beside it) not found; make it with: "
+                             "cifarkit export CHECKPOINT --onnx model.onnx")
+        try:
+            self.metadata = json.loads(self.metadata_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ServeError(f"{self.metadata_path} is not readable JSON ({e}); export the model again") from None
+
+    def __enter__(self) -> WebServer:
+        try:
+            # bind first: a busy port or a bad host fails before anything is written
+            self.server = BoundedThreadingServer((self.host, self.port), {}, self.max_threads)
+        except OverflowError:
+            raise ServeError(f"--port must be between 0 and 65535, got {self.port}") from None
+        except OSError as e:
+            raise ServeError(f"cannot listen on {self.host}:{self.port}: {e.strerror or e}"
+                             + ("; choose another --port (0 picks a free one)" if e.errno == 98 else "")) from None
+        try:
+            self.model_dir = Path(tempfile.mkdtemp(prefix="cifarkit-serve-"))
+            shutil.copyfile(self.onnx, self.model_dir / "model.onnx")
+            shutil.copyfile(self.metadata_path, self.model_dir / "model.json")
+            write_samples(self.metadata, self.model_dir / "samples", self.samples, self.data_dir)
+            routes = files_under(self.web_dir)
+            routes.update({"/model" + key: path for key, path in files_under(self.model_dir).items()})
+            self.server.routes = routes
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.server_address[:2]
+
+    def serve_forever(self) -> None:
+        self.server.serve_forever()
+
+    def __exit__(self, *exc) -> None:
+        if self.server is not None:
+            self.server.server_close()
+        if self.model_dir is not None:
+            shutil.rmtree(self.model_dir, ignore_errors=True)
+            self.model_dir = None

@@ -67,12 +67,18 @@ function showResults(result: Classification) {
   document.body.dataset.top1 = result.top[0]?.name ?? "";
 }
 
+/** Show the picture as given; the previous picture's object URL is released (each one pins its Blob). */
+function showOriginal(blob: Blob) {
+  if (original.src.startsWith("blob:")) URL.revokeObjectURL(original.src);
+  original.src = URL.createObjectURL(blob);
+}
+
 async function classify(blob: Blob, label: string) {
   if (!classifier) return say("The model is not loaded yet.", "error");
   say(`Classifying ${label}…`);
   try {
     const image = await decode(blob);
-    original.src = URL.createObjectURL(blob);
+    showOriginal(blob);
     const pixels = toModelPixels(image);
     showPreview(pixels);
     showResults(await classifier.classify(pixels));

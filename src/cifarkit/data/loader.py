@@ -10,17 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cifarkit.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
     pad: int = 4  # pixels added on each border before the random crop back to 32x32 (0: no crop)
-    pad_mode: str = "zeros"  # "zeros" | "reflect"
-    flip: bool = True  # random horizontal flip with probability 1/2
+    pad_mode: Literal["zeros", "reflect"] = "zeros"
+    flip: bool = True  # horizontal flips (see flip_mode)
+    # "random": each image is flipped with probability 1/2 every time it is drawn. "alternate" (airbench94):
+    # each image gets one random orientation for the run and the whole set is mirrored every other epoch, so
+    # an image is seen both ways in any two consecutive epochs.
+    flip_mode: Literal["random", "alternate"] = "random"
 
 
 PAD_MODES = {"zeros": "constant", "reflect": "reflect"}
@@ -92,11 +99,8 @@ class DeviceLoader:
         world_size: int = 1,
     ):
         if images.shape[0] != labels.shape[0]:
-            raise ValueError("images and labels differ in length")
-        if batch_size > images.shape[0]:
-            raise ValueError(f"batch size {batch_size} exceeds the {images.shape[0]} training images")
-        if batch_size % world_size:
-            raise ValueError(f"the global batch size {batch_size} does not split evenly over {world_size} processes")
+            raise ConfigError("images and labels differ in length")
+        self.check_batch(batch_size, images.shape[0], world_size)
         self.rank, self.world_size = rank, world_size
         self.shard = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
         self.images, self.labels = images, labels
@@ -108,6 +112,18 @@ class DeviceLoader:
         self.epoch = 0
         self.position = 0  # batches already taken from the current epoch
         self._order: torch.Tensor | None = None
+        # "alternate" flips: each image's orientation in even epochs, drawn once from the seed
+        self.flip_parity = torch.rand(images.shape[0], generator=torch.Generator().manual_seed(seed + 2)) < 0.5
+
+    @staticmethod
+    def check_batch(batch_size: int, images: int, world_size: int = 1) -> None:
+        """Refuse a batch the split cannot fill, or that does not split over the processes (before a run starts)."""
+        if batch_size > images:
+            raise ConfigError(f"train.batch_size {batch_size} exceeds the {images} training images; "
+                              "lower train.batch_size (or use more data)")
+        if batch_size % world_size:
+            raise ConfigError(f"the global batch size {batch_size} does not split evenly over {world_size} processes; "
+                              f"choose a train.batch_size divisible by {world_size}")
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -132,6 +148,8 @@ class DeviceLoader:
         """This rank's part of the next global batch; a new epoch (and permutation) starts when one runs out."""
         global_index = self.next_indices()
         draw = draw_augmentation(len(global_index), self.augment_config, self.augment_generator)
+        if self.augment_config.flip_mode == "alternate":
+            draw["flip"] = self.flip_parity[global_index] ^ bool(self.epoch % 2)
         index = global_index[self.shard].to(self.images.device)
         x = self.preprocess(self.images[index])
         x = apply_augmentation(x, {k: v[self.shard] for k, v in draw.items()}, self.augment_config)

@@ -11,6 +11,7 @@ transform training used.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,14 +24,14 @@ PIXELS = 3 * 32 * 32
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    normalize: str = "meanstd"  # "zca" | "meanstd" | "none"
+    normalize: Literal["zca", "meanstd", "none"] = "meanstd"
     gcn: bool = False  # global contrast normalization: subtract each image's mean over all its pixels
     gcn_scale: bool = False  # ...and divide by that image's standard deviation
     zca_epsilon: float = 1e-2  # added to the covariance eigenvalues; see README ("ZCA epsilon")
     gcn_std_floor: float = 1e-7  # avoids dividing flat images by zero
 
 
-NORMALIZATIONS = ("zca", "meanstd", "none")
+NORMALIZATIONS = ("zca", "meanstd", "none")  # the values of PreprocessConfig.normalize
 
 
 class Preprocess(nn.Module):

@@ -71,6 +71,11 @@ class EluNet(nn.Module):
         rates = [dropout] * len(stacks) if isinstance(dropout, (int, float)) else list(dropout)
         if len(rates) != len(stacks):
             raise ValueError(f"need one dropout rate per stack ({len(stacks)}), got {len(rates)}")
+        if not all(isinstance(r, (int, float)) and 0 <= r < 1 for r in rates):
+            raise ValueError(f"dropout rates must be numbers in [0, 1), got {rates}")
+        if not (isinstance(width, (int, float)) and 0 < width <= 16) or not (isinstance(input_pad, int) and
+                                                                             0 <= input_pad <= 16):
+            raise ValueError(f"width must be in (0, 16] and input_pad an integer in [0, 16], got {width}, {input_pad}")
         layers: list[nn.Module] = [nn.ZeroPad2d(input_pad)]
         self.dropouts = nn.ModuleList()
         channels = 3
@@ -102,12 +107,14 @@ class EluNet(nn.Module):
 
 
 @register_model
-def elu_net_seed(num_classes: int = 100, **kwargs) -> EluNet:
+def elu_net_seed(num_classes: int = 100, dropout: float | Sequence[float] = 0.5, width: float = 1.0,
+                 input_pad: int = 4) -> EluNet:
     """The seed tutorial's network: ELU at the end of each stack only (42,607,204 parameters at 100 classes)."""
-    return EluNet(SEED_STACKS, num_classes, elu_after_every_conv=False, **kwargs)
+    return EluNet(SEED_STACKS, num_classes, False, dropout, width, input_pad)
 
 
 @register_model
-def elu_net_paper(num_classes: int = 100, **kwargs) -> EluNet:
+def elu_net_paper(num_classes: int = 100, dropout: float | Sequence[float] = 0.5, width: float = 1.0,
+                  input_pad: int = 4) -> EluNet:
     """The paper's network: ELU after every convolution, 1x1 first conv in stack 3 (39,330,404 parameters)."""
-    return EluNet(PAPER_STACKS, num_classes, elu_after_every_conv=True, **kwargs)
+    return EluNet(PAPER_STACKS, num_classes, True, dropout, width, input_pad)

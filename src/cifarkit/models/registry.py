@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -13,9 +14,12 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register `builder` under its function name; it takes `num_classes` and keyword options."""
+    """Register `builder` under its function name; it takes `num_classes` and keyword options, all named in
+    its signature (no **kwargs), so that a recipe's options are checked before anything is built."""
     if builder.__name__ in _MODELS:
         raise ValueError(f"model {builder.__name__!r} registered twice")
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(builder).parameters.values()):
+        raise ValueError(f"model builder {builder.__name__!r} must name its options (no **kwargs)")
     _MODELS[builder.__name__] = builder
     return builder
 
@@ -24,12 +28,31 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(name for name in _MODELS if fnmatch.fnmatch(name, pattern))
 
 
-def create_model(name: str, num_classes: int = 100, **kwargs) -> nn.Module:
+def _builder(name: str) -> Callable[..., nn.Module]:
     try:
-        builder = _MODELS[name]
+        return _MODELS[name]
     except KeyError:
         raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}") from None
+
+
+def model_options(name: str) -> dict[str, inspect.Parameter]:
+    """The options (`model.kwargs`) that model `name` takes, from its builder's signature."""
+    parameters = inspect.signature(_builder(name)).parameters
+    return {key: p for key, p in parameters.items() if key != "num_classes"}
+
+
+def check_model_options(name: str, kwargs: dict) -> None:
+    """Refuse options the builder does not take, before anything is built (a ConfigError naming the valid ones)."""
+    options = model_options(name)
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        valid = ", ".join(options) or "none"
+        raise ConfigError(f"model {name!r} has no option {unknown[0]!r} (model.kwargs); its options: {valid}")
+
+
+def create_model(name: str, num_classes: int = 100, **kwargs) -> nn.Module:
+    check_model_options(name, kwargs)
     try:
-        return builder(num_classes=num_classes, **kwargs)
-    except TypeError as e:
-        raise ConfigError(f"model {name!r} does not take these options {sorted(kwargs)}: {e}") from None
+        return _builder(name)(num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError) as e:  # a value of the wrong kind or range for that option
+        raise ConfigError(f"model {name!r}: bad option value in {kwargs}: {e}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -46,8 +47,31 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+# A checkpoint's zip holds its tensors uncompressed (torch.save stores them), so what it declares it holds
+# cannot be much more than the file's own size. A crafted file that declares more (a compressed bomb, a lying
+# directory) is refused before anything is read into memory.
+MAX_EXPANSION = 1.05
+EXPANSION_SLACK = 1 << 20
+
+
+def check_sizes(path: Path) -> None:
+    """Refuse a checkpoint whose zip entries would expand far beyond the file's size when read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (not a PyTorch zip file: {e})") from None
+    declared = sum(entry.file_size for entry in entries)
+    actual = path.stat().st_size
+    if declared > MAX_EXPANSION * actual + EXPANSION_SLACK:
+        raise CheckpointError(f"{path} declares {declared / 2**20:,.0f} MiB of contents in a {actual / 2**20:,.1f} MiB "
+                              "file (a compressed or crafted archive, not one written by cifarkit); refused "
+                              "before reading it")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     path = resolve_checkpoint(path)
+    check_sizes(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

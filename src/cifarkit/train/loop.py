@@ -37,7 +37,7 @@ from cifarkit.models import create_model
 from cifarkit.train import distributed
 from cifarkit.train.averaging import WeightAverager
 from cifarkit.train.checkpoint import CheckpointStore, load_checkpoint
-from cifarkit.train.device import autocast, autocast_dtype, device_name_of, resolve_device, synchronize
+from cifarkit.train.device import autocast, choose_autocast, device_name_of, resolve_device, synchronize
 from cifarkit.train.metrics import Accumulator, MetricsLog, evaluate_batches
 from cifarkit.train.optim import build_optimizer, scaled_lr, set_lr
 from cifarkit.train.schedules import dropout_at, lr_at, validate_dropout_events
@@ -82,11 +82,30 @@ def prepare_data(config: Config, device: torch.device, log: Callable[[str], None
 
 
 def make_run_dir(config: Config) -> Path:
-    """Create the run directory and prove it writable now, not after an hour of training."""
-    name = config.train.run_name or f"{config.recipe}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = Path(config.train.out_dir) / name
+    """Create a new run directory and prove it writable now, not after an hour of training.
+
+    A folder that already holds anything is never written into by a new run: a name given with
+    train.run_name is refused (resume it, or choose another name); a default name (recipe-date-time) that is
+    taken gets a suffix (-2, -3, ...)."""
+    explicit = config.train.run_name
+    out_dir = Path(config.train.out_dir)
+    base = explicit or f"{config.recipe}-{datetime.now():%Y%m%d-%H%M%S}"
+    for attempt in range(1, 1000):
+        run_dir = out_dir / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            run_dir.mkdir(parents=True)  # atomic: two runs never claim the same folder
+            break
+        except FileExistsError:
+            if explicit and run_dir.is_dir() and not any(run_dir.iterdir()):
+                break  # an empty folder the user made for this run is fine
+            if explicit:
+                raise ConfigError(f"{run_dir} already exists and holds files; a new run never writes into it. "
+                                  f"Continue that run with: cifarkit train --resume {run_dir}, or choose another "
+                                  "--run-name") from None
+        except OSError as e:
+            raise ConfigError(f"cannot create the run directory {run_dir}: {e.strerror}; choose another with "
+                              "--out-dir") from None
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / ".write-test", b"ok")
         (run_dir / ".write-test").unlink()
     except OSError as e:
@@ -227,19 +246,21 @@ class Trainer:
         self.config = config
         self.log = log = log if self.dist.is_main else (lambda _: None)  # one voice: rank 0's
         self.device = distributed.device_for(self.dist, resolve_device(t.device))
-        self.amp_dtype = autocast_dtype(t.amp, self.device)
+        self.amp_dtype, amp_reason = choose_autocast(t.amp, self.device)
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
+        # the data first: nothing is written before the config is valid and the data is found
+        self.prepared = prepared = prepared or prepare_data(config, self.device, log)
+        DeviceLoader.check_batch(t.batch_size, len(prepared.train_y), self.dist.world_size)
         if self.dist.is_main:
             run_dir = run_dir or make_run_dir(config)
             atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         self.run_dir = Path(distributed.broadcast_object(str(run_dir)))
-        log(f"run: {self.run_dir} | device: {self.device} | autocast: {self.amp_dtype or 'off'}"
+        log(f"run: {self.run_dir} | device: {self.device} | autocast: {amp_reason}"
             + (f" | {self.dist.world_size} processes" if self.dist.enabled else ""))
         seed_everything(t.seed)  # the same initial weights on every rank
 
-        self.prepared = prepared = prepared or prepare_data(config, self.device, log)
         self.model = build_model(config, prepared, self.device)
         if self.dist.enabled and t.sync_batchnorm:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -266,6 +287,7 @@ class Trainer:
         self.best_val_loss, self.best_step = float("inf"), -1
         self.skipped_steps = 0
         self.train_seconds = 0.0  # across resumes
+        self._since: float | None = None  # when training time was last banked (None: not training now)
         self.lr = config.optim.lr
         self.wall_seconds = 0.0
         if resume_from is not None:
@@ -320,13 +342,6 @@ class Trainer:
         if self.dist.rank:  # a checkpoint holds rank 0's generators; the others derive theirs
             torch.manual_seed(self.t.seed + 1000 * self.dist.rank + self.step)
 
-    def save(self, val: dict | None = None, best: bool = False) -> Path:
-        """Rank 0 writes; every rank returns the path."""
-        path = self.store.folder / f"step-{self.step:08d}.pt"
-        if self.dist.is_main:
-            path = self.store.save(self.payload(val), self.step, best=best)
-        return path
-
     # -- the loop ---------------------------------------------------------------------------------------------
     def train_step(self) -> None:
         config, step = self.config, self.step
@@ -342,16 +357,14 @@ class Trainer:
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.optim.label_smoothing)
         if distributed.agree(not torch.isfinite(loss).item(), self.device):  # every rank skips, or none
             if not self.t.skip_nonfinite:
-                path = self.save()  # the weights are still the last good ones: the bad update is not applied
-                raise TrainingStopped(
-                    f"the training loss is {loss.item()} at step {step + 1}; stopped without applying it. The last "
-                    f"good state is saved in {path}. Lower optim.lr, or resume and skip such steps with: "
-                    f"cifarkit train --resume {self.run_dir} --set train.skip_nonfinite=true")
+                raise self._stop_on_nonfinite(loss.item(), step)
             self.skipped_steps += 1
             self.log(f"warning: non-finite loss at step {step + 1}; step skipped ({self.skipped_steps} so far)")
         else:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for param in self.frozen_parameters(step):
+                param.grad = None  # SGD skips a parameter without a gradient: no update, no decay, no momentum
             self.optimizer.step()
             if self.averager is not None:
                 self.averager.update(self.model, step, self.total_steps)
@@ -359,15 +372,47 @@ class Trainer:
         self.step += 1
         self.lr = lr
 
-    def evaluate(self, x, y, tta: bool = False) -> dict:
+    def weights_are_finite(self) -> bool:
+        models = [self.model] + ([self.averager.average] if self.averager is not None else [])
+        return all(bool(torch.isfinite(p).all()) for m in models for p in m.parameters())
+
+    def _stop_on_nonfinite(self, loss: float, step: int) -> TrainingStopped:
+        """The bad update is not applied. If the weights are still finite they are saved as the last good state;
+        if an earlier update already made them non-finite, nothing is saved and the newest checkpoint is named."""
+        advice = (f"Lower optim.lr, or resume and skip such steps with: cifarkit train --resume {self.run_dir} "
+                  "--set train.skip_nonfinite=true")
+        if self.weights_are_finite():
+            path = self.save()
+            return TrainingStopped(f"the training loss is {loss} at step {step + 1}; stopped without applying it. "
+                                   f"The last good state is saved in {path}. {advice}")
+        earlier = self.store.step_files()
+        where = f"the newest checkpoint, {earlier[0]}, predates them" if earlier else "no checkpoint was written yet"
+        return TrainingStopped(f"the training loss is {loss} at step {step + 1} and the weights are no longer finite; "
+                               f"nothing was saved ({where}). {advice}")
+
+    def frozen_parameters(self, step: int) -> list[torch.nn.Parameter]:
+        """The model's parameters frozen at this step's epoch (e.g. airbench's whitening bias after 3 epochs)."""
+        if not hasattr(self.model, "frozen_parameters"):
+            return []
+        return self.model.frozen_parameters(step // len(self.loader))
+
+    def evaluate(self, x, y, tta: bool | str = False) -> dict:
         """Each rank evaluates its share of the split; the sums are all-reduced."""
         shard = slice(self.dist.rank, None, self.dist.world_size)
         batches = eval_batches(x[shard], y[shard], self.t.eval_batch_size, self.prepared.preprocess)
         return evaluate_batches(self.eval_model(), batches, self.device, self.amp_dtype, tta=tta)
 
+    @property
+    def has_validation(self) -> bool:
+        """False with data.val_per_class = 0: every training image trains, and the last weights are kept."""
+        return len(self.prepared.val_y) > 0
+
     def validate_and_save(self, bar) -> None:
         train_metrics = self.train_acc.result()
         self.train_acc.reset()
+        if not self.has_validation:
+            self._log_train_only(train_metrics, bar)
+            return
         val = self.evaluate(self.prepared.val_x, self.prepared.val_y)
         scalars = {f"train/{k}": v for k, v in train_metrics.items()}
         scalars.update({f"val/{k}": v for k, v in val.items()})
@@ -385,13 +430,39 @@ class Trainer:
                 f"{val['top5']:.4f} | lr {self.lr:.3g}" + (" | best" if is_best else ""))
         bar.write(line) if not bar.disable else self.log(line)
 
+    def _log_train_only(self, train_metrics: dict, bar) -> None:
+        scalars = {f"train/{k}": v for k, v in train_metrics.items()}
+        scalars["lr"] = self.lr
+        if self.metrics is not None:
+            self.metrics.log(self.step, scalars)
+        self.save()
+        line = (f"step {self.step}/{self.total_steps} | train loss {train_metrics['loss']:.4f} top1 "
+                f"{train_metrics['top1']:.4f} | no validation split | lr {self.lr:.3g}")
+        bar.write(line) if not bar.disable else self.log(line)
+
+    def _bank_train_time(self) -> None:
+        """Add the training time since the last call to `train_seconds` (validation passes excluded), so every
+        checkpoint stores a current figure, whenever it is written."""
+        if self._since is None:  # inside a validation pass
+            return
+        now = time.perf_counter()
+        self.train_seconds += now - self._since
+        self._since = now
+
+    def save(self, val: dict | None = None, best: bool = False) -> Path:
+        """Rank 0 writes; every rank returns the path."""
+        self._bank_train_time()
+        path = self.store.folder / f"step-{self.step:08d}.pt"
+        if self.dist.is_main:
+            path = self.store.save(self.payload(val), self.step, best=best)
+        return path
+
     def fit(self) -> dict:
         t = self.t
         bar = _progress_bar(None if t.budget_seconds else self.total_steps, self.step, self.dist.is_main)
-        started = fit_started = time.perf_counter()
+        fit_started = self._since = time.perf_counter()
         planner = BudgetPlanner((t.budget_seconds or None) if self.step == 0 else None, t.eval_every)
         last_save = time.monotonic()
-        eval_seconds = 0.0
         self.train_module.train()
         with StopRequests() as stop:
             while self.step < self.total_steps:
@@ -401,12 +472,12 @@ class Trainer:
                     synchronize(self.device)
                     self.total_steps = planner.plan(self.step, self.total_steps, just_evaluated=False)
                 if self.step % t.eval_every == 0 or self.step == self.total_steps:
-                    eval_started = time.perf_counter()
-                    self.train_seconds += eval_started - started - eval_seconds
-                    started, eval_seconds = eval_started, 0.0
+                    synchronize(self.device)
+                    self._bank_train_time()
+                    self._since, eval_started = None, time.perf_counter()
                     self.validate_and_save(bar)
-                    eval_seconds = time.perf_counter() - eval_started
-                    planner.record_eval(eval_seconds)
+                    self._since = time.perf_counter()  # the validation pass is not training time
+                    planner.record_eval(self._since - eval_started)
                     if self.step < self.total_steps:
                         self.total_steps = planner.plan(self.step, self.total_steps, just_evaluated=True)
                     last_save = time.monotonic()
@@ -421,7 +492,6 @@ class Trainer:
                         f"{stop.signal_name or 'a stop signal'} received: stopped after step {self.step} and saved a "
                         f"checkpoint. Resume with: cifarkit train --resume {self.run_dir}")
         synchronize(self.device)
-        self.train_seconds += time.perf_counter() - started - eval_seconds
         self.wall_seconds = time.perf_counter() - fit_started
         bar.close()
         if self.metrics is not None:
@@ -433,9 +503,13 @@ class Trainer:
         """The test set, once: with the weights that the validation split chose."""
         t, run_dir = self.t, self.run_dir
         chosen = run_dir / "best.pt"
-        if not chosen.exists():  # no validation loss was ever finite: report the last weights, and say so
+        if not self.has_validation:
+            chosen, selection = run_dir / "last.pt", "last weights (no validation split: data.val_per_class = 0)"
+        elif chosen.exists():
+            selection = "lowest validation loss"
+        else:  # no validation loss was ever finite: report the last weights, and say so
             self.log("warning: the validation loss was never finite; testing the last checkpoint")
-            chosen = run_dir / "last.pt"
+            chosen, selection = run_dir / "last.pt", "last weights (the validation loss was never finite)"
         best = load_checkpoint(chosen, map_location=self.device)
         self.eval_model().load_state_dict(best["model"])
         test_x, test_y = self.prepared.test_tensors(self.device)
@@ -454,18 +528,23 @@ class Trainer:
             "train_seconds": self.train_seconds,  # optimizer steps only, across resumes
             "wall_seconds": self.wall_seconds,  # this process's loop, validation passes included
             "images_per_second": (self.step - self.skipped_steps) * t.batch_size / max(self.train_seconds, 1e-9),
-            "best_step": self.best_step,
+            "train_images": len(self.prepared.train_x),
+            "selection": selection,
+            "best_step": self.best_step if self.has_validation else self.step,
             "val": best["val"],
             "test": test,
         }
         if t.tta:
-            results["test_tta"] = self.evaluate(test_x, test_y, tta=True)
+            results["test_tta"] = self.evaluate(test_x, test_y, tta="flip")
+            results["test_tta_translate"] = self.evaluate(test_x, test_y, tta="flip_translate")
         if self.dist.is_main:
             atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         self.log(f"done: {self.step} steps, {self.train_seconds:.1f}s training ({self.wall_seconds:.1f}s with "
-                 f"validation) | best step {self.best_step}: val top1 "
-                 f"{best['val']['top1']:.4f} | test top1 {test['top1']:.4f} top5 {test['top5']:.4f}"
-                 + (f" | test top1 with flip TTA {results['test_tta']['top1']:.4f}" if t.tta else "")
+                 f"validation) | "
+                 + (f"best step {self.best_step}: val top1 {best['val']['top1']:.4f}" if best["val"] else selection)
+                 + f" | test top1 {test['top1']:.4f} top5 {test['top5']:.4f}"
+                 + (f" | TTA: flip {results['test_tta']['top1']:.4f}, flip+translate "
+                    f"{results['test_tta_translate']['top1']:.4f}" if t.tta else "")
                  + f" | {run_dir}")
         results["run_dir"] = str(run_dir)
         return results
@@ -476,9 +555,26 @@ def train(config: Config, log: Callable[[str], None] = _log, prepared: PreparedD
     return Trainer(config, log, prepared).fit()
 
 
+# What `--resume --set` may change: how the run is kept and where its data is, never what it computes.
+RESUMABLE_SETTINGS = ("train.skip_nonfinite", "train.checkpoint_every", "train.checkpoint_minutes",
+                      "train.keep_checkpoints", "data.data_dir", "data.download")
+
+
+def check_resume_overrides(overrides: list[str]) -> None:
+    from cifarkit.config import parse_override
+
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if key not in RESUMABLE_SETTINGS:
+            raise ConfigError(f"--set {key} cannot change when resuming (the run would no longer be the one that was "
+                              f"started); settings that may change: {', '.join(RESUMABLE_SETTINGS)}. To train with "
+                              "other values, start a new run")
+
+
 def resume(run_dir: str | Path, overrides: list[str] | None = None, log: Callable[[str], None] = _log) -> dict:
     """Continue the run in `run_dir` from its newest intact checkpoint, exactly where it stopped."""
     run_dir = Path(run_dir)
+    check_resume_overrides(overrides or [])
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is not a run directory")
     state = CheckpointStore(run_dir).load_latest(log)
@@ -488,26 +584,36 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, log: Callabl
 
 
 def train_seeds(config: Config, log: Callable[[str], None] = _log) -> dict:
-    """Train `config.train.seeds` seeds (seed, seed+1, ...) on the same split; mean and std of the results.
-    The runs go to RUN_DIR/seed<N>/ and the summary to RUN_DIR/summary.json."""
+    """Train `config.train.seeds` seeds (seed, seed+1, ...) on the same split. Always returns one shape: the
+    summary of `summarize_runs` (mean, std, n and values of each figure), with every run's results under
+    "runs". One seed trains in RUN_DIR itself; several go to RUN_DIR/seed<N>/ with RUN_DIR/summary.json.
+    Under torchrun the process group exists before the data is placed, and only rank 0 writes."""
     t = config.train
     if t.seeds <= 1:
-        return train(config, log)
-    name = t.run_name or f"{config.recipe}-{datetime.now():%Y%m%d-%H%M%S}"
-    root = make_run_dir(dataclasses.replace(config, train=dataclasses.replace(t, run_name=name)))
-    prepared = prepare_data(config, resolve_device(t.device), log)
+        results = train(config, log)
+        return {**summarize_runs([results]), "runs": [results], "run_dir": results["run_dir"]}
+    dist_info = distributed.setup(t.device)
+    device = distributed.device_for(dist_info, resolve_device(t.device))
+    quiet = log if dist_info.is_main else (lambda _: None)
+    prepared = prepare_data(config, device, quiet)  # before any folder: the data must be found first
+    root = None
+    if dist_info.is_main:
+        name = t.run_name or f"{config.recipe}-{datetime.now():%Y%m%d-%H%M%S}"
+        root = make_run_dir(dataclasses.replace(config, train=dataclasses.replace(t, run_name=name)))
+    root = Path(distributed.broadcast_object(str(root)))
     runs = []
     for i in range(t.seeds):
         run_config = dataclasses.replace(config, train=dataclasses.replace(
             t, seed=t.seed + i, seeds=1, out_dir=str(root), run_name=f"seed{t.seed + i}"))
         runs.append(train(run_config, log, prepared))
-    summary = summarize_runs(runs)
-    atomic_write_text(root / "summary.json", json.dumps(summary, indent=2) + "\n")
-    log(f"{t.seeds} seeds: test top1 {summary['test_top1']['mean']:.4f} +- {summary['test_top1']['std']:.4f}"
-        + (f" | flip TTA {summary['test_tta_top1']['mean']:.4f} +- {summary['test_tta_top1']['std']:.4f}"
-           if "test_tta_top1" in summary else "")
-        + f" | train {summary['train_seconds']['mean']:.1f}s per seed | {root}")
-    summary["run_dir"] = str(root)
+    summary = {**summarize_runs(runs), "runs": runs, "run_dir": str(root)}
+    if dist_info.is_main:
+        atomic_write_text(root / "summary.json", json.dumps(summary, indent=2) + "\n")
+    quiet(f"{t.seeds} seeds: test top1 {summary['test_top1']['mean']:.4f} +- {summary['test_top1']['std']:.4f}"
+          + "".join(f" | {label} {summary[key]['mean']:.4f} +- {summary[key]['std']:.4f}"
+                    for key, label in (("test_tta_top1", "flip TTA"), ("test_tta_translate_top1", "flip+translate"))
+                    if key in summary)
+          + f" | train {summary['train_seconds']['mean']:.1f}s per seed | {root}")
     return summary
 
 
@@ -522,11 +628,13 @@ def summarize_runs(runs: list[dict]) -> dict:
         "recipe": runs[0]["recipe"], "device": runs[0]["device"], "seeds": [r["seed"] for r in runs],
         "test_top1": _mean_std([r["test"]["top1"] for r in runs]),
         "test_top5": _mean_std([r["test"]["top5"] for r in runs]),
-        "val_top1": _mean_std([r["val"]["top1"] for r in runs]),
+        "val_top1": _mean_std([r["val"]["top1"] for r in runs if r["val"]]),
         "train_seconds": _mean_std([r["train_seconds"] for r in runs]),
         "wall_seconds": _mean_std([r["wall_seconds"] for r in runs]),
         "images_per_second": _mean_std([r["images_per_second"] for r in runs]),
     }
     if all("test_tta" in r for r in runs):
         summary["test_tta_top1"] = _mean_std([r["test_tta"]["top1"] for r in runs])
+    if all("test_tta_translate" in r for r in runs):
+        summary["test_tta_translate_top1"] = _mean_std([r["test_tta_translate"]["top1"] for r in runs])
     return summary

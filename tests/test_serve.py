@@ -1,0 +1,214 @@
+"""`cifarkit serve-web` under attack: a real server on a random loopback port, raw HTTP requests with
+traversal variants, slow and half-open clients, and the CLI's start-up failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cifarkit.serve import ServeError, WebServer
+
+SECRET = "top secret outside the roots"
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A built page (with a symlink out of it and one inside it), an exported model, and a secret beside them."""
+    web = tmp_path / "dist"
+    (web / "assets").mkdir(parents=True)
+    (web / "index.html").write_text("<html>page</html>")
+    (web / "assets" / "app.js").write_text("console.log('app')")
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET)
+    (web / "assets" / "escape.txt").symlink_to(secret)
+    (web / "assets" / "escape-dir").symlink_to(tmp_path)
+    (web / "assets" / "inside.js").symlink_to(web / "assets" / "app.js")
+    model = tmp_path / "export"
+    model.mkdir()
+    (model / "model.onnx").write_bytes(b"onnx-bytes")
+    (model / "model.json").write_text(json.dumps({"dataset": "cifar10", "format": "cifarkit-onnx"}))
+    (model / "other.txt").write_text(SECRET)  # beside the model, but not one of its files
+    return web, model / "model.onnx"
+
+
+@pytest.fixture
+def server(site):
+    web, onnx = site
+    with WebServer(onnx, web, port=0, samples=0, max_threads=4) as served:
+        served.server.timeout = 0.5
+        thread = threading.Thread(target=served.serve_forever, daemon=True)
+        thread.start()
+        yield served
+        served.server.shutdown()
+
+
+def raw_get(port: int, target: bytes, method: bytes = b"GET") -> tuple[int, bytes]:
+    """Send one request line as given (no client-side normalisation of the path) and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(method + b" " + target + b" HTTP/1.0\r\nHost: x\r\n\r\n")
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    answer = b"".join(chunks)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_serves_the_page_and_the_model(server):
+    port = server.address[1]
+    assert raw_get(port, b"/") == (200, b"<html>page</html>")
+    assert raw_get(port, b"/assets/app.js")[1] == b"console.log('app')"
+    assert raw_get(port, b"/assets/inside.js")[0] == 200  # a link that stays inside the page is fine
+    assert raw_get(port, b"/model/model.onnx") == (200, b"onnx-bytes")
+    assert json.loads(raw_get(port, b"/model/model.json")[1])["format"] == "cifarkit-onnx"
+    assert raw_get(port, b"/model/model.json?v=1")[0] == 200
+    assert raw_get(port, b"/index.html", b"HEAD") == (200, b"")
+
+
+@pytest.mark.parametrize("target", [
+    b"/model//etc/passwd", b"/model//", b"//etc/passwd", b"/model/../../etc/passwd", b"/%2e%2e/%2e%2e/etc/passwd",
+    b"/model/%2e%2e/secret.txt", b"/model/..%2fsecret.txt", b"/model/%2Fetc%2Fpasswd", b"/..%5c..%5csecret.txt",
+    b"/assets/escape.txt", b"/assets/escape-dir/secret.txt", b"/model/other.txt", b"/assets/", b"/assets",
+    b"/index.html%00.png", b"/model/model.json\x00", b"/" + b"a/" * 5000, b"/%ff%fe", b"/model/%c0%ae%c0%ae/secret.txt",
+    b"http://evil/../../secret.txt", b"/./index.html/../../secret.txt",
+])
+def test_traversal_and_odd_paths_get_404_and_never_the_secret(server, target):
+    status, body = raw_get(server.address[1], target)
+    assert status in (400, 404, 414)
+    assert SECRET.encode() not in body and b"root:" not in body and b"Directory listing" not in body
+
+
+def test_other_methods_are_refused(server):
+    status, body = raw_get(server.address[1], b"/index.html", b"POST")
+    assert status == 501 and b"page" not in body
+
+
+def test_slow_and_half_open_clients_do_not_hold_the_server(server):
+    port = server.address[1]
+    # more idle half-open connections than worker threads: the extra ones get an immediate 503
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(12)]
+    try:
+        time.sleep(0.5)
+        assert threading.active_count() < 4 + 12  # bounded, not one thread per connection
+        refused = 0
+        for s in idle[4:]:
+            s.settimeout(15)  # beyond the server's 10 s timeout: each idle connection ends one way or the other
+            try:
+                refused += s.recv(100).startswith(b"HTTP/1.0 503")
+            except TimeoutError:
+                pass
+        assert refused >= 1
+    finally:
+        for s in idle:
+            s.close()
+    # a client that sends half a request line and stalls is cut off by the per-connection timeout
+    slow = socket.create_connection(("127.0.0.1", port), timeout=30)
+    slow.sendall(b"GET /index")
+    started = time.monotonic()
+    assert slow.recv(100) == b""  # closed by the server
+    assert time.monotonic() - started < 25
+    slow.close()
+    # and the server still answers
+    deadline = time.monotonic() + 15
+    while True:
+        status, _ = raw_get(port, b"/")
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status == 200
+
+
+def test_a_client_that_hangs_up_leaves_no_traceback(site, capsys):
+    web, onnx = site
+    with WebServer(onnx, web, port=0, samples=0) as served:
+        thread = threading.Thread(target=served.serve_forever, daemon=True)
+        thread.start()
+        port = served.address[1]
+        for payload in (b"GET /model/model.onnx HTTP/1.0\r\n\r\n", b"\x00\x01\x02 garbage\r\n\r\n", b"GET /\x00 H"):
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(payload)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        assert raw_get(port, b"/")[0] == 200
+        served.server.shutdown()
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+
+
+def _temp_copies() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("cifarkit-serve-*")}
+
+
+def _cli(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "cifarkit", "serve-web", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_sigterm_removes_the_temporary_copy(site):
+    web, onnx = site
+    before = _temp_copies()
+    process = _cli("--onnx", str(onnx), "--web-dir", str(web), "--port", "0", "--samples", "0")
+    line = process.stdout.readline()
+    assert "serving the page on http://127.0.0.1:" in line
+    assert _temp_copies() - before  # the copy exists while serving
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
+    assert _temp_copies() == before
+
+
+def test_busy_port_and_bad_values_are_one_line_errors(site):
+    web, onnx = site
+    before = _temp_copies()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for args, message in (
+            (["--port", str(port)], "cannot listen on 127.0.0.1"),
+            (["--port", "70000"], "--port must be between 0 and 65535"),
+            (["--samples", "-1"], "--samples must be between 0 and 500"),
+            (["--samples", "100000"], "--samples must be between 0 and 500"),
+        ):
+            process = _cli("--onnx", str(onnx), "--web-dir", str(web), *args)
+            out, err = process.communicate(timeout=60)
+            assert process.returncode == 1, err
+            assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert _temp_copies() == before
+
+
+def test_binding_beyond_loopback_warns(site):
+    web, onnx = site
+    process = _cli("--onnx", str(onnx), "--web-dir", str(web), "--port", "0", "--samples", "0", "--host", "0.0.0.0")
+    try:
+        assert "serving the page" in process.stdout.readline()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=20)
+    assert "warning: listening on 0.0.0.0" in err
+
+
+def test_missing_metadata_is_an_error(site):
+    web, onnx = site
+    onnx.with_suffix(".json").unlink()
+    with pytest.raises(ServeError, match="model.json beside it"):
+        WebServer(onnx, web)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_sigterm_during_startup_leaves_nothing(site):
+    web, onnx = site
+    before = _temp_copies()
+    process = _cli("--onnx", str(onnx), "--web-dir", str(web), "--port", "0", "--samples", "0")
+    process.stdout.readline()
+    process.terminate()
+    process.wait(timeout=20)
+    assert _temp_copies() == before
