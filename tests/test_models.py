@@ -99,7 +99,7 @@ def test_registry():
     assert list_models("elu_*") == ["elu_net_paper", "elu_net_seed"]
     with pytest.raises(ConfigError, match="unknown model 'nope'"):
         create_model("nope")
-    with pytest.raises(ConfigError, match="has no option .colour. .model.kwargs.; its options: dropout, width, input_pad"):
+    with pytest.raises(ConfigError, match="has no option .colour. .model.kwargs.; its options: dropout, width"):
         create_model("elu_net_seed", 100, colour="blue")
 
 
