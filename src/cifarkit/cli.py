@@ -40,6 +40,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _is_checkpoint(text: str) -> bool:
+    path = Path(text)
+    return (path.suffix == ".pt" and path.is_file()) or (path.is_dir() and any(
+        (path / name).exists() for name in ("best.pt", "last.pt")))
+
+
+def _model_arg(args) -> str | None:
+    """--model, or the older positional checkpoint; None: the default pretrained model."""
+    if args.model is not None and args.checkpoint is not None:
+        raise CifarkitError("give the model once: either --model or the positional checkpoint")
+    return args.model if args.model is not None else args.checkpoint
+
+
+def _add_model_option(p: argparse.ArgumentParser, positional: bool = True) -> None:
+    help_text = "a shipped model's name (see `cifarkit models`), a run directory or a checkpoint file (default: " \
+                "the default shipped model)"
+    if positional:
+        p.add_argument("checkpoint", nargs="?", metavar="RUN_OR_CHECKPOINT", help=help_text)
+    p.add_argument("--model", metavar="NAME|RUN_DIR|FILE.pt", help=help_text)
+
+
 def _load(args):
     from cifarkit.data import load_dataset
 
@@ -178,7 +199,7 @@ def cmd_list(args) -> int:
 def cmd_evaluate(args) -> int:
     from cifarkit.evaluate import evaluate_checkpoint
 
-    report = evaluate_checkpoint(args.checkpoint, args.split, args.tta, args.out, args.data_dir, args.device)
+    report = evaluate_checkpoint(_model_arg(args), args.split, args.tta, args.out, args.data_dir, args.device)
     view = "flip TTA" if args.tta else "single view"
     print(f"{report['split']} ({report['images']} images, {view}): top1 {report['top1']:.4f} | "
           f"top5 {report['top5']:.4f} | loss {report['loss']:.4f} | ECE {report['calibration']['ece']:.4f}")
@@ -198,7 +219,11 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from cifarkit.predict import format_predictions, predict_files
 
-    results = predict_files(args.checkpoint, args.files, args.top_k, args.tta, args.device)
+    files = list(args.files)
+    model = args.model
+    if model is None and len(files) > 1 and _is_checkpoint(files[0]):  # the older form: predict CHECKPOINT FILES
+        model = files.pop(0)
+    results = predict_files(model, files, args.top_k, args.tta, args.device)
     if not results:
         print("cifarkit predict: error: no image files found in the given folders", file=sys.stderr)
         return 1
@@ -214,10 +239,32 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from cifarkit.export import export_onnx
 
-    metadata = export_onnx(args.checkpoint, args.onnx)
+    metadata = export_onnx(_model_arg(args), args.onnx, quantize=args.quantize, data_dir=args.data_dir)
     print(f"wrote {args.onnx} and {Path(args.onnx).with_suffix('.json')} | ONNX Runtime matches PyTorch "
           f"within {metadata['parity']['max_abs_difference']:.1e} on {metadata['parity']['images']} "
           f"{metadata['parity']['source']}")
+    if "quantization" in metadata:
+        q = metadata["quantization"]
+        print(f"int8: test top1 {q['test_top1_int8']:.4f} vs {q['test_top1_float']:.4f} in float "
+              f"({100 * q['change']:+.2f} points) on {q['test_images']} test images | "
+              f"{q['int8_bytes'] / 2**20:.1f} MB vs {q['float_bytes'] / 2**20:.1f} MB")
+    return 0
+
+
+@command
+def cmd_models(args) -> int:
+    from cifarkit.pretrained import list_pretrained
+
+    rows = list_pretrained()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<20} {'dataset':<9} {'params':>10} {'test top1':>9} {'with TTA':>8} {'size':>8}")
+    for r in rows:
+        tta = f"{r['test_top1_tta']:.2%}" if r["test_top1_tta"] is not None else "-"
+        print(f"{r['name'] + (' *' if r['default'] else ''):<20} {r['dataset']:<9} {r['parameters']:>10,} "
+              f"{r['test_top1']:>9.2%} {tta:>8} {r['megabytes']:>6.1f}MB")
+    print("* the default model of predict, evaluate, export and serve-web")
     return 0
 
 
@@ -233,13 +280,15 @@ def cmd_plot(args) -> int:
 def cmd_serve_web(args) -> int:
     from cifarkit.serve import WebServer, is_loopback
 
-    with WebServer(Path(args.onnx), Path(args.web_dir), args.host, args.port, args.samples, args.data_dir) as web:
+    onnx = Path(args.onnx) if args.onnx else None
+    with WebServer(onnx, Path(args.web_dir), args.host, args.port, args.samples, args.data_dir) as web:
         host, port = web.address
         try:
             if not is_loopback(args.host):
                 print(f"warning: listening on {args.host}, not only this machine: anyone who can reach port {port} "
                       "can use the page and download the model", file=sys.stderr, flush=True)
-            print(f"serving the page on http://{host}:{port}/ with {args.onnx} (Ctrl-C stops)", flush=True)
+            model = args.onnx or "the model the page ships"
+            print(f"serving the page on http://{host}:{port}/ with {model} (Ctrl-C stops)", flush=True)
             web.serve_forever()
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a normal stop
             pass
@@ -302,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Top-1/top-5/loss, per-class and superclass accuracy, confusion matrix (CSV, "
                                    "PNG) and most-confused pairs, misclassified gallery, calibration (ECE, "
                                    "reliability diagram); all in report.json with the checkpoint's hash.")
-    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run directory (uses best.pt) or a .pt file")
+    _add_model_option(p)
     p.add_argument("--split", choices=["val", "test"], default="test", help="default: %(default)s")
     p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
     p.add_argument("--out", help="output folder (default: RUN_DIR/eval-SPLIT[-tta])")
@@ -313,8 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Classify pictures of any common format and size (resized to 32x32). A file "
                                    "that cannot be read gets an error line; the others are still classified; "
                                    "the exit status is 1 if any file failed.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file or a run directory")
-    p.add_argument("files", nargs="+", metavar="FILES_OR_DIRS", help="image files or folders of images")
+    _add_model_option(p, positional=False)
+    p.add_argument("files", nargs="+", metavar="FILES_OR_DIRS",
+                   help="image files or folders of images (a checkpoint or run directory first still names the "
+                        "model, as in earlier versions)")
     p.add_argument("-k", "--top-k", type=_positive_int, default=5,
                    help="classes to show per image (default: %(default)s)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="default: %(default)s")
@@ -326,19 +377,27 @@ def build_parser() -> argparse.ArgumentParser:
                                    "all preprocessing inside and probabilities out, plus its metadata named after "
                                    "it (model.onnx -> model.json); ONNX Runtime must match PyTorch within 1e-4 "
                                    "or nothing is written.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file or a run directory")
+    _add_model_option(p)
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the model")
+    p.add_argument("--quantize", choices=["int8"],
+                   help="write a statically quantised int8 model (calibrated on training images); its test "
+                        "accuracy change is measured and printed (needs the dataset here)")
+    p.add_argument("--data-dir", metavar="PATH", help="where the model's dataset is (for --quantize)")
 
     p = sub.add_parser("serve-web", help="serve the browser page with an exported model on this machine",
                        description="Serve web/dist (build it with `npm run build` in web/) with an exported "
                                    "model and sample test images, at http://127.0.0.1:PORT/.")
-    p.add_argument("--onnx", required=True, metavar="MODEL.onnx",
-                   help="from `cifarkit export` (its .json metadata beside it)")
+    p.add_argument("--onnx", metavar="MODEL.onnx",
+                   help="from `cifarkit export` (its .json metadata beside it); default: the shipped model that "
+                        "the built page includes")
     p.add_argument("--web-dir", default="web/dist", help="the built page (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="default: %(default)s (this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default: %(default)s; 0 picks a free port")
     p.add_argument("--samples", type=int, default=24, help="sample test images in the gallery (default: %(default)s)")
     p.add_argument("--data-dir", metavar="PATH", help="where the model's dataset is, for the sample gallery")
+
+    p = sub.add_parser("models", help="the pretrained models that ship with cifarkit (accuracy, size)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = sub.add_parser("plot", help="training curves (PNG) of a run")
     p.add_argument("run_dir", metavar="RUN_DIR")

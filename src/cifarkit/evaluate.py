@@ -21,7 +21,7 @@ from cifarkit.data import load_dataset, split_for
 from cifarkit.data.loader import to_device_images
 from cifarkit.errors import ConfigError, OutputError
 from cifarkit.files import atomic_write_bytes, check_writable_folder, replace_folder
-from cifarkit.inference import TrainedModel, load_trained_model
+from cifarkit.inference import TrainedModel, load_model
 
 SPLITS = ("val", "test")
 
@@ -124,15 +124,18 @@ def write_confusion_csv(matrix: np.ndarray, class_names: list[str], path: Path) 
     atomic_write_bytes(path, buffer.getvalue().encode())
 
 
-def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", tta: bool = False,
+def evaluate_checkpoint(checkpoint: str | Path | None, split: str = "test", tta: bool = False,
                         out_dir: str | Path | None = None, data_dir: str | None = None, device: str = "cpu",
                         gallery_size: int = 36) -> dict:
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {SPLITS}, got {split!r}")
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise OutputError(f"--out {out_dir} is a file; the report is a folder of files: name a folder")
-    trained: TrainedModel = load_trained_model(checkpoint, device)
-    out = Path(out_dir) if out_dir else trained.checkpoint.parent / f"eval-{split}{'-tta' if tta else ''}"
+    trained: TrainedModel = load_model(checkpoint, device)
+    view = f"{split}{'-tta' if tta else ''}"
+    # a run's report goes beside its checkpoint; a shipped model's into the current folder, never the package
+    out = Path(out_dir) if out_dir else (Path(f"eval-{trained.name}-{view}") if trained.pretrained
+                                         else trained.checkpoint.parent / f"eval-{view}")
     check_writable_folder(out.parent, "the evaluation report")  # now, not after the whole evaluation
     c = trained.config.data
     data = load_dataset(c.dataset, data_dir or c.data_dir, download=c.download)

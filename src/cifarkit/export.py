@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,7 +26,7 @@ from torch import nn
 from cifarkit.errors import CifarkitError
 from cifarkit.files import atomic_write_bytes, check_writable_folder
 from cifarkit.images import SIZE
-from cifarkit.inference import TrainedModel, load_trained_model
+from cifarkit.inference import TrainedModel, load_model
 
 TOLERANCE = 1e-4
 
@@ -57,23 +58,76 @@ def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
                           optimize=True)
 
 
-def run_onnx(path: Path | str, pixels: np.ndarray) -> np.ndarray:
+def make_session(path: Path | str, threads: int | None = None):
+    """An ONNX Runtime CPU session with every graph optimisation on and one intra-op thread per core (the
+    defaults leave some of both on the table for a network this small)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["probabilities"], {"pixels": pixels})[0]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    options.intra_op_num_threads = threads or cores
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def real_check_images(trained: TrainedModel, count: int = 64) -> np.ndarray | None:
+def run_onnx(path: Path | str, pixels: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    session = make_session(path)
+    return np.concatenate([session.run(["probabilities"], {"pixels": pixels[i : i + batch_size]})[0]
+                           for i in range(0, len(pixels), batch_size)])
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration_pixels: np.ndarray, batch_size: int = 64) -> None:
+    """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations) calibrated on the given
+    training images: the activation ranges are measured on them, never on test images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"pixels": calibration_pixels[i : i + batch_size]}
+                                 for i in range(0, len(calibration_pixels), batch_size)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    prepared = out_path.with_name(out_path.stem + ".prepared.onnx")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.getLogger().setLevel(logging.ERROR)
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(out_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    prepared.unlink(missing_ok=True)
+
+
+def onnx_top1(path: Path, images: np.ndarray, labels: np.ndarray) -> float:
+    return float((run_onnx(path, images).argmax(1) == labels).mean())
+
+
+def real_check_images(trained: TrainedModel, count: int = 64, data_dir: str | None = None) -> np.ndarray | None:
     """The first test images of the checkpoint's dataset, if a local copy is at hand (never downloads)."""
     from cifarkit.data import load_dataset
     from cifarkit.errors import DatasetError
 
     c = trained.config.data
     try:
-        return load_dataset(c.dataset, c.data_dir, download=False).test_images[:count]
+        return load_dataset(c.dataset, data_dir or c.data_dir, download=False).test_images[:count]
     except DatasetError:
         return None
+
+
+def _dataset_for_int8(trained: TrainedModel, data_dir: str | None):
+    from cifarkit.data import load_dataset
+    from cifarkit.errors import DatasetError
+
+    c = trained.config.data
+    try:
+        return load_dataset(c.dataset, data_dir or c.data_dir, download=False)
+    except DatasetError as e:
+        raise ExportError(f"int8 quantisation is calibrated on training images and measured on the test set, so it "
+                          f"needs the {c.dataset} files here: pass --data-dir ({e})") from None
 
 
 def _results_beside(checkpoint: Path) -> dict:
@@ -81,9 +135,19 @@ def _results_beside(checkpoint: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, check_images: np.ndarray | None = None) -> dict:
+QUANTIZATIONS = ("int8",)
+
+
+def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np.ndarray | None = None,
+                quantize: str | None = None, data_dir: str | None = None, calibration_images: int = 512) -> dict:
     """Write OUT (.onnx) and its metadata beside it, named after it (model.onnx -> model.json, so two exports
-    in one folder never share one metadata file); returns the metadata (with the measured parity)."""
+    in one folder never share one metadata file); returns the metadata (with the measured parity).
+
+    With `quantize="int8"`, OUT is the statically quantised model, calibrated on `calibration_images`
+    training images; its test accuracy beside the float model's is measured and recorded (this needs the
+    model's dataset on this machine)."""
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ExportError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -94,10 +158,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path, check_images: np.ndarra
     if out.is_dir():
         raise ExportError(f"{out} is a folder; name the .onnx file to write")
     check_writable_folder(out.parent, "the ONNX model")  # before the export, not after it
-    trained = load_trained_model(checkpoint, "cpu")
+    trained = load_model(checkpoint, "cpu")
     module = PixelsToProbabilities(trained).eval()
+    dataset = _dataset_for_int8(trained, data_dir) if quantize else None
     if check_images is None:
-        check_images = real_check_images(trained)
+        check_images = real_check_images(trained, data_dir=data_dir)
     source = "test images" if check_images is not None else "random pixels (no local copy of the dataset)"
     if check_images is None:
         check_images = np.random.default_rng(0).integers(0, 256, (64, SIZE, SIZE, 3), dtype=np.uint8)
@@ -116,7 +181,12 @@ def export_onnx(checkpoint: str | Path, out: str | Path, check_images: np.ndarra
         if difference > TOLERANCE:
             raise ExportError(f"ONNX Runtime's outputs differ from PyTorch's by {difference:.2e} "
                               f"(> {TOLERANCE:g}); nothing was written")
-        results = _results_beside(trained.checkpoint)
+        if trained.pretrained:
+            from cifarkit.pretrained import read_card
+
+            results = read_card(trained.name)["metrics"]
+        else:
+            results = _results_beside(trained.checkpoint)
         metadata = {
             "format": "cifarkit-onnx",
             "model": trained.config.model.name,
@@ -130,7 +200,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, check_images: np.ndarra
                                 "alpha composited onto white"},
             "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(trained.class_names)]},
             "preprocess": trained.preprocess.to_state()["config"],
-            "source_checkpoint": str(trained.checkpoint),
+            "source_checkpoint": trained.name if trained.pretrained else str(trained.checkpoint),
             "source_checkpoint_sha256": trained.sha256,
             "step": trained.step,
             "val": trained.val,
@@ -138,6 +208,18 @@ def export_onnx(checkpoint: str | Path, out: str | Path, check_images: np.ndarra
             "parity": {"images": int(len(check_images)), "source": source, "max_abs_difference": difference,
                        "tolerance": TOLERANCE},
         }
+        if quantize:
+            quantized = Path(tmp) / f"int8-{out.name}"
+            train_index = np.random.default_rng(0).permutation(len(dataset.train_labels))[:calibration_images]
+            quantize_int8(staged, quantized, np.ascontiguousarray(dataset.train_images[train_index]))
+            float_top1 = onnx_top1(staged, dataset.test_images, dataset.test_labels)
+            int8_top1 = onnx_top1(quantized, dataset.test_images, dataset.test_labels)
+            metadata["quantization"] = {
+                "kind": "int8 static (QDQ; per-channel int8 weights, uint8 activations)",
+                "calibration": f"{calibration_images} training images", "test_images": int(len(dataset.test_labels)),
+                "test_top1_float": float_top1, "test_top1_int8": int8_top1, "change": int8_top1 - float_top1,
+                "float_bytes": staged.stat().st_size, "int8_bytes": quantized.stat().st_size}
+            staged = quantized
         metadata["model_file"] = out.name
         metadata["model_sha256"] = hashlib.sha256(staged.read_bytes()).hexdigest()
         # the metadata first, then the model: a reader that finds OUT finds its own metadata beside it

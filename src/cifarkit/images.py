@@ -76,6 +76,31 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageError(f"{display_path(path)}: truncated or corrupt image ({e})") from None
 
 
+def as_model_pixels(picture) -> np.ndarray:
+    """A 32x32x3 uint8 array from a file path, a PIL image, or a uint8 HxWx3 (or HxW) array of any size: the
+    same steps as `load_image` (a 32x32 RGB array is used as it is)."""
+    if isinstance(picture, (str, Path)):
+        return load_image(picture)
+    if isinstance(picture, Image.Image):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if picture.width * picture.height > MAX_PIXELS:
+                raise ImageError(f"a {picture.width}x{picture.height} picture is over the limit of "
+                                 f"{MAX_PIXELS:,} pixels")
+            image = to_rgb8(ImageOps.exif_transpose(picture))
+            return np.asarray(image.resize((SIZE, SIZE), RESAMPLE), dtype=np.uint8).copy()
+    if isinstance(picture, np.ndarray):
+        if picture.dtype != np.uint8 or picture.ndim not in (2, 3) or (picture.ndim == 3 and picture.shape[2] not in
+                                                                        (1, 3, 4)):
+            raise ImageError(f"an array picture must be uint8 HxWx3 (or HxW, HxWx1, HxWx4); got {picture.dtype} "
+                             f"{picture.shape}")
+        if picture.shape[:2] == (SIZE, SIZE) and picture.ndim == 3 and picture.shape[2] == 3:
+            return np.ascontiguousarray(picture)
+        return as_model_pixels(Image.fromarray(picture.squeeze(-1) if picture.ndim == 3 and picture.shape[2] == 1
+                                               else picture))
+    raise ImageError(f"cannot classify a {type(picture).__name__}: pass a file path, a PIL image or a uint8 array")
+
+
 def display_path(path: str | Path) -> str:
     """A file name that can always be printed: bytes that are not UTF-8 (possible in POSIX names) are shown as
     \\xNN escapes instead of making every later print fail."""

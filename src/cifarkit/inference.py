@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cifarkit.checkpoints import file_sha256, load_checkpoint, resolve_checkpoint
 from cifarkit.config import Config, config_from_dict
 from cifarkit.data.preprocess import Preprocess
 from cifarkit.errors import CheckpointError
 from cifarkit.models import create_model
-from cifarkit.train.checkpoint import file_sha256, load_checkpoint, resolve_checkpoint
-from cifarkit.train.metrics import predict_logits
+from cifarkit.tta import predict_logits
 
 
 @dataclass
@@ -32,6 +32,8 @@ class TrainedModel:
     sha256: str
     step: int
     val: dict  # the validation figures of the checkpoint; empty if it was saved before any validation pass
+    name: str = ""  # the pretrained model's name, or the checkpoint's path
+    pretrained: bool = False  # a shipped model (its files live inside the installed package)
 
     @torch.no_grad()
     def probabilities(self, images_nchw_uint8: torch.Tensor, tta: bool = False, batch_size: int = 500):
@@ -44,24 +46,65 @@ class TrainedModel:
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
 
 
+    def predict(self, pictures, top_k: int = 5, tta: bool | str = False) -> list[list[dict]]:
+        """Ranked [{"label", "score"}] (best first) for each picture: file paths, PIL images, or uint8 arrays
+        (one HxWx3 picture or a batch NxHxWx3, any size: each is resized as `cifarkit predict` does)."""
+        import numpy as np
+
+        from cifarkit.images import as_model_pixels
+
+        if isinstance(pictures, np.ndarray) and pictures.ndim == 4:
+            batch = [as_model_pixels(p) for p in pictures]
+        elif isinstance(pictures, (list, tuple)):
+            batch = [as_model_pixels(p) for p in pictures]
+        else:
+            batch = [as_model_pixels(pictures)]
+        if not batch:
+            return []
+        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+        probabilities = self.probabilities(x, tta=tta)
+        k = min(top_k, probabilities.shape[1])
+        top = probabilities.topk(k, dim=1)
+        return [[{"label": self.class_names[i], "score": float(p)} for i, p in zip(row_i.tolist(), row_p.tolist(),
+                                                                                     strict=True)]
+                for row_i, row_p in zip(top.indices, top.values, strict=True)]
+
+
+def load_model(model: str | Path | None = None, device: str | torch.device = "cpu") -> TrainedModel:
+    """What `--model` names: a shipped pretrained model (None: the default one), a run directory (its best
+    checkpoint) or a checkpoint file. A path that exists wins over a pretrained name."""
+    from cifarkit.pretrained import DEFAULT_PRETRAINED, PRETRAINED, load_pretrained
+
+    if model is None:
+        return load_pretrained(DEFAULT_PRETRAINED, device)
+    if str(model) in PRETRAINED and not Path(model).exists():
+        return load_pretrained(str(model), device)
+    return load_trained_model(model, device)
+
+
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    checkpoint = resolve_checkpoint(path)
+    return trained_model_from_state(load_checkpoint(checkpoint), checkpoint, file_sha256(checkpoint), device)
+
+
+def trained_model_from_state(state: dict, source: Path, sha256: str, device: str | torch.device = "cpu",
+                             name: str | None = None) -> TrainedModel:
+    """A TrainedModel from checkpoint-shaped data (a training checkpoint, or a shipped pretrained model)."""
     from cifarkit.train.device import resolve_device
 
     device = resolve_device(device) if isinstance(device, str) else device  # a bad name is a one-line error
-    checkpoint = resolve_checkpoint(path)
-    state = load_checkpoint(checkpoint)
     try:
         config = config_from_dict(state["config"])
         model = create_model(config.model.name, len(state["class_names"]), **config.model.kwargs)
         model.load_state_dict(state["model"])
         preprocess = Preprocess.from_state(state["preprocess"])
     except (KeyError, RuntimeError, TypeError) as e:
-        raise CheckpointError(f"{checkpoint} does not match the model its config names ({e})") from None
+        raise CheckpointError(f"{source} does not match the model its config names ({e})") from None
     model.to(device).eval()
     preprocess.to(device)
     return TrainedModel(
         model=model, preprocess=preprocess, config=config, class_names=list(state["class_names"]),
         coarse_names=list(state.get("coarse_names") or []), fine_to_coarse=state.get("fine_to_coarse"),
-        checkpoint=checkpoint, sha256=file_sha256(checkpoint), step=int(state["step"]),
-        val=dict(state.get("val") or {}),
+        checkpoint=source, sha256=sha256, step=int(state["step"]), val=dict(state.get("val") or {}),
+        name=name or str(source), pretrained=name is not None,
     )

@@ -18,7 +18,7 @@ import torch
 
 from cifarkit.errors import ImageError
 from cifarkit.images import display_path, expand_paths, load_image
-from cifarkit.inference import TrainedModel, load_trained_model
+from cifarkit.inference import TrainedModel, load_model
 
 
 @dataclass
@@ -38,9 +38,10 @@ def predict_arrays(trained: TrainedModel, images_nhwc: np.ndarray, top_k: int = 
     return top.indices.numpy(), top.values.numpy(), probabilities.numpy()
 
 
-def predict_files(checkpoint: str | Path, paths: list[str | Path], top_k: int = 5, tta: bool = False,
+def predict_files(model: str | Path | None, paths: list[str | Path], top_k: int = 5, tta: bool = False,
                   device: str = "cpu", trained: TrainedModel | None = None) -> list[Prediction]:
-    trained = trained or load_trained_model(checkpoint, device)
+    """`model`: a pretrained name (None: the default), a run directory or a checkpoint file."""
+    trained = trained or load_model(model, device)
     files = expand_paths(paths)
     results = [Prediction(display_path(path), error=problem) for path, problem in files]
     images, ok = [], []

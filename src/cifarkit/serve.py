@@ -191,7 +191,7 @@ class WebServer:
     """The server and the temporary folder with its copy of the model: a context manager that removes the
     folder however the server stops (Ctrl-C, SIGTERM, an error at start-up)."""
 
-    onnx: Path
+    onnx: Path | None  # None: the model that the built page ships (web/dist/model/)
     web_dir: Path
     host: str = "127.0.0.1"
     port: int = 8000
@@ -202,17 +202,24 @@ class WebServer:
     model_dir: Path | None = field(default=None, init=False)
 
     def __post_init__(self):
-        self.onnx, self.web_dir = Path(self.onnx), Path(self.web_dir)
+        self.web_dir = Path(self.web_dir)
         if not 0 <= self.samples <= MAX_SAMPLES:
             raise ServeError(f"--samples must be between 0 and {MAX_SAMPLES}, got {self.samples}")
         if not 0 <= self.port <= 65535:
             raise ServeError(f"--port must be between 0 and 65535 (0: any free port), got {self.port}")
         if not (self.web_dir / "index.html").is_file():
             raise ServeError(f"{self.web_dir} holds no built page; build it first: cd web && npm ci && npm run build")
-        self.metadata_path = self.onnx.with_suffix(".json")
-        if not self.onnx.is_file() or not self.metadata_path.is_file():
-            raise ServeError(f"{self.onnx} (with {self.metadata_path.name} beside it) not found; make it with: "
-                             "cifarkit export CHECKPOINT --onnx model.onnx")
+        if self.onnx is None:  # the shipped model, built into the page
+            self.metadata_path = self.web_dir / "model" / "model.json"
+            if not (self.web_dir / "model" / "model.onnx").is_file() or not self.metadata_path.is_file():
+                raise ServeError(f"{self.web_dir} has no model/model.onnx; rebuild the page (cd web && npm run build) "
+                                 "or pass --onnx MODEL.onnx")
+        else:
+            self.onnx = Path(self.onnx)
+            self.metadata_path = self.onnx.with_suffix(".json")
+            if not self.onnx.is_file() or not self.metadata_path.is_file():
+                raise ServeError(f"{self.onnx} (with {self.metadata_path.name} beside it) not found; make it with: "
+                                 "cifarkit export CHECKPOINT --onnx model.onnx")
         try:
             self.metadata = json.loads(self.metadata_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -229,8 +236,9 @@ class WebServer:
                              + ("; choose another --port (0 picks a free one)" if e.errno == 98 else "")) from None
         try:
             self.model_dir = Path(tempfile.mkdtemp(prefix="cifarkit-serve-"))
-            shutil.copyfile(self.onnx, self.model_dir / "model.onnx")
-            shutil.copyfile(self.metadata_path, self.model_dir / "model.json")
+            if self.onnx is not None:  # else the page's own model/ files are served
+                shutil.copyfile(self.onnx, self.model_dir / "model.onnx")
+                shutil.copyfile(self.metadata_path, self.model_dir / "model.json")
             write_samples(self.metadata, self.model_dir / "samples", self.samples, self.data_dir)
             routes = files_under(self.web_dir)
             routes.update({"/model" + key: path for key, path in files_under(self.model_dir).items()})

@@ -1,89 +1,27 @@
-"""Checkpoints: plain dicts of tensors and plain data, written atomically, loaded with weights_only=True.
+"""Checkpoints, writing side: written atomically with a sha256 beside each, the newest few kept.
 
 Writing goes to a temporary file in the same folder, is flushed and fsynced, then renamed over the target,
-so a crash mid-write never leaves a truncated file where a good one was. Loading never unpickles arbitrary
-objects: a crafted file that would run code is refused with a CheckpointError.
+so a crash mid-write never leaves a truncated file where a good one was. The format and its safe loading
+are in cifarkit.checkpoints (re-exported here).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
-import torch
-
+from cifarkit.checkpoints import (  # noqa: F401  (re-exported: the training side's one import)
+    FORMAT,
+    VERSION,
+    check_sizes,
+    checkpoint_bytes,
+    file_sha256,
+    load_checkpoint,
+    resolve_checkpoint,
+)
 from cifarkit.errors import CheckpointError
-from cifarkit.files import atomic_write_bytes, file_digest
-
-FORMAT = "cifarkit-checkpoint"
-VERSION = 1
-
-
-def checkpoint_bytes(payload: dict) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
-    return buffer.getvalue()
-
-
-def file_sha256(path: Path) -> str:
-    return file_digest(path, "sha256")
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory (its best checkpoint, else its last)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path} holds no best.pt or last.pt; is it a cifarkit run directory?")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    return path
-
-
-# A checkpoint's zip holds its tensors uncompressed (torch.save stores them), so what it declares it holds
-# cannot be much more than the file's own size. A crafted file that declares more (a compressed bomb, a lying
-# directory) is refused before anything is read into memory.
-MAX_EXPANSION = 1.05
-EXPANSION_SLACK = 1 << 20
-
-
-def check_sizes(path: Path) -> None:
-    """Refuse a checkpoint whose zip entries would expand far beyond the file's size when read."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            entries = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint (not a PyTorch zip file: {e})") from None
-    declared = sum(entry.file_size for entry in entries)
-    actual = path.stat().st_size
-    if declared > MAX_EXPANSION * actual + EXPANSION_SLACK:
-        raise CheckpointError(f"{path} declares {declared / 2**20:,.0f} MiB of contents in a {actual / 2**20:,.1f} MiB "
-                              "file (a compressed or crafted archive, not one written by cifarkit); refused "
-                              "before reading it")
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    path = resolve_checkpoint(path)
-    check_sizes(path)
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path} was refused: it holds objects that could run code when loaded ({str(e).splitlines()[0]}). "
-            "Only load checkpoints written by cifarkit."
-        ) from None
-    except Exception as e:  # truncated zip, random bytes, ...
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is a PyTorch file but not a cifarkit checkpoint")
-    return payload
+from cifarkit.files import atomic_write_bytes
 
 
 class CheckpointStore:

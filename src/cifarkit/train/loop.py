@@ -190,6 +190,16 @@ class BudgetPlanner:
         return max(done + 1, done + int(left))
 
 
+PROJECTION_STEPS = 5  # steps timed before the projected duration of the run is logged
+CPU_RECIPE = "fast10-cpu"  # what a CPU user is pointed to when a recipe would take hours
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 class TrainingStopped(CifarkitError):
     """The run stopped early (a signal, a non-finite loss); the message says how to go on."""
 
@@ -440,6 +450,17 @@ class Trainer:
                 f"{train_metrics['top1']:.4f} | no validation split | lr {self.lr:.3g}")
         bar.write(line) if not bar.disable else self.log(line)
 
+    def _log_projection(self, seconds: float, steps: int) -> None:
+        """After a few steps: how long the whole run will take here; on a slow device, what to try instead."""
+        left = (self.total_steps - self.step) * seconds / steps
+        line = (f"projected: {self.total_steps - self.step:,} more steps x {seconds / steps:.2f}s = "
+                f"{_duration(left)} on {device_name_of(self.device)}")
+        if left > 2 * 3600 and self.device.type != "cuda":
+            line += (f". That is more than two hours: this recipe is meant for a GPU. On a CPU, try "
+                     f"`cifarkit train --recipe {CPU_RECIPE}` (CIFAR-10 in 10 minutes), or set "
+                     "train.budget_seconds to fit this one to a wall-clock budget")
+        self.log(line)
+
     def _bank_train_time(self) -> None:
         """Add the training time since the last call to `train_seconds` (validation passes excluded), so every
         checkpoint stores a current figure, whenever it is written."""
@@ -464,10 +485,13 @@ class Trainer:
         planner = BudgetPlanner((t.budget_seconds or None) if self.step == 0 else None, t.eval_every)
         last_save = time.monotonic()
         self.train_module.train()
+        first_step = self.step
         with StopRequests() as stop:
             while self.step < self.total_steps:
                 self.train_step()
                 bar.update(1)
+                if self.step == first_step + PROJECTION_STEPS and not planner.budget:
+                    self._log_projection(time.perf_counter() - fit_started, PROJECTION_STEPS)
                 if planner.budget is not None:
                     synchronize(self.device)
                     self.total_steps = planner.plan(self.step, self.total_steps, just_evaluated=False)

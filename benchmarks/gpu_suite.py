@@ -1,0 +1,137 @@
+"""The GPU suite: one command, a fixed wall-clock budget, JSON and a log in one folder.
+
+    python benchmarks/gpu_suite.py --data-dir DIR --out OUT [--budget-seconds 540] [--device cuda]
+
+1. `fast10` (airbench94's recipe) on CIFAR-10: a first run that pays for warm-up (CUDA context, cuDNN
+   autotuning, torch.compile if the recipe asks for it) is timed and reported on its own; then as many seeds
+   as fit in half the budget, each timed after synchronising the device. Reported: mean and spread of test
+   accuracy (single view, flip, flip+translate), training seconds per seed, images/s.
+2. The two ELU networks' training throughput (synchronised step times) and the projected time of 165k
+   iterations.
+3. `elu-seed` on CIFAR-10 for the steps that fit in what is left (the same loop as a full run).
+
+Everything is written to OUT/gpu_suite.json (and OUT/gpu_suite.log), section by section as they finish, so
+a run that is cut short still leaves its figures. On a CPU with a tiny budget it runs the same code paths
+(the tests do). Note: "CIFAR-10" is the copy at --data-dir; a JPEG-decoded copy is harder than the official
+images (airbench94's 94% is on the official ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from elu_throughput import measure  # noqa: E402
+
+from cifarkit.config import load_config  # noqa: E402
+from cifarkit.train import train  # noqa: E402
+from cifarkit.train.device import device_name_of, resolve_device  # noqa: E402
+from cifarkit.train.loop import prepare_data, summarize_runs  # noqa: E402
+
+
+class Suite:
+    def __init__(self, out: Path, budget: float):
+        self.out, self.budget, self.started = out, budget, time.perf_counter()
+        out.mkdir(parents=True, exist_ok=True)
+        self.report: dict = {}
+        self.log_file = open(out / "gpu_suite.log", "a")
+
+    def left(self) -> float:
+        return self.budget - (time.perf_counter() - self.started)
+
+    def log(self, line: str) -> None:
+        print(line, flush=True)
+        self.log_file.write(line + "\n")
+        self.log_file.flush()
+
+    def save(self, section: str, value) -> None:
+        self.report[section] = value
+        (self.out / "gpu_suite.json").write_text(json.dumps(self.report, indent=2) + "\n")
+
+
+def fast10_section(suite: Suite, args, device, share: float) -> None:
+    overrides = [f"data.data_dir={json.dumps(args.data_dir)}", f"train.device={json.dumps(str(device))}",
+                 f"train.out_dir={json.dumps(str(suite.out / 'runs'))}", "train.checkpoint_minutes=0",
+                 *(["train.steps=%d" % args.fast10_steps, "train.epochs=0"] if args.fast10_steps else []),
+                 *args.set]
+    config = load_config("fast10", overrides)
+    prepared = prepare_data(config, device, suite.log)
+    deadline = time.perf_counter() + share * suite.left()
+
+    def one(seed: int, name: str) -> dict:
+        run = load_config("fast10", [*overrides, f"train.seed={seed}", f"train.run_name={json.dumps(name)}"])
+        return train(run, suite.log, prepared)
+
+    warmup = one(0, "warmup")  # pays for first-use costs; reported, not averaged
+    suite.save("fast10_warmup", {"train_seconds": warmup["train_seconds"], "test_top1": warmup["test"]["top1"]})
+    runs = []
+    while not runs or (time.perf_counter() + runs[-1]["wall_seconds"] * 1.3 < deadline and len(runs) < args.max_seeds):
+        runs.append(one(len(runs), f"seed{len(runs)}"))
+        summary = summarize_runs(runs)
+        suite.save("fast10", {**summary, "epochs": runs[0]["epochs"], "steps": runs[0]["steps"]})
+    top1 = summary["test_top1"]
+    suite.log(f"fast10: {top1['n']} seeds | test top1 {top1['mean']:.4f} +- {top1['std']:.4f} | "
+              f"train {summary['train_seconds']['mean']:.2f}s per seed (warm-up run {warmup['train_seconds']:.2f}s) "
+              f"| {summary['images_per_second']['mean']:.0f} images/s")
+
+
+def elu_throughput_section(suite: Suite, args, device) -> None:
+    results = {}
+    for recipe in ("elu-seed", "elu-paper"):
+        times = measure(recipe, device, args.elu_steps, 3, 100, "auto", args.elu_width)
+        median = statistics.median(times)
+        results[recipe] = {"median_step_seconds": median, "images_per_second": 100 / median,
+                           "projected_165k_hours": 165_000 * median / 3600, "timed_steps": len(times)}
+        suite.log(f"{recipe}: {100 / median:.0f} images/s | 165k iterations in {165_000 * median / 3600:.2f} h")
+        suite.save("elu_throughput", results)
+
+
+def elu_run_section(suite: Suite, args, device) -> None:
+    per_step = suite.report.get("elu_throughput", {}).get("elu-seed", {}).get("median_step_seconds", 1.0)
+    seconds = max(0.0, suite.left() - 60)  # leave a minute for data, the test pass and writing
+    steps = max(1, min(165_000, int(seconds / per_step * 0.8)))
+    config = load_config("elu-seed", [
+        "data.dataset=cifar10", f"data.data_dir={json.dumps(args.data_dir)}",
+        f"train.device={json.dumps(str(device))}", f"train.out_dir={json.dumps(str(suite.out / 'runs'))}",
+        "train.run_name=elu-seed-cifar10", f"train.steps={steps}", f"train.eval_every={max(1, steps // 4)}",
+        "train.checkpoint_minutes=0", *args.elu_set])
+    result = train(config, suite.log)
+    suite.save("elu_seed_cifar10", {k: result[k] for k in ("steps", "train_seconds", "images_per_second", "test",
+                                                            "val")})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True, help="folder with cifar-10-batches-py/")
+    parser.add_argument("--out", default="gpu-suite")
+    parser.add_argument("--budget-seconds", type=float, default=540)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-seeds", type=int, default=20)
+    parser.add_argument("--elu-steps", type=int, default=20, help="timed steps per ELU network")
+    parser.add_argument("--elu-width", type=float, default=1.0, help="ELU width multiplier (CPU tests)")
+    parser.add_argument("--fast10-steps", type=int, help="cut fast10 to this many steps (CPU tests)")
+    parser.add_argument("--set", action="append", default=[], help="extra fast10 overrides (CPU tests)")
+    parser.add_argument("--elu-set", action="append", default=[], help="extra elu-seed overrides (CPU tests)")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    suite = Suite(Path(args.out), args.budget_seconds)
+    suite.save("machine", {"device": device_name_of(device), "torch": torch.__version__,
+                           "cuda": torch.version.cuda, "budget_seconds": args.budget_seconds})
+    suite.log(f"device {device_name_of(device)} | torch {torch.__version__} | budget {args.budget_seconds:.0f}s")
+    fast10_section(suite, args, device, share=0.5)
+    elu_throughput_section(suite, args, device)
+    elu_run_section(suite, args, device)
+    suite.save("total_seconds", time.perf_counter() - suite.started)
+    suite.log(f"suite done in {time.perf_counter() - suite.started:.0f}s | {suite.out / 'gpu_suite.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Pretrained models that ship with cifarkit: a registry, like timm's `pretrained=True`.
+
+    import cifarkit
+    model = cifarkit.load_pretrained()                # the default model, or load_pretrained("NAME")
+    model.predict(["cat.jpg", pil_image, uint8_array])  # ranked [{"label", "score"}, ...] per picture
+
+Each model is two files in this package: `NAME.safetensors` (fp16 weights, plus the fitted preprocessing
+tensors in fp32) and `NAME.json`, its card (the training config, class names, how it was trained and
+measured, where its data came from). Their sha256 digests are pinned in the registry below, so a damaged
+or altered file is refused when it is loaded. `package_checkpoint` makes both files from a training
+checkpoint; `cifarkit models` lists what ships.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from cifarkit.errors import CheckpointError, CifarkitError
+
+
+class PretrainedError(CifarkitError):
+    """An unknown pretrained model name, or a shipped file that is missing or damaged."""
+
+
+@dataclass(frozen=True)
+class PretrainedSpec:
+    name: str
+    weights_sha256: str
+    card_sha256: str
+    description: str
+
+    @property
+    def weights_file(self) -> str:
+        return f"{self.name}.safetensors"
+
+    @property
+    def card_file(self) -> str:
+        return f"{self.name}.json"
+
+
+PRETRAINED: dict[str, PretrainedSpec] = {}
+DEFAULT_PRETRAINED = "airbench-cifar10"
+
+
+def register_pretrained(spec: PretrainedSpec) -> PretrainedSpec:
+    if spec.name in PRETRAINED:
+        raise ValueError(f"pretrained model {spec.name!r} registered twice")
+    PRETRAINED[spec.name] = spec
+    return spec
+
+
+def shipped_file(name: str) -> Path:
+    return Path(str(resources.files("cifarkit.pretrained").joinpath(name)))
+
+
+def _spec(name: str) -> PretrainedSpec:
+    try:
+        return PRETRAINED[name]
+    except KeyError:
+        raise PretrainedError(f"unknown pretrained model {name!r}; shipped models: "
+                              f"{', '.join(PRETRAINED) or 'none'} (see `cifarkit models`)") from None
+
+
+def _verified_bytes(path: Path, expected: str, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PretrainedError(f"{what} {path} cannot be read ({e.strerror}); reinstall cifarkit") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected:
+        raise PretrainedError(f"{what} {path} is damaged or altered: its sha256 is {digest[:16]}..., expected "
+                              f"{expected[:16]}...; reinstall cifarkit (or restore the file)")
+    return data
+
+
+def read_card(name: str) -> dict:
+    spec = _spec(name)
+    return json.loads(_verified_bytes(shipped_file(spec.card_file), spec.card_sha256, "model card"))
+
+
+def load_pretrained(name: str = DEFAULT_PRETRAINED, device: str | torch.device = "cpu"):
+    """The shipped model `name` as a `TrainedModel` (the same object a checkpoint gives), sha256-verified."""
+    from safetensors.torch import load as load_safetensors
+
+    from cifarkit.inference import trained_model_from_state
+
+    spec = _spec(name)
+    card = read_card(name)
+    path = shipped_file(spec.weights_file)
+    tensors = load_safetensors(_verified_bytes(path, spec.weights_sha256, "weights file"))
+    model_state = {k.removeprefix("model."): v.float() if v.is_floating_point() else v
+                   for k, v in tensors.items() if k.startswith("model.")}
+    preprocess_tensors = {k.removeprefix("preprocess."): v for k, v in tensors.items() if k.startswith("preprocess.")}
+    state = {
+        "config": card["config"], "model": model_state, "class_names": card["class_names"],
+        "coarse_names": card.get("coarse_names"), "fine_to_coarse": card.get("fine_to_coarse"),
+        "preprocess": {"config": card["preprocess"], "tensors": preprocess_tensors},
+        "step": card["training"]["steps"], "val": card["metrics"].get("val") or {},
+    }
+    try:
+        return trained_model_from_state(state, path, spec.weights_sha256, device, name=name)
+    except CheckpointError as e:
+        raise PretrainedError(f"pretrained model {name!r} does not load: {e}") from None
+
+
+def list_pretrained() -> list[dict]:
+    """Name, dataset, accuracy and size of every shipped model (from their verified cards)."""
+    rows = []
+    for name, spec in PRETRAINED.items():
+        card = read_card(name)
+        rows.append({"name": name, "description": spec.description, "dataset": card["dataset"]["name"],
+                     "parameters": card["parameters"], "test_top1": card["metrics"]["test"]["top1"],
+                     "test_top1_tta": card["metrics"].get("test_tta_translate", {}).get("top1"),
+                     "megabytes": shipped_file(spec.weights_file).stat().st_size / 2**20,
+                     "default": name == DEFAULT_PRETRAINED})
+    return rows
+
+
+def package_checkpoint(checkpoint: str | Path, out_dir: str | Path, name: str, card_extra: dict) -> dict:
+    """Write NAME.safetensors (fp16 weights, fp32 preprocessing) and NAME.json (the card) from a training
+    checkpoint; returns the card with both files' sha256. `card_extra` adds what the checkpoint cannot know
+    (measured metrics, the command, the data's provenance)."""
+    from safetensors.torch import save as save_safetensors
+
+    from cifarkit.checkpoints import load_checkpoint
+    from cifarkit.files import atomic_write_bytes
+
+    state = load_checkpoint(checkpoint)
+    tensors = {f"model.{k}": (v.half() if v.is_floating_point() else v).contiguous()
+               for k, v in state["model"].items()}
+    tensors.update({f"preprocess.{k}": v.contiguous() for k, v in state["preprocess"]["tensors"].items()})
+    weights = save_safetensors(tensors, metadata={"format": "cifarkit-pretrained", "name": name})
+    card = {
+        "name": name, "format": "cifarkit-pretrained", "config": state["config"],
+        "class_names": state["class_names"], "coarse_names": state.get("coarse_names"),
+        "fine_to_coarse": state.get("fine_to_coarse"), "preprocess": state["preprocess"]["config"],
+        "parameters": int(sum(v.numel() for k, v in state["model"].items()
+                              if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))),
+        "weights": {"file": f"{name}.safetensors", "dtype": "float16", "sha256": hashlib.sha256(weights).hexdigest(),
+                    "bytes": len(weights)},
+        **card_extra,
+    }
+    out = Path(out_dir)
+    atomic_write_bytes(out / f"{name}.safetensors", weights)
+    card_bytes = (json.dumps(card, indent=2) + "\n").encode()
+    atomic_write_bytes(out / f"{name}.json", card_bytes)
+    return {**card, "card_sha256": hashlib.sha256(card_bytes).hexdigest()}
+
+
+# The shipped models (see the README's model card). A new one: package_checkpoint, then register it here.
