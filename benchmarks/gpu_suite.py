@@ -60,7 +60,7 @@ class Suite:
 def fast10_section(suite: Suite, args, device, share: float) -> None:
     overrides = [f"data.data_dir={json.dumps(args.data_dir)}", f"train.device={json.dumps(str(device))}",
                  f"train.out_dir={json.dumps(str(suite.out / 'runs'))}", "train.checkpoint_minutes=0",
-                 *(["train.steps=%d" % args.fast10_steps, "train.epochs=0"] if args.fast10_steps else []),
+                 *([f"train.steps={args.fast10_steps}", "train.epochs=0"] if args.fast10_steps else []),
                  *args.set]
     config = load_config("fast10", overrides)
     prepared = prepare_data(config, device, suite.log)
