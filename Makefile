@@ -32,7 +32,7 @@ train: setup
 	$(VENV)/bin/cifarkit train $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks web/scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts web/scripts
 
 test: lint web
 	$(VENV)/bin/python -m pytest $(ARGS)

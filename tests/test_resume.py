@@ -166,11 +166,34 @@ def _exploding(fake_root, tmp_path, *extra):
 
 
 def test_nonfinite_loss_stops_and_names_the_step(fake_root, tmp_path):
-    with pytest.raises(TrainingStopped, match=r"at step \d+; stopped without applying it") as e:
+    with pytest.raises(TrainingStopped, match=r"not finite at step \d+; stopped without applying that update") as e:
         train(_exploding(fake_root, tmp_path), log=lambda _: None)
     assert "skip_nonfinite" in str(e.value)
     state = CheckpointStore(tmp_path / "nan").load_latest(print)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_the_guard_undoes_a_step_bitwise_without_asking_the_host():
+    from cifarkit.models import create_model
+    from cifarkit.train.guard import UpdateGuard, ensure_momentum_buffers
+
+    model = create_model("airbench", 10, widths=[8, 16, 16]).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    ensure_momentum_buffers(optimizer)
+
+    def tensors():
+        return [*model.parameters(), *model.buffers(), *(s["momentum_buffer"] for s in optimizer.state.values())]
+
+    guard = UpdateGuard(tensors, torch.device("cpu"))
+    for step, finite in enumerate([True, False, True, False]):
+        before = [t.clone() for t in tensors()]
+        guard.snapshot()
+        model(torch.randn(4, 3, 32, 32)).sum().backward()  # the forward pass moves BatchNorm statistics too
+        optimizer.step()
+        guard.settle(torch.tensor(finite), step)
+        changed = any(not torch.equal(a, b) for a, b in zip(before, tensors(), strict=True))
+        assert changed == finite, step  # a bad step leaves every tensor bitwise as it was
+    assert guard.read() == (2, 1)
 
 
 def test_nonfinite_steps_can_be_skipped(fake_root, tmp_path):

@@ -53,6 +53,9 @@ def device_for(info: DistInfo, device: torch.device) -> torch.device:
     return device
 
 
+MIN = dist.ReduceOp.MIN
+
+
 def all_reduce_(tensor: torch.Tensor, op=None) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)

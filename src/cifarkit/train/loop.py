@@ -38,6 +38,7 @@ from cifarkit.train import distributed
 from cifarkit.train.averaging import WeightAverager
 from cifarkit.train.checkpoint import CheckpointStore, load_checkpoint
 from cifarkit.train.device import autocast, choose_autocast, device_name_of, resolve_device, synchronize
+from cifarkit.train.guard import UpdateGuard, ensure_momentum_buffers
 from cifarkit.train.metrics import Accumulator, MetricsLog, evaluate_batches
 from cifarkit.train.optim import build_optimizer, scaled_lr, set_lr
 from cifarkit.train.schedules import dropout_at, lr_at, validate_dropout_events
@@ -279,8 +280,11 @@ class Trainer:
         self.initial_dropout = self.model.dropout_rates() if hasattr(self.model, "dropout_rates") else []
         validate_dropout_events(config.schedule.dropout_events, len(self.initial_dropout))
         self.optimizer = build_optimizer(self.model, config.optim)
+        ensure_momentum_buffers(self.optimizer)
         self.averager = (WeightAverager(self.model, t.ema_decay, t.ema_every, t.lookahead, t.ema_ramp_power)
                          if t.ema_decay > 0 else None)
+        self.guard = UpdateGuard(self._protected_tensors, self.device)
+        self.seen_nonfinite = 0  # non-finite steps the guard has undone and this run has acted on
         self.loader = DeviceLoader(prepared.train_x, prepared.train_y, t.batch_size, prepared.preprocess,
                                    config.augment, seed=t.seed, rank=self.dist.rank, world_size=self.dist.world_size)
         self.train_module = self.model
@@ -343,8 +347,7 @@ class Trainer:
             self.averager.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.loader.load_state_dict(state["loader"])
-        self.train_acc.sums = state["train_accumulator"]["sums"].to(self.device)
-        self.train_acc.count = state["train_accumulator"]["count"]
+        self.train_acc.load(state["train_accumulator"]["sums"], state["train_accumulator"]["count"])
         self.step, self.total_steps = state["step"], state["total_steps"]
         self.best_val_loss, self.best_step = state["best_val_loss"], state["best_step"]
         self.skipped_steps, self.train_seconds = state["skipped_steps"], state["train_seconds"]
@@ -362,43 +365,67 @@ class Trainer:
         x, y = self.loader.next_batch()
         if config.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        self.guard.snapshot()  # before the forward pass, which updates BatchNorm statistics
         with autocast(self.device, self.amp_dtype):
             logits = self.forward(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.optim.label_smoothing)
-        if distributed.agree(not torch.isfinite(loss).item(), self.device):  # every rank skips, or none
-            if not self.t.skip_nonfinite:
-                raise self._stop_on_nonfinite(loss.item(), step)
-            self.skipped_steps += 1
-            self.log(f"warning: non-finite loss at step {step + 1}; step skipped ({self.skipped_steps} so far)")
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for param in self.frozen_parameters(step):
-                param.grad = None  # SGD skips a parameter without a gradient: no update, no decay, no momentum
-            self.optimizer.step()
-            if self.averager is not None:
-                self.averager.update(self.model, step, self.total_steps)
-            self.train_acc.add(logits.float(), y, loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for param in self.frozen_parameters(step):
+            param.grad = None  # SGD skips a parameter without a gradient: no update, no decay, no momentum
+        self.optimizer.step()
+        if self.averager is not None:
+            self.averager.update(self.model, step, self.total_steps)
+        finite = self._step_was_finite(loss)
+        self.guard.settle(finite, step)  # a non-finite step is undone, on the device
+        self.train_acc.add(logits.float(), y, loss, keep=finite)
         self.step += 1
         self.lr = lr
+        if self.device.type != "cuda":  # reading the flag costs nothing here: act on it at once, as always
+            self.check_nonfinite()
+
+    def _step_was_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """A 0-dim device flag: the loss, and the weights the step produced, are finite on every process."""
+        with torch.no_grad():
+            finite = torch.isfinite(loss) & torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()
+            return distributed.all_reduce_(finite.to(torch.int32), op=distributed.MIN).bool()
+
+    def check_nonfinite(self) -> None:
+        """Act on the steps the guard undid since the last check: stop (saving the good state) or count them."""
+        bad, first = self.guard.read()
+        if bad == self.seen_nonfinite:
+            return
+        new, self.seen_nonfinite = bad - self.seen_nonfinite, bad
+        if not self.t.skip_nonfinite:
+            raise self._stop_on_nonfinite(first)
+        self.skipped_steps += new
+        self.log(f"warning: non-finite loss at step {first + 1}; {new} step(s) skipped ({self.skipped_steps} so far)")
+
+    def _protected_tensors(self) -> list[torch.Tensor]:
+        """Every tensor a training step may change (what the guard restores after a non-finite step)."""
+        tensors = [p for p in self.model.parameters() if p.requires_grad] + list(self.model.buffers())
+        tensors += [s["momentum_buffer"] for s in self.optimizer.state.values() if s.get("momentum_buffer") is not None]
+        if self.averager is not None:
+            tensors += list(self.averager.average.parameters()) + list(self.averager.average.buffers())
+        return tensors
 
     def weights_are_finite(self) -> bool:
         models = [self.model] + ([self.averager.average] if self.averager is not None else [])
         return all(bool(torch.isfinite(p).all()) for m in models for p in m.parameters())
 
-    def _stop_on_nonfinite(self, loss: float, step: int) -> TrainingStopped:
-        """The bad update is not applied. If the weights are still finite they are saved as the last good state;
-        if an earlier update already made them non-finite, nothing is saved and the newest checkpoint is named."""
+    def _stop_on_nonfinite(self, step: int) -> TrainingStopped:
+        """The bad update was undone. If the weights are finite they are saved as the last good state; should they
+        not be (they cannot, unless a checkpoint was loaded so), nothing is saved and the newest file is named."""
         advice = (f"Lower optim.lr, or resume and skip such steps with: cifarkit train --resume {self.run_dir} "
                   "--set train.skip_nonfinite=true")
+        what = f"the training loss (or the weights it would give) is not finite at step {step + 1}"
         if self.weights_are_finite():
-            path = self.save()
-            return TrainingStopped(f"the training loss is {loss} at step {step + 1}; stopped without applying it. "
-                                   f"The last good state is saved in {path}. {advice}")
+            path = self.save(check=False)
+            return TrainingStopped(f"{what}; stopped without applying that update. The last good state is saved in "
+                                   f"{path}. {advice}")
         earlier = self.store.step_files()
         where = f"the newest checkpoint, {earlier[0]}, predates them" if earlier else "no checkpoint was written yet"
-        return TrainingStopped(f"the training loss is {loss} at step {step + 1} and the weights are no longer finite; "
-                               f"nothing was saved ({where}). {advice}")
+        return TrainingStopped(f"{what} and the weights are no longer finite; nothing was saved ({where}). {advice}")
 
     def frozen_parameters(self, step: int) -> list[torch.nn.Parameter]:
         """The model's parameters frozen at this step's epoch (e.g. airbench's whitening bias after 3 epochs)."""
@@ -418,6 +445,7 @@ class Trainer:
         return len(self.prepared.val_y) > 0
 
     def validate_and_save(self, bar) -> None:
+        self.check_nonfinite()
         train_metrics = self.train_acc.result()
         self.train_acc.reset()
         if not self.has_validation:
@@ -470,8 +498,10 @@ class Trainer:
         self.train_seconds += now - self._since
         self._since = now
 
-    def save(self, val: dict | None = None, best: bool = False) -> Path:
-        """Rank 0 writes; every rank returns the path."""
+    def save(self, val: dict | None = None, best: bool = False, check: bool = True) -> Path:
+        """Rank 0 writes; every rank returns the path. Pending non-finite steps are acted on first."""
+        if check:
+            self.check_nonfinite()
         self._bank_train_time()
         path = self.store.folder / f"step-{self.step:08d}.pt"
         if self.dist.is_main:
@@ -516,6 +546,7 @@ class Trainer:
                         f"{stop.signal_name or 'a stop signal'} received: stopped after step {self.step} and saved a "
                         f"checkpoint. Resume with: cifarkit train --resume {self.run_dir}")
         synchronize(self.device)
+        self.check_nonfinite()
         self.wall_seconds = time.perf_counter() - fit_started
         bar.close()
         if self.metrics is not None:

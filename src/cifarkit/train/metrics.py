@@ -21,24 +21,35 @@ class Accumulator:
         self.reset()
 
     def reset(self) -> None:
-        self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, top1 hits, top5 hits
-        self.count = 0
+        # loss*n, top1 hits, top5 hits, n -- all on the device, so adding never syncs
+        self.sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+
+    @property
+    def count(self) -> int:
+        return int(self.sums[3].item())
+
+    def load(self, sums: torch.Tensor, count: int) -> None:
+        """From a checkpoint (older ones stored the count apart from three sums)."""
+        sums = sums.to(self.device, torch.float64)
+        self.sums = sums if len(sums) == 4 else torch.cat([sums, sums.new_tensor([float(count)])])
 
     @torch.no_grad()
-    def add(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor,
+            keep: torch.Tensor | None = None) -> None:
+        """`keep`: a 0-dim bool tensor; where false (a skipped, non-finite step) nothing is added."""
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hits = top == labels[:, None]
         n = labels.shape[0]
-        self.sums += torch.stack([loss.detach().double() * n, hits[:, 0].sum().double(), hits.any(1).sum().double()])
-        self.count += n
+        values = torch.stack([loss.detach().double() * n, hits[:, 0].sum().double(), hits.any(1).sum().double(),
+                              torch.tensor(float(n), dtype=torch.float64, device=self.sums.device)])
+        self.sums += values if keep is None else torch.where(keep, values, torch.zeros_like(values))
 
     def result(self) -> dict[str, float]:
         """Means over everything added since the last reset -- on all processes, when distributed."""
         from cifarkit.train.distributed import all_reduce_
 
-        totals = all_reduce_(torch.cat([self.sums, torch.tensor([float(self.count)], dtype=torch.float64,
-                                                                 device=self.sums.device)]))
+        totals = all_reduce_(self.sums.clone())
         if totals[3] == 0:
             return {"loss": math.nan, "top1": math.nan, "top5": math.nan}
         loss, top1, top5 = (totals[:3] / totals[3]).tolist()

@@ -1,0 +1,90 @@
+"""Package a trained run as a shipped pretrained model (maintainers): weights, card, registry line, page ONNX.
+
+    python scripts/package_pretrained.py RUN_DIR --name airbench-cifar10 --data-dir DIR \\
+        --command "cifarkit train --recipe fast10 ..." [--provenance TEXT] [--web-model web/public/model]
+
+1. Writes src/cifarkit/pretrained/NAME.safetensors (fp16) and NAME.json (the card) from RUN_DIR's last.pt
+   (or best.pt when the run had a validation split), with machine-specific paths removed from the config.
+2. Measures the *shipped* (fp16) weights, as users will load them: test top-1/top-5 single view, with flip and
+   flip+translate TTA, and calibration (ECE), via `cifarkit evaluate`'s own code; the validation figures and
+   training time come from the run. They go into the card.
+3. Prints the registry line to paste into src/cifarkit/pretrained/__init__.py (both files' sha256).
+4. Exports the shipped model to ONNX for the web page (verified against PyTorch by the export itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--description", default="")
+    parser.add_argument("--data-dir", required=True, help="the dataset, to measure the shipped weights")
+    parser.add_argument("--command", required=True, help="the exact command that trained the run")
+    parser.add_argument("--provenance", default="", help="where the training data came from")
+    parser.add_argument("--web-model", type=Path, default=ROOT / "web" / "public" / "model")
+    args = parser.parse_args()
+
+    from cifarkit.evaluate import evaluate_checkpoint
+    from cifarkit.pretrained import PRETRAINED, PretrainedSpec, package_checkpoint, shipped_file
+
+    results = json.loads((args.run_dir / "results.json").read_text())
+    checkpoint = args.run_dir / ("last.pt" if results["val"] is None else "best.pt")
+    folder = shipped_file("")
+    training = {"steps": results["steps"], "epochs": results["epochs"], "train_images": results["train_images"],
+                "selection": results["selection"], "train_seconds": results["train_seconds"],
+                "wall_seconds": results["wall_seconds"], "device": results["device"], "torch": results["torch"],
+                "seed": results["seed"], "command": args.command}
+    card_extra = {"description": args.description, "training": training,
+                  "dataset": {"name": results["dataset"], "provenance": args.provenance},
+                  "metrics": {"val": results["val"], "training_run_test": results["test"]}}
+
+    def package(extra: dict) -> dict:
+        card = package_checkpoint(checkpoint, folder, args.name, extra)
+        _sanitise_card(folder / f"{args.name}.json")
+        card_bytes = (folder / f"{args.name}.json").read_bytes()
+        PRETRAINED[args.name] = PretrainedSpec(args.name, card["weights"]["sha256"],
+                                               hashlib.sha256(card_bytes).hexdigest(), args.description)
+        return card
+
+    package(card_extra)  # a first card, so that the shipped weights can be loaded and measured
+    metrics = dict(card_extra["metrics"])
+    for tta, key in ((False, "test"), ("flip", "test_tta"), ("flip_translate", "test_tta_translate")):
+        report = evaluate_checkpoint(args.name, "test", tta, ROOT / ".eval-pretrained" / key, args.data_dir)
+        metrics[key] = {"top1": report["top1"], "top5": report["top5"], "loss": report["loss"],
+                        "ece": report["calibration"]["ece"]}
+        print(f"{key}: top1 {report['top1']:.4f} top5 {report['top5']:.4f} ECE {report['calibration']['ece']:.4f}")
+    card = package({**card_extra, "metrics": metrics})
+    spec = PRETRAINED[args.name]
+    print("registry line:\n"
+          f"register_pretrained(PretrainedSpec(\n    {args.name!r},\n    weights_sha256={spec.weights_sha256!r},\n"
+          f"    card_sha256={spec.card_sha256!r},\n    description={args.description!r},\n))")
+
+    from cifarkit.export import export_onnx
+
+    metadata = export_onnx(args.name, args.web_model / "model.onnx", data_dir=args.data_dir)
+    print(f"web model: {args.web_model / 'model.onnx'} ({(args.web_model / 'model.onnx').stat().st_size / 2**20:.1f} "
+          f"MB), parity {metadata['parity']['max_abs_difference']:.1e}; weights "
+          f"{card['weights']['bytes'] / 2**20:.1f} MB")
+
+
+def _sanitise_card(path: Path) -> None:
+    """No machine paths in a shipped card: the data location and run folder are the user's own."""
+    card = json.loads(path.read_text())
+    card["config"]["data"]["data_dir"] = None
+    card["config"]["train"]["out_dir"] = "runs"
+    card["config"]["train"]["run_name"] = None
+    path.write_text(json.dumps(card, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
