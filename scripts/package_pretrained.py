@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ def main() -> None:
     package(card_extra)  # a first card, so that the shipped weights can be loaded and measured
     metrics = dict(card_extra["metrics"])
     for tta, key in ((False, "test"), ("flip", "test_tta"), ("flip_translate", "test_tta_translate")):
-        report = evaluate_checkpoint(args.name, "test", tta, ROOT / ".eval-pretrained" / key, args.data_dir)
+        report = evaluate_checkpoint(args.name, "test", tta, Path(tempfile.mkdtemp()) / key, args.data_dir)
         metrics[key] = {"top1": report["top1"], "top5": report["top5"], "loss": report["loss"],
                         "ece": report["calibration"]["ece"]}
         print(f"{key}: top1 {report['top1']:.4f} top5 {report['top5']:.4f} ECE {report['calibration']['ece']:.4f}")

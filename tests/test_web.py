@@ -83,3 +83,31 @@ def test_page_classifies_like_cifarkit_predict(trained_run, tmp_path):
     assert not report["pageErrors"]
     assert report["samples"] == 4  # the gallery of test images
     assert (ARTIFACTS / "web-page.png").stat().st_size > 1000
+
+
+@needs_browser
+def test_page_works_out_of_the_box_with_the_shipped_model(tmp_path):
+    """No training, no export: the built page carries the shipped model, and serve-web serves it as it is."""
+    from cifarkit.predict import predict_files
+    from cifarkit.serve import WebServer
+
+    assert (WEB / "dist" / "model" / "model.onnx").is_file()
+    pictures = []
+    for i, colour in enumerate([(200, 40, 40), (30, 160, 60)]):
+        path = tmp_path / f"plain{i}.png"
+        Image.new("RGB", (45 + 10 * i, 38), colour).save(path)
+        pictures.append(path)
+    with WebServer(None, WEB / "dist", port=0, samples=0) as web:
+        thread = threading.Thread(target=web.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{web.address[1]}/"
+            result = subprocess.run(["node", "e2e/classify.mjs", url, str(tmp_path / "page.png"), *map(str, pictures)],
+                                    cwd=WEB, capture_output=True, text=True, timeout=600)
+        finally:
+            web.server.shutdown()
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["ready"] == "true" and not report["pageErrors"], report
+    expected = {Path(p.path).name: p.classes[0][0] for p in predict_files(None, pictures)}
+    assert {Path(r["file"]).name: r["top1"] for r in report["results"]} == expected

@@ -683,11 +683,12 @@ def summarize_runs(runs: list[dict]) -> dict:
         "recipe": runs[0]["recipe"], "device": runs[0]["device"], "seeds": [r["seed"] for r in runs],
         "test_top1": _mean_std([r["test"]["top1"] for r in runs]),
         "test_top5": _mean_std([r["test"]["top5"] for r in runs]),
-        "val_top1": _mean_std([r["val"]["top1"] for r in runs if r["val"]]),
         "train_seconds": _mean_std([r["train_seconds"] for r in runs]),
         "wall_seconds": _mean_std([r["wall_seconds"] for r in runs]),
         "images_per_second": _mean_std([r["images_per_second"] for r in runs]),
     }
+    if all(r["val"] for r in runs):  # none with data.val_per_class = 0
+        summary["val_top1"] = _mean_std([r["val"]["top1"] for r in runs])
     if all("test_tta" in r for r in runs):
         summary["test_tta_top1"] = _mean_std([r["test_tta"]["top1"] for r in runs])
     if all("test_tta_translate" in r for r in runs):

@@ -1,0 +1,110 @@
+"""The model that ships with cifarkit: it loads with no dataset and no training, is verified, classifies
+any kind of picture, reproduces its card's accuracy, and the page's ONNX copy agrees with it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cifarkit
+from cifarkit.cli import main
+from cifarkit.pretrained import DEFAULT_PRETRAINED, PRETRAINED, PretrainedError, read_card, shipped_file
+
+WEB_MODEL = Path(__file__).resolve().parents[1] / "web" / "public" / "model"
+
+
+def test_the_default_model_ships_and_is_listed(capsys):
+    assert DEFAULT_PRETRAINED in PRETRAINED
+    card = read_card(DEFAULT_PRETRAINED)
+    assert card["metrics"]["test"]["top1"] >= 0.90  # the promise of the card: >= 90% single view
+    assert card["config"]["data"]["data_dir"] is None  # no machine paths in a shipped card
+    total = sum(shipped_file(f"{DEFAULT_PRETRAINED}.{ext}").stat().st_size for ext in ("safetensors", "json"))
+    total += sum(p.stat().st_size for p in WEB_MODEL.iterdir())
+    assert total <= 15 * 2**20
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert DEFAULT_PRETRAINED in out and f"{card['metrics']['test']['top1']:.2%}" in out
+
+
+def test_load_pretrained_predicts_paths_pil_images_and_arrays(tmp_path):
+    model = cifarkit.load_pretrained()
+    assert model.class_names[0] == "airplane" and not model.model.training
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    Image.fromarray(array).save(tmp_path / "a.png")
+    from_path = model.predict(str(tmp_path / "a.png"))
+    from_pil = model.predict(Image.fromarray(array))
+    from_array = model.predict(array)
+    assert from_path == from_pil == from_array
+    ranked = from_path[0]
+    assert len(ranked) == 5 and [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+    assert set(ranked[0]) == {"label", "score"} and ranked[0]["label"] in model.class_names
+    batch = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)  # NHWC
+    assert len(model.predict(batch, top_k=2)) == 3 and all(len(r) == 2 for r in model.predict(batch, top_k=2))
+    assert model.predict([tmp_path / "a.png", array]) == [from_path[0], from_array[0]]
+
+
+def test_using_a_model_never_imports_the_training_loop(tmp_path):
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(tmp_path / "p.png")
+    code = ("import sys, cifarkit; m = cifarkit.load_pretrained(); m.predict(sys.argv[1]);"
+            "from cifarkit.cli import main; main(['predict', sys.argv[1]]);"
+            "print('LOOP' if 'cifarkit.train.loop' in sys.modules else 'NO LOOP')")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.png")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("NO LOOP")
+
+
+def test_predict_with_no_model_uses_the_shipped_one(tmp_path, capsys):
+    Image.new("RGB", (64, 64), (20, 90, 200)).save(tmp_path / "sky.png")
+    assert main(["predict", str(tmp_path / "sky.png"), "--format", "json"]) == 0
+    first = json.loads(capsys.readouterr().out)[0]
+    assert main(["predict", "--model", DEFAULT_PRETRAINED, str(tmp_path / "sky.png"), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0] == first
+
+
+def test_a_damaged_shipped_file_is_refused(tmp_path, monkeypatch):
+    copy = tmp_path / "pretrained"
+    copy.mkdir()
+    for ext in ("safetensors", "json"):
+        shutil.copy(shipped_file(f"{DEFAULT_PRETRAINED}.{ext}"), copy)
+    weights = copy / f"{DEFAULT_PRETRAINED}.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit
+    weights.write_bytes(bytes(data))
+    monkeypatch.setattr("cifarkit.pretrained.shipped_file", lambda name: copy / name)
+    with pytest.raises(PretrainedError, match="damaged or altered"):
+        cifarkit.load_pretrained()
+    with pytest.raises(PretrainedError, match="unknown pretrained model 'nope'"):
+        cifarkit.load_pretrained("nope")
+
+
+def test_the_page_model_agrees_with_pytorch():
+    import onnxruntime as ort
+
+    metadata = json.loads((WEB_MODEL / "model.json").read_text())
+    assert metadata["source_checkpoint"] == DEFAULT_PRETRAINED and metadata["classes"][0] == "airplane"
+    pixels = np.random.default_rng(1).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    session = ort.InferenceSession(str(WEB_MODEL / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx = session.run(["probabilities"], {"pixels": pixels})[0]
+    model = cifarkit.load_pretrained()
+    torch_probabilities = model.probabilities(torch.from_numpy(pixels).permute(0, 3, 1, 2)).numpy()
+    assert np.abs(onnx - torch_probabilities).max() < 1e-4
+
+
+@pytest.mark.realdata
+def test_the_card_accuracy_is_reproduced_on_the_real_test_set(real_cifar10, tmp_path):
+    from cifarkit.evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(None, "test", data_dir=str(real_cifar10), out_dir=tmp_path / "eval")
+    card = read_card(DEFAULT_PRETRAINED)
+    assert report["top1"] == card["metrics"]["test"]["top1"]  # exactly: the same weights, the same code
+    assert report["calibration"]["ece"] == pytest.approx(card["metrics"]["test"]["ece"], abs=1e-9)
