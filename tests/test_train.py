@@ -184,3 +184,18 @@ def test_budget_planner_plans_from_the_measured_speed():
     assert 10 + int((98 - 15.01) / 1.0) <= replanned <= 10 + int((98 - 15.0) / 1.0)  # about 93 steps
     slower.started -= 200.0  # over the budget: stop now
     assert slower.plan(30, replanned, just_evaluated=False) == 30
+
+
+def test_a_long_cpu_run_says_so_and_names_the_cpu_recipe(tmp_path, fake_root):
+    lines = []
+    config = tiny_config(tmp_path, fake_root, "train.steps=8", "train.eval_every=8")
+    train(config, log=lines.append)
+    projection = [line for line in lines if line.startswith("projected:")]
+    assert len(projection) == 1 and "more steps x" in projection[0]  # logged once, after 5 steps
+    from cifarkit.train.loop import Trainer
+
+    trainer = Trainer.__new__(Trainer)  # the message alone, for a run of 165k steps at 6 s per step
+    trainer.total_steps, trainer.step, trainer.device = 165_000, 5, torch.device("cpu")
+    trainer.log = lines.append
+    trainer._log_projection(30.0, 5)
+    assert "275.0 h on cpu" in lines[-1] and "--recipe fast10-cpu" in lines[-1]

@@ -154,3 +154,9 @@ def package_checkpoint(checkpoint: str | Path, out_dir: str | Path, name: str, c
 
 
 # The shipped models (see the README's model card). A new one: package_checkpoint, then register it here.
+register_pretrained(PretrainedSpec(
+    "airbench-cifar10",
+    weights_sha256="abce24f6996622adc9373a88c44e2b2a3ab04d3a7614a106ab9ce5309fdb18c0",
+    card_sha256="7313843373ae3651e032ed4fe3b68f8b55675788fd851a8ddf56176d1790ecf0",
+    description="airbench94's network and recipe (fast10), CIFAR-10, 30 CPU-minutes",
+))
