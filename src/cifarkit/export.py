@@ -161,8 +161,9 @@ def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np
     trained = load_model(checkpoint, "cpu")
     module = PixelsToProbabilities(trained).eval()
     dataset = _dataset_for_int8(trained, data_dir) if quantize else None
-    if check_images is None:
-        check_images = real_check_images(trained, data_dir=data_dir)
+    if check_images is None:  # the test images: from the dataset int8 loaded already, else looked up
+        check_images = dataset.test_images[:64] if dataset is not None else real_check_images(trained,
+                                                                                             data_dir=data_dir)
     source = "test images" if check_images is not None else "random pixels (no local copy of the dataset)"
     if check_images is None:
         check_images = np.random.default_rng(0).integers(0, 256, (64, SIZE, SIZE, 3), dtype=np.uint8)

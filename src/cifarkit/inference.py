@@ -52,22 +52,15 @@ class TrainedModel:
         import numpy as np
 
         from cifarkit.images import as_model_pixels
+        from cifarkit.predict import predict_arrays
 
-        if isinstance(pictures, np.ndarray) and pictures.ndim == 4:
-            batch = [as_model_pixels(p) for p in pictures]
-        elif isinstance(pictures, (list, tuple)):
-            batch = [as_model_pixels(p) for p in pictures]
-        else:
-            batch = [as_model_pixels(pictures)]
+        several = isinstance(pictures, (list, tuple)) or (isinstance(pictures, np.ndarray) and pictures.ndim == 4)
+        batch = [as_model_pixels(p) for p in (pictures if several else [pictures])]
         if not batch:
             return []
-        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
-        probabilities = self.probabilities(x, tta=tta)
-        k = min(top_k, probabilities.shape[1])
-        top = probabilities.topk(k, dim=1)
-        return [[{"label": self.class_names[i], "score": float(p)} for i, p in zip(row_i.tolist(), row_p.tolist(),
-                                                                                     strict=True)]
-                for row_i, row_p in zip(top.indices, top.values, strict=True)]
+        indices, values, _ = predict_arrays(self, np.stack(batch), top_k, tta)
+        return [[{"label": self.class_names[i], "score": float(p)} for i, p in zip(row_i, row_p, strict=True)]
+                for row_i, row_p in zip(indices.tolist(), values.tolist(), strict=True)]
 
 
 def load_model(model: str | Path | None = None, device: str | torch.device = "cpu") -> TrainedModel:

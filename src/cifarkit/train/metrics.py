@@ -41,8 +41,9 @@ class Accumulator:
         top = logits.topk(k, dim=1).indices
         hits = top == labels[:, None]
         n = labels.shape[0]
-        values = torch.stack([loss.detach().double() * n, hits[:, 0].sum().double(), hits.any(1).sum().double(),
-                              torch.tensor(float(n), dtype=torch.float64, device=self.sums.device)])
+        loss = loss.detach().double()
+        values = torch.stack([loss * n, hits[:, 0].sum().double(), hits.any(1).sum().double(),
+                              loss.new_full((), float(n))])  # filled on the device: no host-to-device copy
         self.sums += values if keep is None else torch.where(keep, values, torch.zeros_like(values))
 
     def result(self) -> dict[str, float]:
