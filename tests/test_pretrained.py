@@ -73,6 +73,8 @@ def test_predict_with_no_model_uses_the_shipped_one(tmp_path, capsys):
     assert main(["predict", "--model", DEFAULT_PRETRAINED, str(tmp_path / "sky.png"), "--format", "json"]) == 0
     second = json.loads(capsys.readouterr().out)[0]
     assert [c["class"] for c in second["top"]] == [c["class"] for c in first["top"]]
+    assert main(["predict", "--model", "airbench-cifar1O", str(tmp_path / "sky.png")]) == 1  # a typo
+    assert "neither a shipped model (airbench-cifar10" in capsys.readouterr().err
 
 
 def test_a_damaged_shipped_file_is_refused(tmp_path, monkeypatch):

@@ -70,8 +70,11 @@ def load_model(model: str | Path | None = None, device: str | torch.device = "cp
 
     if model is None:
         return load_pretrained(DEFAULT_PRETRAINED, device)
-    if str(model) in PRETRAINED and not Path(model).exists():
-        return load_pretrained(str(model), device)
+    if not Path(model).exists():
+        if str(model) in PRETRAINED:
+            return load_pretrained(str(model), device)
+        raise CheckpointError(f"{model} is neither a shipped model ({', '.join(PRETRAINED)}; see `cifarkit models`) "
+                              "nor an existing run directory or checkpoint file")
     return load_trained_model(model, device)
 
 
