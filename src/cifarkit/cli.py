@@ -276,6 +276,73 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _experiment_sets(args) -> list[str]:
+    sets = list(args.set or [])
+    for value, key in ((args.budget_seconds, "train.budget_seconds"), (args.device, "train.device"),
+                       (args.data_dir, "data.data_dir")):
+        if value is not None:
+            sets.append(f"{key}={json.dumps(value)}")
+    return sets
+
+
+@command
+def cmd_sweep(args) -> int:
+    from cifarkit.config import DEFAULT_RECIPE
+    from cifarkit.experiments.report import report_sweep
+    from cifarkit.experiments.sweep import plan_sweep, run_sweep
+
+    sweep = plan_sweep(args.recipe or DEFAULT_RECIPE, _experiment_sets(args), args.vary or [], args.seeds,
+                       args.out_dir, args.name, args.storage)
+    if args.dry_run:
+        for variant in sweep.variants:
+            print(f"{variant.name}: {variant.label}")
+        print(f"{len(sweep.variants)} variants x seeds {list(sweep.seeds)} -> {sweep.folder}")
+        return 0
+    counts = run_sweep(sweep)
+    report = report_sweep(sweep.folder)
+    print(report["markdown"], end="")
+    print(f"this worker: {counts['done']} trial(s) done, {counts['failed']} failed | report: {sweep.folder}/report")
+    return 1 if counts["failed"] else 0
+
+
+@command
+def cmd_tune(args) -> int:
+    from cifarkit.config import DEFAULT_RECIPE
+    from cifarkit.experiments.tune import plan_tuning, run_tuning, test_best, tuning_plots
+
+    tuning = plan_tuning(args.recipe or DEFAULT_RECIPE, _experiment_sets(args), args.space or [], args.trials,
+                         args.out_dir, args.name, args.storage, args.sampler_seed)
+    best = run_tuning(tuning)
+    print(f"best: trial {best['trial']} | val loss {best['val_loss']:.4f} | val top1 {best['val_top1']:.4f} | "
+          f"{', '.join(best['values'])}\nwrote {best['recipe_file']} (train it: cifarkit train --recipe "
+          f"{best['recipe_file']})")
+    for path in tuning_plots(tuning.folder, args.storage).values():
+        print(f"wrote {path}")
+    if args.test_best:
+        report = test_best(best, args.data_dir, args.device or "cpu")
+        print(f"test (once, the best trial's selected checkpoint): top1 {report['top1']:.4f} | loss "
+              f"{report['loss']:.4f}")
+    return 0
+
+
+@command
+def cmd_report(args) -> int:
+    folder = Path(args.folder)
+    if (folder / "tune.json").is_file():
+        from cifarkit.experiments.tune import tuning_plots
+
+        for path in tuning_plots(folder, args.storage).values():
+            print(f"wrote {path}")
+        return 0
+    from cifarkit.experiments.report import report_sweep
+
+    report = report_sweep(folder)
+    print(report["markdown"], end="")
+    for path in report["files"].values():
+        print(f"wrote {path}")
+    return 0
+
+
 @command
 def cmd_serve_web(args) -> int:
     from cifarkit.serve import WebServer, is_loopback
@@ -398,6 +465,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="the pretrained models that ship with cifarkit (accuracy, size)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def experiment_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--recipe", help="built-in recipe name or a .toml path (default: elu-seed)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a recipe value for every trial "
+                                                                           "(repeatable)")
+        p.add_argument("--budget-seconds", type=float, metavar="S", help="fit every trial to S seconds of training")
+        p.add_argument("--device", help="this worker's device: auto, cpu, cuda:N (one worker per GPU), mps")
+        p.add_argument("--data-dir", metavar="PATH", help="where the dataset is (this worker's copy)")
+        p.add_argument("--out-dir", default="runs", help="parent of the experiment folder (default: %(default)s)")
+        p.add_argument("--name", help="experiment (and study) name (default: RECIPE-KIND-HASH of the settings, so "
+                                      "the same command continues the same experiment)")
+        p.add_argument("--storage", metavar="URL", help="study database: sqlite:///FILE or postgresql://USER:PASS@"
+                                                        "HOST/DB shared by many machines (default: SQLite in the "
+                                                        "experiment folder)")
+
+    p = sub.add_parser("sweep", help="a grid of settings x paired seeds, on an Optuna study (resumable, "
+                                     "many workers)",
+                       description="Train every --vary combination with --seeds paired seeds (seed i is the same "
+                                   "for every variant). Stop it any way and run the same command again: finished "
+                                   "trials are kept and a stopped one continues from its checkpoint. Several "
+                                   "workers (processes, or machines with --storage postgresql://...) share the "
+                                   "work and never run a trial twice.")
+    experiment_args(p)
+    p.add_argument("--vary", action="append", metavar="KEY=V1,V2,...",
+                   help="a setting and its values (TOML, as in --set; '|' may separate values); repeatable: the "
+                        "grid is the product")
+    p.add_argument("--seeds", type=int, default=3, help="paired seeds per variant (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true", help="check everything and list the variants; run nothing")
+
+    p = sub.add_parser("tune", help="tune a recipe with Optuna (TPE sampler, median pruner on validation loss)",
+                       description="Search --space with Optuna's TPE sampler; trials are pruned when their "
+                                   "validation loss falls behind the median. The test split is never looked at "
+                                   "(except once with --test-best). The best values are written as a recipe that "
+                                   "extends --recipe.")
+    experiment_args(p)
+    p.add_argument("--space", action="append", metavar="KEY=RANGE",
+                   help="KEY=LOW:HIGH (uniform; integers if both are), KEY=log:LOW:HIGH or KEY=a|b|c; repeatable")
+    p.add_argument("--trials", type=int, default=20, help="finished trials in the study (default: %(default)s)")
+    p.add_argument("--sampler-seed", type=int, default=0, help="the TPE sampler's seed (default: %(default)s)")
+    p.add_argument("--test-best", action="store_true",
+                   help="at the end, evaluate the best trial's checkpoint on the test split (once)")
+
+    p = sub.add_parser("report", help="statistics, paired tests and plots of a sweep (or a tuning's plots)",
+                       description="Per variant: n, mean ± std and 95%% t-interval of test and validation top-1 "
+                                   "and loss; Wilcoxon signed-rank and paired t-tests against the first variant. "
+                                   "Writes FOLDER/report/summary.{md,csv,json}, curves.png and finals.png.")
+    p.add_argument("folder", metavar="SWEEP_OR_TUNE_DIR")
+    p.add_argument("--storage", metavar="URL", help="the study's URL, if it has a password (tuning plots)")
 
     p = sub.add_parser("plot", help="training curves (PNG) of a run")
     p.add_argument("run_dir", metavar="RUN_DIR")

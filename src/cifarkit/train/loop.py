@@ -41,6 +41,7 @@ from cifarkit.train.device import autocast, choose_autocast, device_name_of, res
 from cifarkit.train.guard import UpdateGuard, ensure_momentum_buffers
 from cifarkit.train.metrics import Accumulator, MetricsLog, evaluate_batches
 from cifarkit.train.optim import build_optimizer, scaled_lr, set_lr
+from cifarkit.train.probe import PROBE_IMAGES, ActivationProbe
 from cifarkit.train.schedules import dropout_at, lr_at, validate_dropout_events
 
 
@@ -249,8 +250,12 @@ class Trainer:
     """One training run: builds everything from the config (or restores it from a checkpoint), then `fit`."""
 
     def __init__(self, config: Config, log: Callable[[str], None] = _log, prepared: PreparedData | None = None,
-                 run_dir: Path | None = None, resume_from: dict | None = None):
+                 run_dir: Path | None = None, resume_from: dict | None = None,
+                 on_validation: Callable[[int, dict], None] | None = None):
         t = self.t = config.train
+        # called with (step, validation metrics) after every validation pass and its checkpoint; it may raise
+        # to stop the run there (a tuner's pruner does)
+        self.on_validation = on_validation
         self.dist = distributed.setup(t.device)
         if self.dist.enabled and t.budget_seconds:
             raise ConfigError("train.budget_seconds plans steps from one process's speed; use it without torchrun")
@@ -309,10 +314,20 @@ class Trainer:
         self.metrics = (MetricsLog(self.run_dir, resume_after=self.step if resume_from is not None else None)
                         if self.dist.is_main else None)
         self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.probe = self._activation_probe() if t.log_activations else None
         log(f"model: {config.model.name} ({self.n_params:,} parameters) | "
             + (f"{t.budget_seconds:g}s budget" if t.budget_seconds else f"{self.total_steps} steps")
             + f" of batch {t.batch_size} ({len(self.loader)} steps per epoch)"
             + (f" | resumed at step {self.step}" if resume_from is not None else ""))
+
+    def _activation_probe(self) -> ActivationProbe:
+        """A fixed batch: the first validation images, or the first training images without a validation split."""
+        p = self.prepared
+        source = p.val_x if len(p.val_x) else p.train_x
+        return ActivationProbe(p.preprocess(source[:PROBE_IMAGES]))
+
+    def _activation_scalars(self) -> dict[str, float]:
+        return self.probe.measure(self.eval_model(), self.device, self.amp_dtype) if self.probe else {}
 
     # -- state ------------------------------------------------------------------------------------------------
     def eval_model(self) -> torch.nn.Module:
@@ -455,6 +470,7 @@ class Trainer:
         scalars = {f"train/{k}": v for k, v in train_metrics.items()}
         scalars.update({f"val/{k}": v for k, v in val.items()})
         scalars["lr"] = self.lr
+        scalars.update(self._activation_scalars())
         for i, rate in enumerate(self.model.dropout_rates() if self.initial_dropout else []):
             scalars[f"dropout/stack{i + 1}"] = rate
         if self.metrics is not None:
@@ -467,10 +483,13 @@ class Trainer:
                 f"{train_metrics['top1']:.4f} | val loss {val['loss']:.4f} top1 {val['top1']:.4f} top5 "
                 f"{val['top5']:.4f} | lr {self.lr:.3g}" + (" | best" if is_best else ""))
         bar.write(line) if not bar.disable else self.log(line)
+        if self.on_validation is not None:
+            self.on_validation(self.step, val)
 
     def _log_train_only(self, train_metrics: dict, bar) -> None:
         scalars = {f"train/{k}": v for k, v in train_metrics.items()}
         scalars["lr"] = self.lr
+        scalars.update(self._activation_scalars())
         if self.metrics is not None:
             self.metrics.log(self.step, scalars)
         self.save()
@@ -508,7 +527,8 @@ class Trainer:
             path = self.store.save(self.payload(val), self.step, best=best)
         return path
 
-    def fit(self) -> dict:
+    def fit(self, evaluate_test: bool = True) -> dict:
+        """Train to the end; then the test set once (`evaluate_test=False`: never, as when tuning)."""
         t = self.t
         bar = _progress_bar(None if t.budget_seconds else self.total_steps, self.step, self.dist.is_main)
         fit_started = self._since = time.perf_counter()
@@ -552,10 +572,11 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.close()
         distributed.barrier()  # best.pt is on disk for every rank
-        return self.test_once()
+        return self.test_once(evaluate_test)
 
-    def test_once(self) -> dict:
-        """The test set, once: with the weights that the validation split chose."""
+    def test_once(self, evaluate_test: bool = True) -> dict:
+        """The test set, once: with the weights that the validation split chose (`evaluate_test=False`: the
+        results without it, "test" is null)."""
         t, run_dir = self.t, self.run_dir
         chosen = run_dir / "best.pt"
         if not self.has_validation:
@@ -567,8 +588,8 @@ class Trainer:
             chosen, selection = run_dir / "last.pt", "last weights (the validation loss was never finite)"
         best = load_checkpoint(chosen, map_location=self.device)
         self.eval_model().load_state_dict(best["model"])
-        test_x, test_y = self.prepared.test_tensors(self.device)
-        test = self.evaluate(test_x, test_y)
+        test_x, test_y = self.prepared.test_tensors(self.device) if evaluate_test else (None, None)
+        test = self.evaluate(test_x, test_y) if evaluate_test else None
         results = {
             "recipe": self.config.recipe,
             "dataset": self.config.data.dataset,
@@ -589,7 +610,7 @@ class Trainer:
             "val": best["val"],
             "test": test,
         }
-        if t.tta:
+        if t.tta and evaluate_test:
             results["test_tta"] = self.evaluate(test_x, test_y, tta="flip")
             results["test_tta_translate"] = self.evaluate(test_x, test_y, tta="flip_translate")
         if self.dist.is_main:
@@ -597,21 +618,22 @@ class Trainer:
         self.log(f"done: {self.step} steps, {self.train_seconds:.1f}s training ({self.wall_seconds:.1f}s with "
                  f"validation) | "
                  + (f"best step {self.best_step}: val top1 {best['val']['top1']:.4f}" if best["val"] else selection)
-                 + f" | test top1 {test['top1']:.4f} top5 {test['top5']:.4f}"
+                 + (f" | test top1 {test['top1']:.4f} top5 {test['top5']:.4f}" if test else " | test not evaluated")
                  + (f" | TTA: flip {results['test_tta']['top1']:.4f}, flip+translate "
-                    f"{results['test_tta_translate']['top1']:.4f}" if t.tta else "")
+                    f"{results['test_tta_translate']['top1']:.4f}" if "test_tta" in results else "")
                  + f" | {run_dir}")
         results["run_dir"] = str(run_dir)
         return results
 
 
-def train(config: Config, log: Callable[[str], None] = _log, prepared: PreparedData | None = None) -> dict:
+def train(config: Config, log: Callable[[str], None] = _log, prepared: PreparedData | None = None,
+          on_validation: Callable[[int, dict], None] | None = None, evaluate_test: bool = True) -> dict:
     """Run `config` to the end; returns the results that are also written to RUN_DIR/results.json."""
-    return Trainer(config, log, prepared).fit()
+    return Trainer(config, log, prepared, on_validation=on_validation).fit(evaluate_test)
 
 
 # What `--resume --set` may change: how the run is kept and where its data is, never what it computes.
-RESUMABLE_SETTINGS = ("train.skip_nonfinite", "train.checkpoint_every", "train.checkpoint_minutes",
+RESUMABLE_SETTINGS = ("train.skip_nonfinite", "train.checkpoint_every", "train.checkpoint_minutes", "train.device",
                       "train.keep_checkpoints", "data.data_dir", "data.download")
 
 
@@ -626,7 +648,9 @@ def check_resume_overrides(overrides: list[str]) -> None:
                               "other values, start a new run")
 
 
-def resume(run_dir: str | Path, overrides: list[str] | None = None, log: Callable[[str], None] = _log) -> dict:
+def resume(run_dir: str | Path, overrides: list[str] | None = None, log: Callable[[str], None] = _log,
+           prepared: PreparedData | None = None, on_validation: Callable[[int, dict], None] | None = None,
+           evaluate_test: bool = True) -> dict:
     """Continue the run in `run_dir` from its newest intact checkpoint, exactly where it stopped."""
     run_dir = Path(run_dir)
     check_resume_overrides(overrides or [])
@@ -635,7 +659,8 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, log: Callabl
     state = CheckpointStore(run_dir).load_latest(log)
     config = config_from_dict(apply_overrides(state["config"], overrides or []))
     log(f"resuming {run_dir} from step {state['step']}")
-    return Trainer(config, log, run_dir=run_dir, resume_from=state).fit()
+    return Trainer(config, log, prepared, run_dir=run_dir, resume_from=state, on_validation=on_validation).fit(
+        evaluate_test)
 
 
 def train_seeds(config: Config, log: Callable[[str], None] = _log) -> dict:

@@ -1,0 +1,208 @@
+"""`cifarkit report SWEEP_DIR`: per-variant statistics, paired tests against the first variant, and plots.
+
+It reads the run folders (results.json, metrics.jsonl) that the sweep wrote, so it needs no database and
+works on a sweep still running: cells not finished yet are counted as missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cifarkit.errors import CifarkitError
+from cifarkit.experiments.stats import describe, paired_tests
+from cifarkit.files import atomic_write_text
+
+# (key in the report, where it is in results.json, label)
+FIGURES = (("test_top1", ("test", "top1"), "test top-1"), ("test_loss", ("test", "loss"), "test loss"),
+           ("val_top1", ("val", "top1"), "val top-1"), ("val_loss", ("val", "loss"), "val loss"))
+
+
+def _figure(results: dict | None, where: tuple[str, str]) -> float | None:
+    part = (results or {}).get(where[0])
+    return None if not part else part.get(where[1])
+
+
+def read_sweep(folder: Path) -> tuple[dict, list[dict]]:
+    """The sweep's record and, per variant, its name, overrides and every seed's results (None if not done)."""
+    folder = Path(folder)
+    record_file = folder / "sweep.json"
+    if not record_file.is_file():
+        raise CifarkitError(f"{folder} is not a sweep folder (no sweep.json); give the folder that `cifarkit sweep` "
+                            "printed")
+    try:
+        record = json.loads(record_file.read_text())
+    except (OSError, ValueError) as e:
+        raise CifarkitError(f"cannot read {record_file}: {e}") from None
+    variants = []
+    for v in record["variants"]:
+        runs = []
+        for seed in record["seeds"]:
+            run_dir = folder / "trials" / v["name"] / f"seed{seed}"
+            results = run_dir / "results.json"
+            runs.append({"seed": seed, "run_dir": run_dir,
+                         "results": json.loads(results.read_text()) if results.is_file() else None})
+        variants.append({**v, "runs": runs})
+    return record, variants
+
+
+def summarize(variants: list[dict]) -> list[dict]:
+    """Per variant: each figure's description, and its paired tests against the first variant."""
+    reference = variants[0]
+    rows = []
+    for v in variants:
+        row = {"variant": v["name"], "overrides": v["overrides"], "seeds": [r["seed"] for r in v["runs"]],
+               "done": sum(r["results"] is not None for r in v["runs"])}
+        for key, where, _ in FIGURES:
+            values = [_figure(r["results"], where) for r in v["runs"]]
+            row[key] = {**describe(values), "values": values}
+            if v is not reference:
+                ref_values = [_figure(r["results"], where) for r in reference["runs"]]
+                row[key]["vs_first"] = paired_tests(ref_values, values)
+        rows.append(row)
+    return rows
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _p(x: float | None) -> str:
+    return "-" if x is None else (f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| variant | n | test top-1 % (mean ± std) | 95% interval | val top-1 % | test loss | "
+             "Δ test vs first | Wilcoxon p | paired t p |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        t, v, loss = row["test_top1"], row["val_top1"], row["test_loss"]
+        vs = t.get("vs_first", {})
+        interval = "-" if t["ci95"] is None else f"[{_pct(t['ci95'][0])}, {_pct(t['ci95'][1])}]"
+        std = "" if t["std"] is None else f" ± {_pct(t['std'])}"
+        vstd = "" if v["std"] is None else f" ± {_pct(v['std'])}"
+        diff = "(reference)" if not vs else (
+            "-" if vs["mean_difference"] is None else f"{100 * vs['mean_difference']:+.2f}")
+        loss_text = "-" if loss["mean"] is None else f"{loss['mean']:.4f}"
+        lines.append(f"| {row['variant']} | {t['n']} | {_pct(t['mean'])}{std} | {interval} | {_pct(v['mean'])}{vstd} "
+                     f"| {loss_text} | {diff} | {_p(vs.get('wilcoxon_p'))} | {_p(vs.get('t_p'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    header = ["variant", "overrides"]
+    for key, _, _ in FIGURES:
+        header += [f"{key}_n", f"{key}_mean", f"{key}_std", f"{key}_ci95_low", f"{key}_ci95_high",
+                   f"{key}_diff_vs_first", f"{key}_wilcoxon_p", f"{key}_t_p"]
+    writer.writerow(header)
+    for row in rows:
+        line = [row["variant"], "; ".join(row["overrides"])]
+        for key, _, _ in FIGURES:
+            d = row[key]
+            ci = d["ci95"] or [None, None]
+            vs = d.get("vs_first", {})
+            line += [d["n"], d["mean"], d["std"], ci[0], ci[1], vs.get("mean_difference"), vs.get("wilcoxon_p"),
+                     vs.get("t_p")]
+        writer.writerow(["" if x is None else x for x in line])
+    return buffer.getvalue()
+
+
+def _mean_band(curves: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps common to every curve, and the mean and standard deviation there."""
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    values = np.array([[c[s] for s in steps] for c in curves], dtype=np.float64)
+    if not steps:
+        return np.array([]), np.array([]), np.array([])
+    std = values.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros(len(steps))
+    return np.asarray(steps), values.mean(axis=0), std
+
+
+def _curve(run_dir: Path, key: str, transform=lambda x: x) -> dict[int, float]:
+    from cifarkit.train.metrics import read_metrics
+
+    if not (run_dir / "metrics.jsonl").is_file():
+        return {}
+    return {row["step"]: transform(row[key]) for row in read_metrics(run_dir) if row.get(key) is not None}
+
+
+CURVES = (("train/loss", "training loss", lambda x: x), ("val/top1", "validation error", lambda x: 1 - x))
+# The ELU paper's Figure 2a: the median over units of each unit's mean activation (train.log_activations).
+ACTIVATION_CURVES = (("activations/median_unit", "median unit mean activation", lambda x: x),)
+
+
+def learning_curves(variants: list[dict], path: Path, curves=CURVES) -> Path | None:
+    """Per variant, the mean over finished seeds with a ±std band: training loss and validation error (or
+    other `curves`: (metric key, title, transform))."""
+    from cifarkit.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
+    drawn = False
+    for ax, (key, title, transform) in zip(axes[0], curves, strict=True):
+        for v in variants:
+            curves = [c for r in v["runs"] if r["results"] is not None
+                      for c in [_curve(r["run_dir"], key, transform)] if c]
+            steps, mean, std = _mean_band(curves)
+            if len(steps):
+                line, = ax.plot(steps, mean, label=f"{v['name']} (n={len(curves)})")
+                ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+                drawn = True
+        ax.set_title(f"{title} (mean ± std over seeds)")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if not drawn:
+        plt.close(fig)
+        return None
+    return save_figure(fig, path)
+
+
+def final_points(rows: list[dict], path: Path) -> Path | None:
+    """Each seed's final test top-1 as a point per variant, with the mean as a bar."""
+    from cifarkit.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(rows) + 2), 4))
+    drawn = False
+    for i, row in enumerate(rows):
+        values = [100 * x for x in row["test_top1"]["values"] if x is not None]
+        if values:
+            jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
+            ax.scatter(np.full(len(values), i) + jitter, values, s=18, zorder=3)
+            ax.hlines(np.mean(values), i - 0.3, i + 0.3, color="black", zorder=4)
+            drawn = True
+    ax.set_xticks(range(len(rows)), [r["variant"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title("final test accuracy per seed (line: mean)")
+    ax.grid(alpha=0.3, axis="y")
+    if not drawn:
+        plt.close(fig)
+        return None
+    return save_figure(fig, path)
+
+
+def report_sweep(folder: Path) -> dict:
+    """Write report/summary.{md,csv,json} and the plots into the sweep folder; returns the summary and paths."""
+    folder = Path(folder)
+    record, variants = read_sweep(folder)
+    rows = summarize(variants)
+    out = folder / "report"
+    out.mkdir(exist_ok=True)
+    header = (f"Sweep {record['name']}: recipe {record['recipe']}, seeds {record['seeds']}"
+              + (f", settings {', '.join(record['set'])}" if record["set"] else "") + "\n\n")
+    files = {"markdown": out / "summary.md", "csv": out / "summary.csv", "json": out / "summary.json"}
+    markdown = header + markdown_table(rows)
+    atomic_write_text(files["markdown"], markdown)
+    atomic_write_text(files["csv"], csv_table(rows))
+    atomic_write_text(files["json"], json.dumps({"sweep": record, "variants": rows}, indent=2, default=str) + "\n")
+    for name, plot in (("curves", learning_curves(variants, out / "curves.png")),
+                       ("finals", final_points(rows, out / "finals.png")),
+                       ("activations", learning_curves(variants, out / "activations.png", ACTIVATION_CURVES))):
+        if plot is not None:
+            files[name] = plot
+    return {"rows": rows, "markdown": markdown, "files": files}

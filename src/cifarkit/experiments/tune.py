@@ -1,0 +1,198 @@
+"""`cifarkit tune`: Optuna's TPE sampler over a search space, a median pruner fed with the validation loss at
+every evaluation pass, and the test split never looked at while tuning.
+
+The objective is the validation loss of the checkpoint that validation selects (what a run keeps). The best
+trial's values become a recipe that `extends` the tuned one; `--test-best` evaluates that trial's selected
+checkpoint on the test split once, at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cifarkit.config import load_config
+from cifarkit.experiments.spec import Dimension, check_space, parse_space, recipe_text
+from cifarkit.experiments.study import ExperimentError, default_storage, masked, open_storage
+from cifarkit.experiments.sweep import PreparedCache, fingerprint
+from cifarkit.files import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Tuning:
+    recipe: str
+    base: tuple[str, ...]
+    dimensions: tuple[Dimension, ...]
+    trials: int
+    name: str
+    folder: Path
+    storage_url: str
+    fingerprint: str
+    sampler_seed: int = 0
+
+    def record(self) -> dict:
+        return {"kind": "tune", "name": self.name, "recipe": self.recipe, "set": list(self.base),
+                "space": [d.describe() for d in self.dimensions], "trials": self.trials,
+                "storage": masked(self.storage_url), "fingerprint": self.fingerprint}
+
+
+def plan_tuning(recipe: str, sets: list[str], spaces: list[str], trials: int, out_dir: str = "runs",
+                name: str | None = None, storage: str | None = None, sampler_seed: int = 0) -> Tuning:
+    if not spaces:
+        raise ExperimentError("give at least one --space KEY=LOW:HIGH, KEY=log:LOW:HIGH or KEY=a|b|c")
+    if trials < 1:
+        raise ExperimentError(f"--trials must be >= 1, got {trials}")
+    dimensions = [parse_space(text) for text in spaces]
+    base = [*sets, "train.seeds=1"]
+    config = load_config(recipe, base)
+    check_space(recipe, base, dimensions)
+    if config.data.val_per_class == 0:
+        raise ExperimentError("tuning needs a validation split (data.val_per_class = 0 has none): the test split "
+                              "is never used to choose")
+    digest = fingerprint([config], {"space": [dataclasses.astuple(d) for d in dimensions], "seed": sampler_seed})
+    name = name or f"{config.recipe}-tune-{digest[:8]}"
+    folder = Path(out_dir) / name
+    return Tuning(recipe, tuple(base), tuple(dimensions), trials, name, folder, storage or default_storage(folder),
+                  digest, sampler_seed)
+
+
+def open_tuning_study(tuning: Tuning):
+    import optuna
+
+    storage = open_storage(tuning.storage_url)
+    sampler = optuna.samplers.TPESampler(seed=tuning.sampler_seed)
+    # a trial is pruned when its validation loss is worse than the median of earlier trials at the same step
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    study = optuna.create_study(study_name=tuning.name, storage=storage, direction="minimize", sampler=sampler,
+                                pruner=pruner, load_if_exists=True)
+    ours = study.user_attrs.get("cifarkit")
+    if ours is None:
+        study.set_user_attr("cifarkit", {"kind": "tune", "recipe": tuning.recipe, "fingerprint": tuning.fingerprint})
+    elif ours.get("kind") != "tune" or ours.get("fingerprint") != tuning.fingerprint:
+        raise ExperimentError(f"study {tuning.name!r} in {masked(tuning.storage_url)} was created by a different "
+                              f"experiment (recipe {ours.get('recipe')!r}, another space or settings); choose another "
+                              "--name")
+    tuning.folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(tuning.folder / "tune.json", json.dumps(tuning.record(), indent=2) + "\n")
+    return study
+
+
+def _finished(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def run_tuning(tuning: Tuning, log: Callable[[str], None] = print) -> dict:
+    """Run trials until the study holds `tuning.trials` finished (complete or pruned) ones; write best.toml."""
+    import optuna
+
+    from cifarkit.errors import CifarkitError
+    from cifarkit.train.loop import TrainingInterrupted, train
+
+    study = open_tuning_study(tuning)
+    cache = PreparedCache()
+    quiet = lambda _: None  # noqa: E731  (trials are many: one line each, not the whole training log)
+
+    def objective(trial) -> float:
+        values = [f"{d.key}={d.suggest(trial)}" for d in tuning.dimensions]
+        config = load_config(tuning.recipe, [*tuning.base, *values,
+                                             f"train.out_dir={json.dumps(str(tuning.folder / 'trials'))}",
+                                             f"train.run_name=trial-{trial.number:04d}"])
+        trial.set_user_attr("run_dir", f"trials/trial-{trial.number:04d}")
+
+        def report(step: int, val: dict) -> None:
+            trial.report(val["loss"], step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val loss {val['loss']:.4f} at step {step} is worse than the median")
+
+        try:
+            results = train(config, quiet, cache.get(config, quiet), on_validation=report, evaluate_test=False)
+        except optuna.TrialPruned:
+            log(f"trial {trial.number}: pruned | {', '.join(values)}")
+            raise
+        except TrainingInterrupted:
+            raise KeyboardInterrupt from None  # stop the study; the trial is recorded as failed
+        trial.set_user_attr("val_top1", results["val"]["top1"])
+        log(f"trial {trial.number}: val loss {results['val']['loss']:.4f} top1 {results['val']['top1']:.4f} | "
+            f"{', '.join(values)}")
+        return results["val"]["loss"]
+
+    left = tuning.trials - _finished(study)
+    if left > 0:
+        log(f"tune {tuning.name}: {left} trial(s) to run ({tuning.trials - left} done) over "
+            f"{'; '.join(d.describe() for d in tuning.dimensions)} | study in {masked(tuning.storage_url)}")
+        stop_at = optuna.study.MaxTrialsCallback(tuning.trials, states=(optuna.trial.TrialState.COMPLETE,
+                                                                        optuna.trial.TrialState.PRUNED))
+        study.optimize(objective, n_trials=left, callbacks=[stop_at], catch=(CifarkitError,))
+    return write_best(tuning, study)
+
+
+def best_overrides(tuning: Tuning, trial) -> list[str]:
+    by_key = {d.key: d for d in tuning.dimensions}
+    out = []
+    for key, value in trial.params.items():
+        kind = by_key[key].kind if key in by_key else "float"
+        out.append(f"{key}={value if kind == 'categorical' else repr(value)}")
+    return out
+
+
+def write_best(tuning: Tuning, study) -> dict:
+    """The best complete trial as a recipe file extending the tuned recipe (with the --set values used)."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise ExperimentError(f"study {tuning.name!r} has no completed trial yet (all failed or were pruned); "
+                              "see the trial messages above") from None
+    recipe_ref = str(Path(tuning.recipe).resolve()) if tuning.recipe.endswith(".toml") else tuning.recipe
+    # the values tuned and the recipe's other --set values; not where or how long each trial ran
+    kept = [s for s in tuning.base if s != "train.seeds=1" and not s.startswith(
+        ("train.device=", "data.data_dir=", "train.budget_seconds="))]
+    chosen = best_overrides(tuning, best)
+    text = recipe_text(recipe_ref, [*kept, *chosen],
+                       f"Tuned by `cifarkit tune` (study {tuning.name}, trial {best.number} of {len(study.trials)}):\n"
+                       f"validation loss {best.value:.4f}, validation top-1 {best.user_attrs.get('val_top1', 0):.4f}.")
+    path = tuning.folder / "best.toml"
+    atomic_write_text(path, text)
+    load_config(str(path))  # the file must resolve as it is written
+    return {"trial": best.number, "val_loss": best.value, "val_top1": best.user_attrs.get("val_top1"),
+            "values": chosen, "recipe_file": path, "run_dir": tuning.folder / best.user_attrs["run_dir"]}
+
+
+def test_best(best: dict, data_dir: str | None = None, device: str = "cpu") -> dict:
+    """The best trial's selected checkpoint on the test split: once, after tuning."""
+    from cifarkit.evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(str(best["run_dir"]), "test", False, None, data_dir, device)
+    atomic_write_text(Path(best["recipe_file"]).with_name("best-test.json"),
+                      json.dumps({"trial": best["trial"], "test_top1": report["top1"], "test_loss": report["loss"]},
+                                 indent=2) + "\n")
+    return report
+
+
+def tuning_plots(folder: Path, storage: str | None = None) -> dict[str, Path]:
+    """Optuna's optimisation history and parameter importances (matplotlib) for a tuning folder."""
+    import optuna
+
+    from cifarkit.plots import pyplot, save_figure
+
+    record = json.loads((Path(folder) / "tune.json").read_text())
+    url = storage or record["storage"]
+    if "***" in url:
+        raise ExperimentError(f"the study's URL had a password, which is not saved ({url}): pass it with --storage")
+    study = optuna.load_study(study_name=record["name"], storage=open_storage(url))
+    pyplot()
+    out = Path(folder) / "report"
+    out.mkdir(exist_ok=True)
+    files = {}
+    for name, draw in (("history", optuna.visualization.matplotlib.plot_optimization_history),
+                       ("importances", optuna.visualization.matplotlib.plot_param_importances)):
+        try:
+            ax = draw(study)
+        except (ValueError, RuntimeError):  # too few finished trials for this plot
+            continue
+        files[name] = save_figure(ax.figure, out / f"{name}.png")
+    return files
