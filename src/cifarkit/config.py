@@ -70,6 +70,8 @@ class ScheduleConfig:
     lr: str = "step"  # see cifarkit.train.schedules.LR_SCHEDULES
     milestones: list[int] = field(default_factory=list)  # "step": multiply by gamma at each of these steps
     gamma: float = 0.1
+    # "step" with factors: after the k-th milestone the lr is lr_factors[k-1] x the base (instead of gamma**k)
+    lr_factors: list[float] = field(default_factory=list)
     warmup_steps: int = 0
     warmup_fraction: float = 0.0  # warm-up length as a fraction of the run (used when warmup_steps is 0)
     warmup_start_fraction: float | None = None  # lr at step 0 as a fraction of the peak (None: 1/warmup)
@@ -107,6 +109,9 @@ class TrainConfig:
     skip_nonfinite: bool = False  # skip steps whose loss is NaN/inf instead of stopping the run
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-reproducible resume on CPU)
     sync_batchnorm: bool = False  # with several processes: BatchNorm statistics over the global batch
+    # at every evaluation: each activation layer's mean activation on a fixed batch (the ELU paper's Figure 2a),
+    # to metrics.jsonl and TensorBoard as activations/...
+    log_activations: bool = False
 
 
 @dataclass(frozen=True)
@@ -334,6 +339,8 @@ RANGES: dict[str, Callable[[Any], str | None]] = {
     "schedule.milestones": lambda v: None if all(isinstance(m, int) and not isinstance(m, bool) and m >= 0
                                                   for m in v) else "must be a list of step numbers >= 0",
     "schedule.gamma": _above(0),
+    "schedule.lr_factors": lambda v: None if all(isinstance(f, (int, float)) and not isinstance(f, bool) and
+                                                 math.isfinite(f) and f > 0 for f in v) else "must be numbers > 0",
     "schedule.warmup_steps": _at_least(0),
     "schedule.warmup_fraction": _within(0, 1),
     "schedule.warmup_start_fraction": _optional(lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
@@ -371,6 +378,9 @@ def _check_registries(config: Config) -> None:
     check_model_options(config.model.name, config.model.kwargs)
     check_device_name(config.train.device)
     check_dropout_events(config.schedule.dropout_events)
+    if config.schedule.lr_factors and len(config.schedule.lr_factors) != len(config.schedule.milestones):
+        raise ConfigError(f"schedule.lr_factors needs one factor per milestone ({len(config.schedule.milestones)}), "
+                          f"got {len(config.schedule.lr_factors)}")
     if config.optim.nesterov and config.optim.momentum <= 0:
         raise ConfigError("optim.nesterov needs optim.momentum > 0")
 

@@ -1,15 +1,24 @@
-"""The 18-layer ELU network for CIFAR-100.
+"""The ELU paper's networks for CIFAR.
 
 Clevert, Unterthiner & Hochreiter, "Fast and Accurate Deep Network Learning by Exponential Linear Units
-(ELUs)", ICLR 2016: 24.28% test error on CIFAR-100 after 165k iterations.
+(ELUs)", ICLR 2016: 24.28% test error on CIFAR-100 after 165k iterations with the 18-layer network.
 
-Two variants from one builder:
+Three variants from one class:
 - `elu_net_seed`: the Keras tutorial this project grew from, layer for layer (42,607,204 parameters): ELU only
   after the last convolution of each stack, and stack 3 opening with a 3x3 convolution.
-- `elu_net_paper`: the paper's network (39,330,404 parameters): ELU after every convolution, and stack 3
-  opening with a 1x1 convolution.
-Both pad the 32x32 input by 4 zero pixels inside the model (40x40), use Keras "same" padding (a 2x2
-convolution pads one row/column at the bottom/right) and "same" 2x2 max pooling (odd sizes round up).
+- `elu_net_paper`: the paper's 18-layer network (39,330,404 parameters): ELU after every convolution, and
+  stack 3 opening with a 1x1 convolution.
+- `elu11_paper`: the paper's 11-layer network of its comparison of activation functions (1,669,028
+  parameters at 100 classes). Its last "stack", [1x100x1], is the output layer: a 1x1 convolution with one
+  unit per class (100 on CIFAR-100, 10 on CIFAR-10) and no activation, whose pooled 1x1 output is the logits.
+All pad the 32x32 input by 4 zero pixels inside the model (40x40), use Keras "same" padding (a 2x2
+convolution pads one row/column at the bottom/right) and "same" 2x2 max pooling (odd sizes round up): the
+paper does not say how its seven poolings keep a spatial size above 1x1 or how its 2x2 convolutions pad, and
+this is how the seed's model does both (40 -> 20 -> 10 -> 5 -> 3 -> 2 -> 1 -> 1).
+
+Every variant takes `activation` (see cifarkit.models.activations; default ELU, as published) and
+`batchnorm` (batch normalization after each convolution, before its activation; default off). The defaults
+build exactly the networks above, weights included.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import nn
 
+from cifarkit.models.activations import ActivationName, make_activation
 from cifarkit.models.registry import register_model
 
 # (out_channels, kernel_size) per convolution, per stack.
@@ -32,6 +42,18 @@ SEED_STACKS: tuple[tuple[tuple[int, int], ...], ...] = (
     ((1152, 1),),
 )
 PAPER_STACKS = (SEED_STACKS[0], SEED_STACKS[1], ((640, 1), *SEED_STACKS[2][1:]), *SEED_STACKS[3:])
+# The comparison network, section "Comparison of Activation Functions": stacks of (layers x units x field)
+# [1x192x5], [1x192x1, 1x240x3], [1x240x1, 1x260x2], [1x260x1, 1x280x2], [1x280x1, 1x300x2], [1x300x1], and the
+# output stack [1x100x1] (one unit per class, added by the builder).
+ELU11_STACKS: tuple[tuple[tuple[int, int], ...], ...] = (
+    ((192, 5),),
+    ((192, 1), (240, 3)),
+    ((240, 1), (260, 2)),
+    ((260, 1), (280, 2)),
+    ((280, 1), (300, 2)),
+    ((300, 1),),
+)
+ELU11_DROPOUT = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.0)  # on the last layer of each stack, as in the paper
 
 
 class SameConv2d(nn.Conv2d):
@@ -66,8 +88,17 @@ class EluNet(nn.Module):
         dropout: float | Sequence[float] = 0.5,
         width: float = 1.0,
         input_pad: int = 4,
+        activation: str = "elu",
+        activation_param: float | None = None,
+        batchnorm: bool = False,
+        conv_head: bool = False,
     ):
+        """`conv_head`: the last stack ends in a 1x1 convolution with `num_classes` units and no activation,
+        whose output is the logits (the 11-layer network); otherwise a dense layer follows the last stack."""
         super().__init__()
+        stacks = [list(stack) for stack in stacks]
+        if conv_head:
+            stacks.append([(num_classes, 1)])
         rates = [dropout] * len(stacks) if isinstance(dropout, (int, float)) else list(dropout)
         if len(rates) != len(stacks):
             raise ValueError(f"need one dropout rate per stack ({len(stacks)}), got {len(rates)}")
@@ -76,23 +107,29 @@ class EluNet(nn.Module):
         if not (isinstance(width, (int, float)) and 0 < width <= 16) or not (isinstance(input_pad, int) and
                                                                              0 <= input_pad <= 16):
             raise ValueError(f"width must be in (0, 16] and input_pad an integer in [0, 16], got {width}, {input_pad}")
+        make_activation(activation, activation_param)  # an unknown name or a stray parameter fails here
         layers: list[nn.Module] = [nn.ZeroPad2d(input_pad)]
         self.dropouts = nn.ModuleList()
         channels = 3
-        for stack, rate in zip(stacks, rates, strict=True):
+        for s, (stack, rate) in enumerate(zip(stacks, rates, strict=True)):
             for i, (out, kernel) in enumerate(stack):
-                out = max(1, round(out * width))  # `width` < 1 gives the narrow variants used in tests
+                is_output = conv_head and s == len(stacks) - 1
+                out = out if is_output else max(1, round(out * width))  # width < 1: the narrow test variants
                 layers.append(SameConv2d(channels, out, kernel))
                 channels = out
+                if is_output:
+                    continue
+                if batchnorm:  # after the convolution, before its activation
+                    layers.append(nn.BatchNorm2d(out))
                 if elu_after_every_conv or i == len(stack) - 1:
-                    layers.append(nn.ELU())
+                    layers.append(make_activation(activation, activation_param))
             layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))  # ceil_mode: Keras "same" pooling, 5 -> 3
             dropout_layer = nn.Dropout(rate)
             self.dropouts.append(dropout_layer)
             layers.append(dropout_layer)
         self.features = nn.Sequential(*layers)
         self.flatten = nn.Flatten()
-        self.classifier = nn.Linear(channels, num_classes)
+        self.classifier = nn.Identity() if conv_head else nn.Linear(channels, num_classes)
         keras_init_(self)
 
     def set_dropout_rates(self, rates: Sequence[float]) -> None:
@@ -106,15 +143,37 @@ class EluNet(nn.Module):
         return self.classifier(self.flatten(self.features(x)))
 
 
+def _check_activation(activation: str = "elu", activation_param: float | None = None, **_) -> None:
+    make_activation(activation, activation_param)
+
+
 @register_model
 def elu_net_seed(num_classes: int = 100, dropout: float | Sequence[float] = 0.5, width: float = 1.0,
-                 input_pad: int = 4) -> EluNet:
+                 input_pad: int = 4, activation: ActivationName = "elu", activation_param: float | None = None,
+                 batchnorm: bool = False) -> EluNet:
     """The seed tutorial's network: ELU at the end of each stack only (42,607,204 parameters at 100 classes)."""
-    return EluNet(SEED_STACKS, num_classes, False, dropout, width, input_pad)
+    return EluNet(SEED_STACKS, num_classes, False, dropout, width, input_pad, activation, activation_param,
+                  batchnorm)
 
 
 @register_model
 def elu_net_paper(num_classes: int = 100, dropout: float | Sequence[float] = 0.5, width: float = 1.0,
-                  input_pad: int = 4) -> EluNet:
+                  input_pad: int = 4, activation: ActivationName = "elu", activation_param: float | None = None,
+                  batchnorm: bool = False) -> EluNet:
     """The paper's network: ELU after every convolution, 1x1 first conv in stack 3 (39,330,404 parameters)."""
-    return EluNet(PAPER_STACKS, num_classes, True, dropout, width, input_pad)
+    return EluNet(PAPER_STACKS, num_classes, True, dropout, width, input_pad, activation, activation_param,
+                  batchnorm)
+
+
+@register_model
+def elu11_paper(num_classes: int = 100, dropout: float | Sequence[float] = ELU11_DROPOUT, width: float = 1.0,
+                input_pad: int = 4, activation: ActivationName = "elu", activation_param: float | None = None,
+                batchnorm: bool = False) -> EluNet:
+    """The paper's 11-layer comparison network (1,669,028 parameters at 100 classes; `width` scales every layer
+    but the output)."""
+    return EluNet(ELU11_STACKS, num_classes, True, dropout, width, input_pad, activation, activation_param,
+                  batchnorm, conv_head=True)
+
+
+for _builder in (elu_net_seed, elu_net_paper, elu11_paper):
+    _builder.check_options = _check_activation  # checked when the config is loaded, before anything is built

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import typing
 from collections.abc import Callable
 
 from torch import nn
@@ -48,6 +49,18 @@ def check_model_options(name: str, kwargs: dict) -> None:
     if unknown:
         valid = ", ".join(options) or "none"
         raise ConfigError(f"model {name!r} has no option {unknown[0]!r} (model.kwargs); its options: {valid}")
+    hints = typing.get_type_hints(_builder(name))
+    for key, value in kwargs.items():  # an option annotated with Literal[...] takes only those values
+        choices = typing.get_args(hints[key]) if typing.get_origin(hints.get(key)) is typing.Literal else None
+        if choices and value not in choices:
+            raise ConfigError(f"model {name!r}: model.kwargs.{key} must be one of {', '.join(map(repr, choices))}; "
+                              f"got {value!r}")
+    check = getattr(_builder(name), "check_options", None)  # a builder's own check of its values, if it has one
+    if check is not None:
+        try:
+            check(**kwargs)
+        except ValueError as e:
+            raise ConfigError(f"model {name!r}: {e}") from None
 
 
 def create_model(name: str, num_classes: int = 100, **kwargs) -> nn.Module:

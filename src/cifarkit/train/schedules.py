@@ -13,7 +13,11 @@ from cifarkit.errors import ConfigError
 
 
 def _step(progress_step: int, total: int, c) -> float:
-    return c.gamma ** sum(progress_step >= m for m in c.milestones)
+    passed = sum(progress_step >= m for m in c.milestones)
+    factors = getattr(c, "lr_factors", None)
+    if factors:
+        return factors[passed - 1] if passed else 1.0
+    return c.gamma ** passed
 
 
 def _constant(step: int, total: int, c) -> float:
