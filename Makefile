@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (see README):
 #   make train   -- set up .venv and train the default recipe (elu-seed on CIFAR-100, downloading the data)
-#   make test    -- set up .venv and web/node_modules, run ruff, the web unit tests and build, and pytest
+#   make test    -- set up .venv and web/node_modules, run ruff, the TypeScript library tests, the page build, and pytest
 # Pass options through ARGS, e.g.  make train ARGS="--data-dir ~/Downloads/cifar-100-python.tar.gz"
 
 PYTHON ?= python3
@@ -20,11 +20,14 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-web/node_modules/.installed: web/package.json web/package-lock.json
-	cd web && npm ci --no-audit --no-fund
+# ONNXRUNTIME_NODE_INSTALL=skip: onnxruntime-node bundles its CPU binaries; without it, its install script
+# downloads CUDA files from outside the npm registry.
+web/node_modules/.installed: web/package.json web/package-lock.json web/packages/classify/package.json
+	cd web && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund
 	touch $@
 
-# The browser page: type-check, unit tests (golden vectors), production build in web/dist.
+# The TypeScript library (web/packages/classify: build, golden vectors and Node.js tests) and the browser page
+# that uses it (type-check, production build in web/dist).
 web: web/node_modules/.installed
 	cd web && npm test && npm run build
 

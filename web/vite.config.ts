@@ -6,5 +6,4 @@ export default defineConfig({
   base: "./",
   build: { target: "es2022", outDir: "dist", emptyOutDir: true },
   optimizeDeps: { exclude: ["onnxruntime-web"] },
-  test: { include: ["test/**/*.test.ts"], environment: "node" },
 });

@@ -2,6 +2,7 @@
 // what the page shows, check the page survives bad files, and work offline after the first visit.
 //
 //   node e2e/classify.mjs URL SCREENSHOT.png FILE...     -> one JSON object on stdout
+import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 
 const [url, screenshot, ...files] = process.argv.slice(2);
@@ -49,6 +50,18 @@ try {
   await page.waitForTimeout(500); // the sample gallery loads after the model
   report.samples = await page.evaluate(() => document.querySelectorAll("#samples img").length);
   if (report.ready === "true") {
+    // The golden preprocessing vectors, through the browser's decoder and the library the page uses.
+    const goldenFolder = new URL("../packages/classify/test/golden/", import.meta.url);
+    report.golden = {};
+    for (const { file, pixels } of JSON.parse(readFileSync(new URL("golden.json", goldenFolder), "utf8"))) {
+      const base64 = readFileSync(new URL(file, goldenFolder)).toString("base64");
+      const got = await page.evaluate(async (data) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        return window.cifarkitPixels(new Blob([bytes], { type: "image/png" }));
+      }, base64);
+      report.golden[file] = got.length === pixels.length
+        ? Math.max(...got.map((v, i) => Math.abs(v - pixels[i]))) : `length ${got.length}`;
+    }
     for (const file of files) report.results.push({ file, ...(await upload(file)) });
     await page.screenshot({ path: screenshot, fullPage: true });
     // Offline: wait for the service worker to have cached this visit, cut the network, reload, classify.

@@ -1,9 +1,10 @@
 """Write the golden vectors that keep the browser's preprocessing identical to `cifarkit predict`.
 
-    python web/scripts/make_golden.py            # rewrites web/test/golden/
+    python web/scripts/make_golden.py            # rewrites web/packages/classify/test/golden/
 
 Each case is a PNG picture and the 32x32x3 uint8 pixels that cifarkit.images.load_image makes of it; the
-TypeScript tests (web/test/preprocess.test.ts) must reproduce them within 1/255, and a Python test checks
+TypeScript tests (web/packages/classify/test/preprocess.test.ts in Node.js, exactly; the page's end-to-end test in
+Chromium, within 1/255) must reproduce them, and a Python test checks
 that this file still matches what the Python side produces.
 """
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from cifarkit.images import load_image
 
-GOLDEN = Path(__file__).resolve().parents[1] / "test" / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "packages" / "classify" / "test" / "golden"
 
 
 def cases() -> dict[str, Image.Image]:
@@ -34,6 +35,10 @@ def cases() -> dict[str, Image.Image]:
         "palette-50x50": Image.fromarray(photo[:50, :50]).convert("P"),
         "small-17x13": Image.fromarray(small),
         "exact-32x32": Image.fromarray(photo[100:132, 100:132]),
+        # tall pictures: Pillow 13 runs the vertical pass first when the height shrinks by more than twice
+        # as many pixels as the width (45x60, 33x64); the order changes the rounding
+        "tall-45x60": Image.fromarray(photo[:60, :45]),
+        "tall-33x64": Image.fromarray(photo[60:124, 30:63]),
     }
 
 

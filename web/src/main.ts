@@ -1,7 +1,8 @@
 /** The page: pick, drop, paste or photograph a picture (or click a sample); see the 32x32 the model sees
  * and its top-5 classes. Everything runs in the browser. */
-import { Classifier, ModelLoadError, type Classification } from "./model";
-import { SIZE, toModelPixels, type RGBAImage } from "./preprocess";
+import {
+  decodeImage, loadClassifier, ModelLoadError, SIZE, toModelPixels, type BrowserClassifier, type Classification,
+} from "@cifarkit/classify";
 import "./style.css";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -15,27 +16,11 @@ const drop = $<HTMLElement>("drop");
 
 // The model's location: ?model=URL-prefix (ending in /), else the folder the page is served with.
 const modelBase = new URLSearchParams(location.search).get("model") ?? "./model/";
-let classifier: Classifier | null = null;
+let classifier: BrowserClassifier | null = null;
 
 function say(text: string, kind: "info" | "error" = "info") {
   status.textContent = text;
   status.dataset.kind = kind;
-}
-
-/** Decode with the browser (EXIF orientation applied) and read back RGBA pixels. */
-async function decode(blob: Blob): Promise<RGBAImage> {
-  let bitmap: ImageBitmap;
-  try {
-    bitmap = await createImageBitmap(blob, { imageOrientation: "from-image" });
-  } catch {
-    throw new Error("This file is not an image the browser can read.");
-  }
-  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
-  const context = canvas.getContext("2d", { colorSpace: "srgb" })!;
-  context.drawImage(bitmap, 0, 0);
-  const { data, width, height } = context.getImageData(0, 0, bitmap.width, bitmap.height, { colorSpace: "srgb" });
-  bitmap.close();
-  return { data, width, height };
 }
 
 function showPreview(pixels: Uint8Array) {
@@ -46,9 +31,9 @@ function showPreview(pixels: Uint8Array) {
   preview.getContext("2d")!.putImageData(new ImageData(rgba, SIZE, SIZE), 0, 0);
 }
 
-function showResults(result: Classification) {
+function showResults(top: Classification[]) {
   results.replaceChildren(
-    ...result.top.map(({ name, probability }) => {
+    ...top.map(({ label: name, score: probability }) => {
       const item = document.createElement("li");
       const label = document.createElement("span");
       label.className = "name";
@@ -63,8 +48,8 @@ function showResults(result: Classification) {
       return item;
     }),
   );
-  superclass.textContent = result.superclass ? `superclass: ${result.superclass}` : "";
-  document.body.dataset.top1 = result.top[0]?.name ?? "";
+  superclass.textContent = top[0]?.superclass ? `superclass: ${top[0].superclass}` : "";
+  document.body.dataset.top1 = top[0]?.label ?? "";
 }
 
 /** Show the picture as given; the previous picture's object URL is released (each one pins its Blob). */
@@ -77,11 +62,11 @@ async function classify(blob: Blob, label: string) {
   if (!classifier) return say("The model is not loaded yet.", "error");
   say(`Classifying ${label}…`);
   try {
-    const image = await decode(blob);
+    const image = await decodeImage(blob);
     showOriginal(blob);
     const pixels = toModelPixels(image);
     showPreview(pixels);
-    showResults(await classifier.classify(pixels));
+    showResults((await classifier.classifyPixels([pixels]))[0]!);
     say(`${label}: ${image.width}×${image.height} → 32×32`);
   } catch (error) {
     results.replaceChildren();
@@ -157,7 +142,8 @@ async function enableOffline() {
 async function start() {
   say("Loading the model…");
   try {
-    classifier = await Classifier.load(modelBase);
+    const base = new URL(modelBase, document.baseURI);
+    classifier = await loadClassifier(new URL("model.onnx", base).href, { wasmPaths: new URL("./", document.baseURI).href });
     const { info } = classifier;
     const accuracy = info.test?.top1 ?? info.val?.top1;
     say(
@@ -173,5 +159,9 @@ async function start() {
   await loadSamples();
   await enableOffline();
 }
+
+// For the end-to-end test: the pixels the page makes of a picture (checked against the golden vectors).
+(window as unknown as { cifarkitPixels: (blob: Blob) => Promise<number[]> }).cifarkitPixels = async (blob) =>
+  Array.from(toModelPixels(await decodeImage(blob)));
 
 void start();

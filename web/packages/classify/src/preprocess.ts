@@ -1,11 +1,11 @@
 /**
  * Picture -> the 32x32 RGB uint8 pixels a cifarkit model takes, exactly as Python's `cifarkit predict`
  * prepares them (src/cifarkit/images.py):
- *   1. the browser decodes the file and applies its EXIF orientation;
+ *   1. the platform decodes the file (the browser, or sharp in Node.js) and applies its EXIF orientation;
  *   2. transparency is composited onto white with Pillow's integer arithmetic (Image.alpha_composite);
  *   3. the whole picture is resized to 32x32 with Pillow's antialiased bilinear filter, reproduced here
- *      coefficient for coefficient (horizontal pass, then vertical, 22-bit fixed point, rounded).
- * Golden vectors written by the Python side check this in test/preprocess.test.ts.
+ *      coefficient for coefficient (its two passes in its order, 22-bit fixed point, rounded).
+ * Golden vectors written by the Python side check this (test/preprocess.test.ts, and in Chromium).
  */
 
 export const SIZE = 32;
@@ -83,46 +83,57 @@ function clip8(value: number): number {
   return v < 0 ? 0 : v > 255 ? 255 : v;
 }
 
-/** Resize packed RGB (3 channels) with Pillow's bilinear filter: horizontal pass first, then vertical. */
+/** One horizontal pass: `width` -> `outW` columns, every row. */
+function resizeRows(rgb: Uint8Array, width: number, height: number, outW: number): Uint8Array {
+  const half = 1 << (PRECISION_BITS - 1);
+  const { bounds, weights } = coefficients(width, outW);
+  const out = new Uint8Array(outW * height * 3);
+  for (let y = 0; y < height; y++) {
+    for (let xx = 0; xx < outW; xx++) {
+      const xmin = bounds[xx * 2]!;
+      const k = weights[xx]!;
+      for (let c = 0; c < 3; c++) {
+        let ss = half;
+        for (let x = 0; x < k.length; x++) ss += rgb[(y * width + x + xmin) * 3 + c]! * k[x]!;
+        out[(y * outW + xx) * 3 + c] = clip8(ss);
+      }
+    }
+  }
+  return out;
+}
+
+/** One vertical pass: `height` -> `outH` rows, every column. */
+function resizeColumns(rgb: Uint8Array, width: number, height: number, outH: number): Uint8Array {
+  const half = 1 << (PRECISION_BITS - 1);
+  const { bounds, weights } = coefficients(height, outH);
+  const out = new Uint8Array(width * outH * 3);
+  for (let yy = 0; yy < outH; yy++) {
+    const ymin = bounds[yy * 2]!;
+    const k = weights[yy]!;
+    for (let x = 0; x < width; x++) {
+      for (let c = 0; c < 3; c++) {
+        let ss = half;
+        for (let y = 0; y < k.length; y++) ss += rgb[((y + ymin) * width + x) * 3 + c]! * k[y]!;
+        out[(yy * width + x) * 3 + c] = clip8(ss);
+      }
+    }
+  }
+  return out;
+}
+
+/** Resize packed RGB (3 channels) with Pillow's bilinear filter, in Pillow's order of passes: horizontal
+ * first, except (Pillow 13, python-pillow/Pillow#9549) when the height shrinks by more than twice as many
+ * pixels as the width does, where the vertical pass goes first. The order changes the rounding. */
 export function resizeBilinear(rgb: Uint8Array, width: number, height: number, outW = SIZE, outH = SIZE): Uint8Array {
   if (width === outW && height === outH) return rgb.slice(); // Pillow returns a copy unchanged
-  const half = 1 << (PRECISION_BITS - 1);
-  let current = rgb;
-  let curW = width;
-  if (outW !== width) {
-    const { bounds, weights } = coefficients(width, outW);
-    const next = new Uint8Array(outW * height * 3);
-    for (let y = 0; y < height; y++) {
-      for (let xx = 0; xx < outW; xx++) {
-        const xmin = bounds[xx * 2]!;
-        const k = weights[xx]!;
-        for (let c = 0; c < 3; c++) {
-          let ss = half;
-          for (let x = 0; x < k.length; x++) ss += current[(y * curW + x + xmin) * 3 + c]! * k[x]!;
-          next[(y * outW + xx) * 3 + c] = clip8(ss);
-        }
-      }
-    }
-    current = next;
-    curW = outW;
+  const horizontal = outW !== width;
+  const vertical = outH !== height;
+  if (vertical && height > outH && height - outH > 2 * (width - outW)) {
+    const rows = resizeColumns(rgb, width, height, outH);
+    return horizontal ? resizeRows(rows, width, outH, outW) : rows;
   }
-  if (outH !== height) {
-    const { bounds, weights } = coefficients(height, outH);
-    const next = new Uint8Array(curW * outH * 3);
-    for (let yy = 0; yy < outH; yy++) {
-      const ymin = bounds[yy * 2]!;
-      const k = weights[yy]!;
-      for (let x = 0; x < curW; x++) {
-        for (let c = 0; c < 3; c++) {
-          let ss = half;
-          for (let y = 0; y < k.length; y++) ss += current[((y + ymin) * curW + x) * 3 + c]! * k[y]!;
-          next[(yy * curW + x) * 3 + c] = clip8(ss);
-        }
-      }
-    }
-    current = next;
-  }
-  return current;
+  const columns = horizontal ? resizeRows(rgb, width, height, outW) : rgb;
+  return vertical ? resizeColumns(columns, outW, height, outH) : columns;
 }
 
 /** The model's input: 32x32x3 uint8, NHWC, RGB. */

@@ -1,0 +1,159 @@
+"""The TypeScript library (web/packages/classify) against the Python side, and as a user installs it:
+cross-language parity of `cifarkit-classify` with `cifarkit predict`, its errors, and `npm pack` installed into
+a fresh project that type-checks with `tsc --strict` and runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+WEB = Path(__file__).resolve().parents[1] / "web"
+PACKAGE = WEB / "packages" / "classify"
+CLI = PACKAGE / "dist" / "cli.js"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or not CLI.is_file() or not (WEB / "node_modules" / "sharp").is_dir(),
+    reason="needs node and the built library (cd web && npm ci && npm run build)")
+
+
+def node_classify(*args: str, cwd: Path = PACKAGE) -> subprocess.CompletedProcess:
+    return subprocess.run(["node", str(CLI), *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory) -> Path:
+    """Real CIFAR-10 test pictures where the copy is here (else generated ones), and photos of other sizes and
+    formats: JPEG, WebP, GIF, RGBA PNG with transparency, grey PNG, an EXIF-rotated JPEG."""
+    folder = tmp_path_factory.mktemp("pictures")
+    real = os.environ.get("CIFARKIT_TEST_CIFAR10")
+    rng = np.random.default_rng(5)
+    if real and Path(real).exists():
+        import pickle
+
+        with open(Path(real) / "cifar-10-batches-py" / "test_batch", "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        images = batch[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)[:24]
+    else:
+        images = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    for i, image in enumerate(images[:16]):
+        Image.fromarray(image).save(folder / f"test{i:02d}.png")
+    photo = Image.fromarray(images[16]).resize((243, 181), Image.BICUBIC)
+    photo.save(folder / "photo.jpg", quality=90)
+    photo.save(folder / "photo.webp", quality=90)
+    photo.convert("P").save(folder / "photo.gif")
+    rgba = np.asarray(Image.fromarray(images[17]).resize((80, 96)).convert("RGBA")).copy()
+    rgba[:40, :, 3] = 120
+    Image.fromarray(rgba).save(folder / "rgba.png")
+    Image.fromarray(images[18]).convert("L").resize((64, 40)).save(folder / "grey.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    Image.fromarray(images[19]).resize((60, 45)).save(folder / "rotated.jpg", exif=exif, quality=95)
+    return folder
+
+
+def test_node_library_matches_cifarkit_predict(pictures):
+    from cifarkit.predict import format_predictions, predict_files
+
+    python = json.loads(format_predictions(predict_files(None, [pictures], top_k=5), "json"))
+    result = node_classify("--format", "json", "--top-k", "5", str(pictures))
+    assert result.returncode == 0, result.stderr
+    node = json.loads(result.stdout)
+    assert [r["path"] for r in node] == [r["path"] for r in python] and len(node) == 22
+    for py, js in zip(python, node, strict=True):
+        assert set(js) == set(py) == {"path", "error", "superclass", "top"}  # the same JSON shape
+        assert [t["class"] for t in js["top"]] == [t["class"] for t in py["top"]], py["path"]
+        for a, b in zip(py["top"], js["top"], strict=True):
+            assert set(a) == set(b) == {"class", "probability"}
+            assert abs(a["probability"] - b["probability"]) < 1e-4, py["path"]
+
+
+def test_cli_reports_each_bad_file_and_goes_on(pictures, tmp_path):
+    (tmp_path / "text.png").write_text("not a picture")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    good = pictures / "test00.png"
+    result = node_classify(str(good), str(tmp_path / "text.png"), str(tmp_path / "empty.jpg"),
+                           str(tmp_path / "missing.png"))
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 4 and lines[0].startswith(f"{good}: ") and "%" in lines[0]
+    assert "ERROR" in lines[1] and "not an image" in lines[1]
+    assert "empty file" in lines[2] and "no such file" in lines[3]
+    assert "3 of 4 files could not be classified" in result.stderr and "at " not in result.stderr  # no stack trace
+    csv = node_classify("--format", "csv", "-k", "2", str(good))
+    assert csv.returncode == 0 and csv.stdout.splitlines()[0] == "path,rank,class,probability,superclass,error"
+    assert len(csv.stdout.strip().splitlines()) == 3
+    for bad in (["--top-k", "0", str(good)], ["--format", "xml", str(good)], []):
+        result = node_classify(*bad)
+        assert result.returncode == 2 and result.stderr.startswith("cifarkit-classify: error:")
+
+
+def test_cli_refuses_a_model_that_is_not_a_cifarkit_export(tmp_path, pictures):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "other",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, tmp_path / "other.onnx")
+    info = json.loads((WEB / "public" / "model" / "model.json").read_text())
+    info.pop("model_sha256")
+    (tmp_path / "other.json").write_text(json.dumps(info))
+    result = node_classify("--model", str(tmp_path / "other.onnx"), str(pictures / "test00.png"))
+    assert result.returncode == 1
+    assert "not a cifarkit export" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    result = node_classify("--model", str(tmp_path / "missing.onnx"), str(pictures / "test00.png"))
+    assert result.returncode == 1 and "no such file" in result.stderr
+
+
+@pytest.mark.slow
+def test_packed_library_installs_type_checks_and_runs(tmp_path, pictures):
+    """As a user meets it: npm pack, install the tarball into a fresh project, an ESM TypeScript file checked
+    with tsc --strict, run it, and run the installed CLI."""
+    packed = subprocess.run(["npm", "pack", "--pack-destination", str(tmp_path), "--json"], cwd=PACKAGE,
+                            capture_output=True, text=True, timeout=300)
+    assert packed.returncode == 0, packed.stderr
+    tarball = tmp_path / json.loads(packed.stdout)[0]["filename"]
+    files = {f["path"] for f in json.loads(packed.stdout)[0]["files"]}
+    assert {"dist/node.js", "dist/node.d.ts", "dist/browser.js", "dist/cli.js", "model/model.onnx",
+            "README.md"} <= files
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "package.json").write_text(json.dumps({"name": "app", "private": True, "type": "module"}))
+    env = {**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip"}
+    install = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefer-offline", str(tarball)],
+                             cwd=app, capture_output=True, text=True, timeout=600, env=env)
+    assert install.returncode == 0, install.stderr[-3000:]
+    (app / "main.ts").write_text(
+        'import { loadClassifier, NotAnImageError, type Classification } from "@cifarkit/classify";\n'
+        "const classifier = await loadClassifier();\n"
+        f"const results: Classification[] = await classifier.classify({json.dumps(str(pictures / 'photo.jpg'))}, "
+        "{ topK: 3 });\n"
+        f"const many: Classification[][] = await classifier.classify([{json.dumps(str(pictures / 'grey.png'))}], "
+        "{ topK: 1 });\n"
+        'const bad = await classifier.classify(new Uint8Array([1, 2, 3])).catch((e: unknown) => e);\n'
+        "console.log(JSON.stringify({ results, many, bad: bad instanceof NotAnImageError }));\n")
+    (app / "tsconfig.json").write_text(json.dumps({"compilerOptions": {
+        "strict": True, "module": "NodeNext", "moduleResolution": "NodeNext", "target": "ES2022", "outDir": "out",
+        "types": ["node"], "skipLibCheck": False}, "files": ["main.ts"]}))
+    if not (app / "node_modules" / "@types" / "node").is_dir():  # the app's own dev dependency, offline
+        shutil.copytree(WEB / "node_modules" / "@types" / "node", app / "node_modules" / "@types" / "node")
+    tsc = subprocess.run(["node", str(WEB / "node_modules" / "typescript" / "bin" / "tsc"), "-p", "."], cwd=app,
+                         capture_output=True, text=True, timeout=300)
+    assert tsc.returncode == 0, tsc.stdout + tsc.stderr
+    run = subprocess.run(["node", "out/main.js"], cwd=app, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(out["results"]) == 3 and out["results"][0]["score"] > out["results"][2]["score"] and out["bad"]
+    assert len(out["many"]) == 1 and len(out["many"][0]) == 1
+    cli = subprocess.run([str(app / "node_modules" / ".bin" / "cifarkit-classify"), "--format", "json",
+                          str(pictures / "test00.png")], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert [set(t) for t in json.loads(cli.stdout)[0]["top"]] == [{"class", "probability"}] * 5

@@ -1,0 +1,214 @@
+/**
+ * What Node.js and the browser share: the model's metadata and its checks, the typed errors, raw pixels,
+ * and the classifier itself (decode -> Pillow-exact 32x32 pixels -> batches through ONNX Runtime -> ranked
+ * `{ label, score, index, superclass? }`). Each platform entry (node.ts, browser.ts) supplies its decoder and
+ * its ONNX Runtime.
+ */
+import type { InferenceSession, Tensor } from "onnxruntime-common";
+import { SIZE, toModelPixels, type RGBAImage } from "./preprocess.js";
+
+/** The same limit as the Python side (cifarkit.images.MAX_PIXELS): larger pictures are refused, not decoded. */
+export const MAX_PIXELS = 40_000_000;
+
+/** The base of this library's errors: `instanceof CifarkitError` catches all of them. */
+export class CifarkitError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+/** The input is not a picture this platform can decode (empty, text, truncated, unsupported...). */
+export class NotAnImageError extends CifarkitError {}
+/** The picture has more than MAX_PIXELS pixels: refused before it is decoded (decompression bombs). */
+export class ImageTooLargeError extends CifarkitError {}
+/** The model is missing, damaged, or not a cifarkit export. */
+export class ModelLoadError extends CifarkitError {}
+
+/** model.json, as `cifarkit export` writes it beside model.onnx. */
+export interface ModelInfo {
+  format: string;
+  model: string;
+  dataset: string;
+  classes: string[];
+  superclasses: string[] | null;
+  fine_to_coarse: number[] | null;
+  model_sha256?: string;
+  val?: { top1?: number } | null;
+  test?: { top1?: number } | null;
+  [key: string]: unknown;
+}
+
+/** One ranked class: best first. `superclass` is there for models that have them (CIFAR-100). */
+export interface Classification {
+  label: string;
+  score: number;
+  index: number;
+  superclass?: string;
+}
+
+/** Decoded pixels: 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA) interleaved 8-bit channels, row-major. */
+export interface RawPixels {
+  data: Uint8Array | Uint8ClampedArray;
+  width: number;
+  height: number;
+  channels: 1 | 2 | 3 | 4;
+}
+
+export interface ClassifyOptions {
+  /** classes per picture (default 5) */
+  topK?: number;
+}
+
+export function isRawPixels(input: unknown): input is RawPixels {
+  return typeof input === "object" && input !== null && "data" in input && "width" in input && "height" in input &&
+    "channels" in input;
+}
+
+export function checkSize(width: number, height: number, what = "the picture"): void {
+  if (!Number.isInteger(width) || !Number.isInteger(height) || width < 1 || height < 1) {
+    throw new NotAnImageError(`${what} has no pixels (${width}x${height})`);
+  }
+  if (width * height > MAX_PIXELS) {
+    throw new ImageTooLargeError(`${what}: ${width}x${height} pixels is over the limit of ` +
+      `${MAX_PIXELS.toLocaleString("en-US")} (a decompression bomb?); refusing to decode it`);
+  }
+}
+
+/** Raw pixels of 1-4 channels as RGBA, as Pillow converts L, LA and RGB. */
+export function rawToRGBA(raw: RawPixels): RGBAImage {
+  const { width, height, channels, data } = raw;
+  checkSize(width, height, "raw pixels");
+  if (![1, 2, 3, 4].includes(channels)) throw new NotAnImageError(`raw pixels need 1-4 channels, got ${channels}`);
+  if (!(data instanceof Uint8Array || data instanceof Uint8ClampedArray)) {
+    throw new NotAnImageError("raw pixels must be a Uint8Array (8 bits per channel)");
+  }
+  if (data.length !== width * height * channels) {
+    throw new NotAnImageError(`raw pixels: ${data.length} bytes is not ${width}x${height}x${channels}`);
+  }
+  if (channels === 4) return { width, height, data };
+  const out = new Uint8Array(width * height * 4);
+  for (let i = 0; i < width * height; i++) {
+    const grey = channels <= 2;
+    out[i * 4] = data[i * channels]!;
+    out[i * 4 + 1] = grey ? data[i * channels]! : data[i * channels + 1]!;
+    out[i * 4 + 2] = grey ? data[i * channels]! : data[i * channels + 2]!;
+    out[i * 4 + 3] = channels === 2 ? data[i * 2 + 1]! : 255;
+  }
+  return { width, height, data: out };
+}
+
+/** model.json must be a cifarkit export that names its classes. */
+export function checkModelInfo(info: unknown, where: string): ModelInfo {
+  const value = info as Partial<ModelInfo> | null;
+  if (typeof value !== "object" || value === null || value.format !== "cifarkit-onnx" ||
+      !Array.isArray(value.classes) || value.classes.length === 0) {
+    throw new ModelLoadError(`${where} is not the metadata of a cifarkit export (make one with ` +
+      "`cifarkit export --onnx model.onnx`)");
+  }
+  return value as ModelInfo;
+}
+
+export function checkSession(session: InferenceSession, where: string): void {
+  if (!session.inputNames.includes("pixels") || !session.outputNames.includes("probabilities")) {
+    throw new ModelLoadError(`${where} is an ONNX model but not a cifarkit export (it has inputs ` +
+      `${session.inputNames.join(", ")} and outputs ${session.outputNames.join(", ")}; a cifarkit model takes ` +
+      "`pixels` and gives `probabilities`)");
+  }
+}
+
+/** What a platform gives the classifier: a session, a way to make input tensors, and a decoder. */
+export interface Runtime<Input> {
+  session: InferenceSession;
+  tensor: (pixels: Uint8Array, batch: number) => Tensor;
+  decode: (input: Input) => Promise<RGBAImage>;
+  backend: string;
+}
+
+export const DEFAULT_BATCH = 64;
+
+export class Classifier<Input> {
+  /** @internal: use `loadClassifier` */
+  constructor(private readonly runtime: Runtime<Input>, readonly info: ModelInfo, readonly batchSize = DEFAULT_BATCH) {}
+
+  /** Where the model runs: "cpu" in Node.js, "webgpu" or "wasm" in a browser. */
+  get backend(): string {
+    return this.runtime.backend;
+  }
+
+  /** The class names, in the model's order. */
+  get labels(): readonly string[] {
+    return this.info.classes;
+  }
+
+  /** The 32x32x3 uint8 pixels (NHWC, RGB) the model sees for `input`, exactly as `cifarkit predict` makes them. */
+  async pixels(input: Input): Promise<Uint8Array> {
+    return toModelPixels(await this.runtime.decode(input));
+  }
+
+  /** Rank the classes of one picture, or of each picture of a list (batched). */
+  classify(input: Input, options?: ClassifyOptions): Promise<Classification[]>;
+  classify(inputs: Input[], options?: ClassifyOptions): Promise<Classification[][]>;
+  async classify(input: Input | Input[], options: ClassifyOptions = {}): Promise<Classification[] | Classification[][]> {
+    const many = Array.isArray(input);
+    const list = many ? (input as Input[]) : [input as Input];
+    const pixels = [];
+    for (const item of list) pixels.push(await this.pixels(item));
+    const ranked = await this.classifyPixels(pixels, options);
+    return many ? ranked : ranked[0]!;
+  }
+
+  /** Rank prepared 32x32x3 pixels (from `pixels`), in batches of `batchSize`. */
+  async classifyPixels(pixels: Uint8Array[], options: ClassifyOptions = {}): Promise<Classification[][]> {
+    const topK = options.topK ?? 5;
+    if (!Number.isInteger(topK) || topK < 1) throw new RangeError(`topK must be a whole number >= 1, got ${topK}`);
+    const size = SIZE * SIZE * 3;
+    const out: Classification[][] = [];
+    for (let start = 0; start < pixels.length; start += this.batchSize) {
+      const chunk = pixels.slice(start, start + this.batchSize);
+      const batch = new Uint8Array(chunk.length * size);
+      chunk.forEach((p, i) => {
+        if (p.length !== size) throw new NotAnImageError(`prepared pixels must be ${size} bytes, got ${p.length}`);
+        batch.set(p, i * size);
+      });
+      const result = await this.runtime.session.run({ pixels: this.runtime.tensor(batch, chunk.length) });
+      const probabilities = result["probabilities"]!.data as Float32Array;
+      const classes = this.info.classes.length;
+      for (let i = 0; i < chunk.length; i++) {
+        out.push(this.rank(probabilities.subarray(i * classes, (i + 1) * classes), topK));
+      }
+    }
+    return out;
+  }
+
+  private rank(probabilities: Float32Array, topK: number): Classification[] {
+    const order = Array.from(probabilities.keys()).sort((a, b) => probabilities[b]! - probabilities[a]! || a - b);
+    const { fine_to_coarse: toCoarse, superclasses } = this.info;
+    return order.slice(0, topK).map((index) => {
+      const item: Classification = { label: this.info.classes[index] ?? String(index), score: probabilities[index]!,
+                                     index };
+      const coarse = toCoarse?.[index];
+      if (coarse !== undefined && superclasses?.[coarse] !== undefined) item.superclass = superclasses[coarse];
+      return item;
+    });
+  }
+
+  /** Free the ONNX Runtime session. */
+  async dispose(): Promise<void> {
+    await this.runtime.session.release();
+  }
+}
+
+/** sha256 of bytes as hex, with the platform's Web Crypto (Node.js 18+ and browsers). */
+export async function sha256Hex(bytes: Uint8Array): Promise<string> {
+  const digest = await globalThis.crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The checks every loader makes: metadata, integrity (when the metadata pins a sha256), session interface. */
+export async function checkModelBytes(bytes: Uint8Array, info: ModelInfo, where: string): Promise<void> {
+  if (bytes.length === 0) throw new ModelLoadError(`${where} is empty`);
+  if (info.model_sha256 && (await sha256Hex(bytes)) !== info.model_sha256) {
+    throw new ModelLoadError(`${where} is damaged or not the file its metadata describes (its sha256 does not ` +
+      "match model_sha256); export it again");
+  }
+}

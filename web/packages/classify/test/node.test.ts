@@ -1,0 +1,136 @@
+/** The Node.js library end to end: the shipped model, every kind of input, batches, and bad inputs and
+ * models as typed errors (never a crash, never an unhandled rejection). */
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { PNG } from "pngjs";
+import sharp from "sharp";
+import { beforeAll, describe, expect, it } from "vitest";
+import {
+  CifarkitError, DEFAULT_MODEL, ImageTooLargeError, loadClassifier, MAX_PIXELS, ModelLoadError, NotAnImageError,
+  type NodeClassifier,
+} from "../src/node.js";
+
+const golden = join(__dirname, "golden");
+const photo = join(golden, "photo-243x181.png");
+let classifier: NodeClassifier;
+
+beforeAll(async () => {
+  classifier = await loadClassifier(); // no argument: the shipped model
+});
+
+describe("the shipped model", () => {
+  it("ranks the ten CIFAR-10 classes, best first", async () => {
+    const top = await classifier.classify(photo, { topK: 10 });
+    expect(top).toHaveLength(10);
+    expect(new Set(top.map((c) => c.label))).toEqual(new Set(classifier.labels));
+    expect(top.reduce((sum, c) => sum + c.score, 0)).toBeCloseTo(1, 4);
+    for (let i = 1; i < top.length; i++) expect(top[i - 1]!.score).toBeGreaterThanOrEqual(top[i]!.score);
+    expect(top[0]).toMatchObject({ label: classifier.labels[top[0]!.index] });
+    expect(top[0]!.superclass).toBeUndefined(); // CIFAR-10 has none
+  });
+
+  it("gives the same answer for a path, a Buffer, a Uint8Array and raw pixels", async () => {
+    const bytes = readFileSync(photo);
+    const png = PNG.sync.read(bytes);
+    const raw = { data: new Uint8Array(png.data), width: png.width, height: png.height, channels: 4 as const };
+    const [a, b, c, d] = await classifier.classify([photo, bytes, new Uint8Array(bytes), raw]);
+    expect(b).toEqual(a);
+    expect(c).toEqual(a);
+    expect(d).toEqual(a);
+  });
+
+  it("batches: a list of 150 pictures gives 150 rankings equal to one-by-one", async () => {
+    const one = await classifier.classify(photo, { topK: 3 });
+    const many = await classifier.classify(Array(150).fill(photo) as string[], { topK: 3 });
+    expect(many).toHaveLength(150);
+    for (const ranking of many) {
+      expect(ranking.map((c) => c.label)).toEqual(one.map((c) => c.label));
+      ranking.forEach((c, i) => expect(c.score).toBeCloseTo(one[i]!.score, 5));
+    }
+  });
+
+  it("takes grey and grey+alpha raw pixels", async () => {
+    const grey = await classifier.classify({ data: new Uint8Array(40 * 30).fill(90), width: 40, height: 30, channels: 1 });
+    const rgb = await classifier.classify({ data: new Uint8Array(40 * 30 * 3).fill(90), width: 40, height: 30, channels: 3 });
+    expect(grey).toEqual(rgb);
+  });
+});
+
+let truncatedJpeg: Uint8Array;
+beforeAll(async () => {
+  const jpeg = await sharp(photo).jpeg({ quality: 90 }).toBuffer();
+  truncatedJpeg = jpeg.subarray(0, Math.floor(jpeg.length / 2));
+});
+
+describe("bad pictures are typed errors", () => {
+  const folder = mkdtempSync(join(tmpdir(), "cifarkit-classify-"));
+  const write = (name: string, bytes: Uint8Array | string) => {
+    writeFileSync(join(folder, name), bytes);
+    return join(folder, name);
+  };
+
+  it.each([
+    ["an empty file", () => write("empty.png", ""), /empty file/],
+    ["text", () => write("notes.jpg", "this is not a picture"), /not an image file/],
+    ["a truncated JPEG", () => write("cut.jpg", truncatedJpeg), /truncated or corrupt/],
+    ["a missing file", () => join(folder, "missing.png"), /no such file/],
+    ["a folder", () => folder, /is a folder/],
+  ])("%s", async (_, make, message) => {
+    const error = await classifier.classify(make()).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(NotAnImageError);
+    expect(error).toBeInstanceOf(CifarkitError);
+    expect((error as Error).message).toMatch(message);
+  });
+
+  it("refuses a decompression bomb from its header, before decoding", async () => {
+    const png = PNG.sync.write(new PNG({ width: 1, height: 1 }));
+    const bomb = Buffer.from(png);
+    bomb.writeUInt32BE(100_000, 16); // IHDR width
+    bomb.writeUInt32BE(100_000, 20); // IHDR height: 10^10 pixels
+    const started = performance.now();
+    const error = await classifier.classify(bomb).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ImageTooLargeError);
+    expect((error as Error).message).toMatch(MAX_PIXELS.toLocaleString("en-US"));
+    expect(performance.now() - started).toBeLessThan(5000);
+  });
+
+  it("rejects raw pixels of the wrong size and unknown inputs", async () => {
+    await expect(classifier.classify({ data: new Uint8Array(5), width: 4, height: 4, channels: 3 })).rejects
+      .toBeInstanceOf(NotAnImageError);
+    await expect(classifier.classify(42 as unknown as string)).rejects.toBeInstanceOf(NotAnImageError);
+    await expect(classifier.classify(photo, { topK: 0 })).rejects.toBeInstanceOf(RangeError);
+  });
+});
+
+describe("bad models are ModelLoadErrors", () => {
+  const folder = mkdtempSync(join(tmpdir(), "cifarkit-model-"));
+  const info = JSON.parse(readFileSync(DEFAULT_MODEL.replace(/\.onnx$/, ".json"), "utf8")) as Record<string, unknown>;
+
+  it("a missing model", async () => {
+    await expect(loadClassifier(join(folder, "none.onnx"))).rejects.toThrow(ModelLoadError);
+  });
+
+  it("a damaged model (its sha256 no longer matches its metadata)", async () => {
+    const bytes = new Uint8Array(readFileSync(DEFAULT_MODEL));
+    bytes[bytes.length - 10] ^= 0xff;
+    await expect(loadClassifier(bytes, { info: info as never })).rejects.toThrow(/damaged/);
+  });
+
+  it("bytes that are not ONNX", async () => {
+    await expect(loadClassifier(new TextEncoder().encode("not a model"), { info: { ...info, model_sha256: undefined } as never }))
+      .rejects.toThrow(/not an ONNX model/);
+  });
+
+  it("metadata that is not a cifarkit export", async () => {
+    copyFileSync(DEFAULT_MODEL, join(folder, "m.onnx"));
+    writeFileSync(join(folder, "m.json"), JSON.stringify({ hello: "world" }));
+    await expect(loadClassifier(join(folder, "m.onnx"))).rejects.toThrow(/not the metadata of a cifarkit export/);
+    writeFileSync(join(folder, "m.json"), "{ not json");
+    await expect(loadClassifier(join(folder, "m.onnx"))).rejects.toThrow(/not JSON/);
+  });
+
+  it("bytes without metadata", async () => {
+    await expect(loadClassifier(readFileSync(DEFAULT_MODEL))).rejects.toThrow(/needs its metadata/);
+  });
+});
