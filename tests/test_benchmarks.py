@@ -4,9 +4,12 @@ figures come from full runs, see the README)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -28,3 +31,13 @@ def test_gpu_suite_runs_every_section_on_the_cpu(tmp_path, fake_root):
     assert report["elu_throughput"]["elu-seed"]["projected_165k_hours"] > 0
     assert report["elu_seed_cifar10"]["steps"] >= 1 and 0 <= report["elu_seed_cifar10"]["test"]["top1"] <= 1
     assert "suite done" in (out / "gpu_suite.log").read_text()
+
+
+def test_typescript_throughput_runs_both_sides():
+    package = BENCHMARKS.parent / "web" / "packages" / "classify"
+    if shutil.which("node") is None or not (package / "dist" / "node.js").is_file():
+        pytest.skip("needs node and the built library (cd web && npm ci && npm run build)")
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "typescript_throughput.py"), "--images", "64",
+                             "--batch-size", "32", "--repeats", "1"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "from prepared pixels" in result.stdout and "Node/Python" in result.stdout
