@@ -341,3 +341,33 @@ def test_tune_refuses_a_recipe_without_a_validation_split(tmp_path, fake_root, c
     assert main(["tune", *quick_args(fake_root, "--set", "data.val_per_class=0"), "--space", "optim.lr=0.1:0.2",
                  "--out-dir", str(tmp_path)]) == 1
     assert "needs a validation split" in capsys.readouterr().err
+
+
+def test_a_failed_cell_is_recorded_and_retried_on_request(tmp_path, fake_root, capsys):
+    """A trial that fails (here: a learning rate that makes the loss non-finite) is recorded with its message
+    and the other cells go on; --retry-failed queues it again."""
+    args = ["sweep", *quick_args(fake_root), "--vary", "optim.lr=0.1,1e30", "--seeds", "1", "--out-dir",
+            str(tmp_path), "--name", "fails"]
+    assert main(args) == 1
+    study = load_study(tmp_path / "fails")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
+    assert "not finite" in study.trials[1].user_attrs["error"]
+    assert "--retry-failed" in capsys.readouterr().out
+    assert main(args) == 0 and len(load_study(tmp_path / "fails").trials) == 2  # not retried unasked
+    assert main([*args, "--retry-failed"]) == 1
+    trials = load_study(tmp_path / "fails").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"] and trials[2].user_attrs["retry_of"] == 1
+
+
+def test_tune_metric_is_loss_or_error_and_names_a_different_study(fake_root):
+    from cifarkit.errors import CifarkitError
+    from cifarkit.experiments.tune import plan_tuning
+
+    sets = [*QUICK, f"data.data_dir={json.dumps(str(fake_root))}"]
+    loss = plan_tuning("elu-seed", sets, ["optim.lr=0.1:0.2"], 3)
+    error = plan_tuning("elu-seed", sets, ["optim.lr=0.1:0.2"], 3, metric="error")
+    val = {"loss": 0.7, "top1": 0.8}
+    assert loss.value(val) == 0.7 and error.value(val) == pytest.approx(0.2)
+    assert loss.name != error.name  # another objective: another study
+    with pytest.raises(CifarkitError, match="--metric"):
+        plan_tuning("elu-seed", sets, ["optim.lr=0.1:0.2"], 3, metric="accuracy")

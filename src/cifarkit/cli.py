@@ -298,10 +298,12 @@ def cmd_sweep(args) -> int:
             print(f"{variant.name}: {variant.label}")
         print(f"{len(sweep.variants)} variants x seeds {list(sweep.seeds)} -> {sweep.folder}")
         return 0
-    counts = run_sweep(sweep)
+    counts = run_sweep(sweep, retry=args.retry_failed)
     report = report_sweep(sweep.folder)
     print(report["markdown"], end="")
-    print(f"this worker: {counts['done']} trial(s) done, {counts['failed']} failed | report: {sweep.folder}/report")
+    print(f"this worker: {counts['done']} trial(s) done, {counts['failed']} failed"
+          + (" (rerun with --retry-failed to try them again)" if counts["failed"] else "")
+          + f" | report: {sweep.folder}/report")
     return 1 if counts["failed"] else 0
 
 
@@ -311,9 +313,9 @@ def cmd_tune(args) -> int:
     from cifarkit.experiments.tune import plan_tuning, run_tuning, test_best, tuning_plots
 
     tuning = plan_tuning(args.recipe or DEFAULT_RECIPE, _experiment_sets(args), args.space or [], args.trials,
-                         args.out_dir, args.name, args.storage, args.sampler_seed)
+                         args.out_dir, args.name, args.storage, args.sampler_seed, args.metric)
     best = run_tuning(tuning)
-    print(f"best: trial {best['trial']} | val loss {best['val_loss']:.4f} | val top1 {best['val_top1']:.4f} | "
+    print(f"best: trial {best['trial']} | val {tuning.metric} {best['value']:.4f} | val top1 {best['val_top1']:.4f} | "
           f"{', '.join(best['values'])}\nwrote {best['recipe_file']} (train it: cifarkit train --recipe "
           f"{best['recipe_file']})")
     for path in tuning_plots(tuning.folder, args.storage).values():
@@ -493,17 +495,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "grid is the product")
     p.add_argument("--seeds", type=int, default=3, help="paired seeds per variant (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="check everything and list the variants; run nothing")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="queue again the cells whose trials failed (give it to one worker only)")
 
     p = sub.add_parser("tune", help="tune a recipe with Optuna (TPE sampler, median pruner on validation loss)",
                        description="Search --space with Optuna's TPE sampler; trials are pruned when their "
-                                   "validation loss falls behind the median. The test split is never looked at "
-                                   "(except once with --test-best). The best values are written as a recipe that "
-                                   "extends --recipe.")
+                                   "validation loss (or error, --metric) falls behind the median. The test split is "
+                                   "never looked at (except once with --test-best). The best values are written as a "
+                                   "recipe that extends --recipe.")
     experiment_args(p)
     p.add_argument("--space", action="append", metavar="KEY=RANGE",
                    help="KEY=LOW:HIGH (uniform; integers if both are), KEY=log:LOW:HIGH or KEY=a|b|c; repeatable")
     p.add_argument("--trials", type=int, default=20, help="finished trials in the study (default: %(default)s)")
     p.add_argument("--sampler-seed", type=int, default=0, help="the TPE sampler's seed (default: %(default)s)")
+    p.add_argument("--metric", choices=["loss", "error"], default="loss",
+                   help="the validation metric the pruner sees and the objective minimises: loss, or error "
+                        "(1 - top-1; label smoothing raises the loss of equally accurate models) (default: "
+                        "%(default)s)")
     p.add_argument("--test-best", action="store_true",
                    help="at the end, evaluate the best trial's checkpoint on the test split (once)")
 

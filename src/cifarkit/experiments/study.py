@@ -215,6 +215,10 @@ def run_queue(study, run_trial: Callable[[Any], float], log: Callable[[str], Non
                 counts["failed"] += 1
                 log(f"trial {trial.number} failed: {e}")
                 continue
+            except Exception as e:  # a bug, not a bad trial: record it, and stop this worker with its traceback
+                study._storage.set_trial_user_attr(trial._trial_id, "error", f"{type(e).__name__}: {e}")
+                study.tell(trial, state=TrialState.FAIL)
+                raise
         study.tell(trial, value)
         counts["done"] += 1
 

@@ -189,11 +189,32 @@ def run_cell(sweep: Sweep, variant: Variant, seed: int, cache: PreparedCache, lo
     return train(config, log, prepared)
 
 
-def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> dict[str, int]:
-    """Work on the sweep's queue until every cell is done (by this worker or others)."""
+def retry_failed(study, log: Callable[[str], None] = print) -> int:
+    """Queue again every cell whose trials all failed (a non-finite loss, a full disk...); returns how many.
+    Run it from one worker: two workers doing it at once would queue such a cell twice."""
+    from optuna.trial import TrialState
+
+    cells: dict[str, list] = {}
+    for trial in study.get_trials(deepcopy=False):
+        params = trial.system_attrs.get("fixed_params") or trial.params
+        cells.setdefault(json.dumps(params, sort_keys=True), []).append(trial)
+    failed = [max(trials, key=lambda t: t.number) for trials in cells.values()
+              if all(t.state == TrialState.FAIL for t in trials)]
+    for trial in failed:
+        log(f"trial {trial.number} ({trial.user_attrs.get('variant')} seed {trial.user_attrs.get('seed')}) failed "
+            f"({trial.user_attrs.get('error', 'no message')}): queued again")
+        requeue(study, trial)
+    return len(failed)
+
+
+def run_sweep(sweep: Sweep, log: Callable[[str], None] = print, retry: bool = False) -> dict[str, int]:
+    """Work on the sweep's queue until every cell is done (by this worker or others); with `retry`, cells that
+    failed are queued again first."""
     from cifarkit.train.loop import TrainingInterrupted
 
     study = open_study(sweep, log)
+    if retry:
+        retry_failed(study, log)
     cache = PreparedCache()
 
     def run_trial(trial) -> float:

@@ -1,9 +1,11 @@
-"""`cifarkit tune`: Optuna's TPE sampler over a search space, a median pruner fed with the validation loss at
+"""`cifarkit tune`: Optuna's TPE sampler over a search space, a median pruner fed with a validation metric at
 every evaluation pass, and the test split never looked at while tuning.
 
-The objective is the validation loss of the checkpoint that validation selects (what a run keeps). The best
-trial's values become a recipe that `extends` the tuned one; `--test-best` evaluates that trial's selected
-checkpoint on the test split once, at the end.
+The metric (`--metric`) is the validation loss (default) or the validation error (1 - top-1); the objective
+is that metric for the checkpoint that validation selects (what a run keeps). They can disagree: label
+smoothing makes predictions less confident, which raises the loss of an equally accurate model, so tuning
+by loss leans towards little smoothing. The best trial's values become a recipe that `extends` the tuned
+one; `--test-best` evaluates that trial's selected checkpoint on the test split once, at the end.
 """
 
 from __future__ import annotations
@@ -32,19 +34,30 @@ class Tuning:
     storage_url: str
     fingerprint: str
     sampler_seed: int = 0
+    metric: str = "loss"  # what the pruner sees and the objective is: validation "loss" or "error"
+
+    def value(self, val: dict) -> float:
+        return val["loss"] if self.metric == "loss" else 1.0 - val["top1"]
 
     def record(self) -> dict:
         return {"kind": "tune", "name": self.name, "recipe": self.recipe, "set": list(self.base),
+                "metric": f"validation {self.metric}",
                 "space": [d.describe() for d in self.dimensions], "trials": self.trials,
                 "storage": masked(self.storage_url), "fingerprint": self.fingerprint}
 
 
+METRICS = ("loss", "error")
+
+
 def plan_tuning(recipe: str, sets: list[str], spaces: list[str], trials: int, out_dir: str = "runs",
-                name: str | None = None, storage: str | None = None, sampler_seed: int = 0) -> Tuning:
+                name: str | None = None, storage: str | None = None, sampler_seed: int = 0,
+                metric: str = "loss") -> Tuning:
     if not spaces:
         raise ExperimentError("give at least one --space KEY=LOW:HIGH, KEY=log:LOW:HIGH or KEY=a|b|c")
     if trials < 1:
         raise ExperimentError(f"--trials must be >= 1, got {trials}")
+    if metric not in METRICS:
+        raise ExperimentError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     dimensions = [parse_space(text) for text in spaces]
     base = [*sets, "train.seeds=1"]
     config = load_config(recipe, base)
@@ -52,11 +65,14 @@ def plan_tuning(recipe: str, sets: list[str], spaces: list[str], trials: int, ou
     if config.data.val_per_class == 0:
         raise ExperimentError("tuning needs a validation split (data.val_per_class = 0 has none): the test split "
                               "is never used to choose")
-    digest = fingerprint([config], {"space": [dataclasses.astuple(d) for d in dimensions], "seed": sampler_seed})
+    extra = {"space": [dataclasses.astuple(d) for d in dimensions], "seed": sampler_seed}
+    if metric != "loss":
+        extra["metric"] = metric
+    digest = fingerprint([config], extra)
     name = name or f"{config.recipe}-tune-{digest[:8]}"
     folder = Path(out_dir) / name
     return Tuning(recipe, tuple(base), tuple(dimensions), trials, name, folder, storage or default_storage(folder),
-                  digest, sampler_seed)
+                  digest, sampler_seed, metric)
 
 
 def open_tuning_study(tuning: Tuning):
@@ -64,7 +80,7 @@ def open_tuning_study(tuning: Tuning):
 
     storage = open_storage(tuning.storage_url)
     sampler = optuna.samplers.TPESampler(seed=tuning.sampler_seed)
-    # a trial is pruned when its validation loss is worse than the median of earlier trials at the same step
+    # a trial is pruned when its validation metric is worse than the median of earlier trials at the same step
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     study = optuna.create_study(study_name=tuning.name, storage=storage, direction="minimize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
@@ -105,9 +121,10 @@ def run_tuning(tuning: Tuning, log: Callable[[str], None] = print) -> dict:
         trial.set_user_attr("run_dir", f"trials/trial-{trial.number:04d}")
 
         def report(step: int, val: dict) -> None:
-            trial.report(val["loss"], step)
+            trial.report(tuning.value(val), step)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"val loss {val['loss']:.4f} at step {step} is worse than the median")
+                raise optuna.TrialPruned(f"val {tuning.metric} {tuning.value(val):.4f} at step {step} is worse than "
+                                         "the median")
 
         try:
             results = train(config, quiet, cache.get(config, quiet), on_validation=report, evaluate_test=False)
@@ -119,7 +136,7 @@ def run_tuning(tuning: Tuning, log: Callable[[str], None] = print) -> dict:
         trial.set_user_attr("val_top1", results["val"]["top1"])
         log(f"trial {trial.number}: val loss {results['val']['loss']:.4f} top1 {results['val']['top1']:.4f} | "
             f"{', '.join(values)}")
-        return results["val"]["loss"]
+        return tuning.value(results["val"])
 
     left = tuning.trials - _finished(study)
     if left > 0:
@@ -154,11 +171,12 @@ def write_best(tuning: Tuning, study) -> dict:
     chosen = best_overrides(tuning, best)
     text = recipe_text(recipe_ref, [*kept, *chosen],
                        f"Tuned by `cifarkit tune` (study {tuning.name}, trial {best.number} of {len(study.trials)}):\n"
-                       f"validation loss {best.value:.4f}, validation top-1 {best.user_attrs.get('val_top1', 0):.4f}.")
+                       f"validation {tuning.metric} {best.value:.4f}, validation top-1 "
+                       f"{best.user_attrs.get('val_top1', 0):.4f}.")
     path = tuning.folder / "best.toml"
     atomic_write_text(path, text)
     load_config(str(path))  # the file must resolve as it is written
-    return {"trial": best.number, "val_loss": best.value, "val_top1": best.user_attrs.get("val_top1"),
+    return {"trial": best.number, "value": best.value, "val_top1": best.user_attrs.get("val_top1"),
             "values": chosen, "recipe_file": path, "run_dir": tuning.folder / best.user_attrs["run_dir"]}
 
 
