@@ -226,7 +226,7 @@ def test_two_workers_share_a_sweep_and_never_run_a_cell_twice(tmp_path, fake_roo
     workers = [subprocess.Popen([sys.executable, "-m", "cifarkit", *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     logs = [w.communicate(timeout=300)[0] for w in workers]
-    assert all(w.returncode == 0 for w in workers), logs
+    assert all(w.returncode == 0 for w in workers), "\n-----\n".join(log[-3000:] for log in logs)
     study = load_study(tmp_path / name, storage)
     assert cells_by_state(study) == {(v, s): ["COMPLETE"] for v in range(3) for s in range(2)}
     started = [line for log in logs for line in log.splitlines() if ": training in " in line]
@@ -371,3 +371,20 @@ def test_tune_metric_is_loss_or_error_and_names_a_different_study(fake_root):
     assert loss.name != error.name  # another objective: another study
     with pytest.raises(CifarkitError, match="--metric"):
         plan_tuning("elu-seed", sets, ["optim.lr=0.1:0.2"], 3, metric="accuracy")
+
+
+def test_a_trial_changes_state_for_exactly_one_claimant(tmp_path):
+    """The claim is one conditional UPDATE: of several workers racing for a waiting trial, one gets it (Optuna's
+    read-then-write lets two SQLite workers both take it)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from cifarkit.experiments.study import claim_waiting_trial, open_storage, transition
+
+    study = optuna.create_study(study_name="race", storage=open_storage(f"sqlite:///{tmp_path / 'race.db'}"))
+    study.enqueue_trial({"x": 1})
+    trial_id = study.get_trials(states=(TrialState.WAITING,))[0]._trial_id
+    assert transition(study, trial_id, TrialState.WAITING, TrialState.RUNNING)
+    assert not transition(study, trial_id, TrialState.WAITING, TrialState.RUNNING)  # the second claimant loses
+    assert claim_waiting_trial(study) is None
+    assert study.trials[0].state == TrialState.RUNNING and study.trials[0].datetime_start is not None

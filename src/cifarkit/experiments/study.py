@@ -17,6 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -137,27 +138,55 @@ def requeue(study, trial) -> None:
     study.enqueue_trial(params, user_attrs=attrs)
 
 
+def _backend(study):
+    """The study's RDBStorage (Optuna wraps it in a cache)."""
+    storage = study._storage
+    return getattr(storage, "_backend", storage)
+
+
+def transition(study, trial_id: int, before, after) -> bool:
+    """Move a trial from state `before` to `after` in one conditional UPDATE: True for exactly one of several
+    workers racing for it. (Optuna's own `set_trial_state_values` reads, then writes; SQLite ignores its
+    SELECT ... FOR UPDATE, so two workers can both see a trial waiting and both take it.)"""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    now = datetime.now()  # naive local time, as Optuna writes it
+    values: dict[str, Any] = {"state": after}
+    if after.name == "RUNNING":
+        values["datetime_start"] = now
+    elif after.is_finished():
+        values["datetime_complete"] = now
+    statement = (sqlalchemy.update(models.TrialModel)
+                 .where(models.TrialModel.trial_id == trial_id, models.TrialModel.state == before)
+                 .values(**values))
+    with _backend(study).engine.begin() as connection:
+        return connection.execute(statement).rowcount == 1
+
+
 def fail_lost_trials(study) -> list[int]:
-    """Fail the running trials whose worker is gone (stale heartbeat, or a dead process on this machine) and put
-    them back in the queue; returns their numbers."""
+    """Fail the running trials whose worker is gone (a heartbeat older than the grace period, or a dead process
+    on this machine) and put them back in the queue; returns their numbers. Each lost trial is failed by
+    exactly one worker (`transition`), so it is queued again once."""
     import optuna
     from optuna.trial import TrialState
 
-    storage = study._storage
-    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    optuna.storages.fail_stale_trials(study)  # calls `requeue` (the storage's stale-trial callback)
-    lost = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in before]
+    backend = _backend(study)
+    stale = set(backend._get_stale_trial_ids(study._study_id))  # the storage's own heartbeat query
+    lost = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
-        if worker and worker != worker_name() and _process_is_gone(worker):
-            try:
-                storage.set_trial_user_attr(trial._trial_id, "error", f"worker {worker} is gone")  # before: a
-                # finished trial takes no attributes
-                if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                    requeue(study, trial)
-                    lost.append(trial.number)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # another worker got there first
+        if trial._trial_id in stale:
+            why = "its heartbeat stopped"
+        elif worker and worker != worker_name() and _process_is_gone(worker):
+            why = f"worker {worker} is gone"
+        else:
+            continue
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # before: a finished trial takes
+            backend.set_trial_user_attr(trial._trial_id, "error", why)          # no attributes
+        if transition(study, trial._trial_id, TrialState.RUNNING, TrialState.FAIL):
+            requeue(study, trial)
+            lost.append(trial.number)
     return lost
 
 
@@ -166,14 +195,10 @@ def claim_waiting_trial(study):
     import optuna
     from optuna.trial import TrialState
 
-    storage = study._storage
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if not storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
-                continue  # another worker took it
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        storage.set_trial_user_attr(frozen._trial_id, "worker", worker_name())
+        if not transition(study, frozen._trial_id, TrialState.WAITING, TrialState.RUNNING):
+            continue  # another worker took it
+        study._storage.set_trial_user_attr(frozen._trial_id, "worker", worker_name())
         return optuna.trial.Trial(study, frozen._trial_id)
     return None
 

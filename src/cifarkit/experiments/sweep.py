@@ -107,7 +107,7 @@ def open_study(sweep: Sweep, log: Callable[[str], None] = print, wait_seconds: f
     import optuna
 
     _check_folder(sweep)
-    storage = open_storage(sweep.storage_url, on_stale=requeue)
+    storage = open_storage(sweep.storage_url)
     sampler = optuna.samplers.RandomSampler()  # never asked: every trial comes from the queue
     try:
         study = optuna.create_study(study_name=sweep.name, storage=storage, direction="maximize", sampler=sampler)
