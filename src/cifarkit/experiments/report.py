@@ -16,6 +16,7 @@ import numpy as np
 from cifarkit.errors import CifarkitError
 from cifarkit.experiments.stats import describe, paired_tests
 from cifarkit.files import atomic_write_text
+from cifarkit.train.metrics import read_metrics
 
 # (key in the report, where it is in results.json, label)
 FIGURES = (("test_top1", ("test", "top1"), "test top-1"), ("test_loss", ("test", "loss"), "test loss"),
@@ -28,7 +29,8 @@ def _figure(results: dict | None, where: tuple[str, str]) -> float | None:
 
 
 def read_sweep(folder: Path) -> tuple[dict, list[dict]]:
-    """The sweep's record and, per variant, its name, overrides and every seed's results (None if not done)."""
+    """The sweep's record and, per variant, its name, overrides and every seed's results (None if not done) and
+    metrics lines (read once: every plot draws from them)."""
     folder = Path(folder)
     record_file = folder / "sweep.json"
     if not record_file.is_file():
@@ -45,7 +47,8 @@ def read_sweep(folder: Path) -> tuple[dict, list[dict]]:
             run_dir = folder / "trials" / v["name"] / f"seed{seed}"
             results = run_dir / "results.json"
             runs.append({"seed": seed, "run_dir": run_dir,
-                         "results": json.loads(results.read_text()) if results.is_file() else None})
+                         "results": json.loads(results.read_text()) if results.is_file() else None,
+                         "metrics": read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []})
         variants.append({**v, "runs": runs})
     return record, variants
 
@@ -122,12 +125,8 @@ def _mean_band(curves: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray, 
     return np.asarray(steps), values.mean(axis=0), std
 
 
-def _curve(run_dir: Path, key: str, transform=lambda x: x) -> dict[int, float]:
-    from cifarkit.train.metrics import read_metrics
-
-    if not (run_dir / "metrics.jsonl").is_file():
-        return {}
-    return {row["step"]: transform(row[key]) for row in read_metrics(run_dir) if row.get(key) is not None}
+def _curve(metrics: list[dict], key: str, transform=lambda x: x) -> dict[int, float]:
+    return {row["step"]: transform(row[key]) for row in metrics if row.get(key) is not None}
 
 
 CURVES = (("train/loss", "training loss", lambda x: x), ("val/top1", "validation error", lambda x: 1 - x))
@@ -145,11 +144,11 @@ def learning_curves(variants: list[dict], path: Path, curves=CURVES) -> Path | N
     drawn = False
     for ax, (key, title, transform) in zip(axes[0], curves, strict=True):
         for v in variants:
-            curves = [c for r in v["runs"] if r["results"] is not None
-                      for c in [_curve(r["run_dir"], key, transform)] if c]
-            steps, mean, std = _mean_band(curves)
+            per_seed = [c for r in v["runs"] if r["results"] is not None
+                        for c in [_curve(r["metrics"], key, transform)] if c]
+            steps, mean, std = _mean_band(per_seed)
             if len(steps):
-                line, = ax.plot(steps, mean, label=f"{v['name']} (n={len(curves)})")
+                line, = ax.plot(steps, mean, label=f"{v['name']} (n={len(per_seed)})")
                 ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
                 drawn = True
         ax.set_title(f"{title} (mean ± std over seeds)")

@@ -47,11 +47,6 @@ def _key_and_text(text: str, flag: str, example: str) -> tuple[str, str]:
     return key.strip(), values.strip()
 
 
-def parse_value(key: str, raw: str) -> Any:
-    """`raw` as `--set KEY=raw` would read it."""
-    return parse_override(f"{key}={raw}")[1].value
-
-
 @dataclass(frozen=True)
 class Axis:
     """One `--vary`: a key and its values, kept as written (`raw`) for overrides and names."""

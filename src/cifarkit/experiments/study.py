@@ -53,8 +53,7 @@ def masked(url: str) -> str:
         return url
 
 
-def open_storage(url: str, heartbeat_seconds: int = HEARTBEAT_SECONDS, grace_seconds: int = GRACE_SECONDS,
-                 on_stale: Callable | None = None):
+def open_storage(url: str, heartbeat_seconds: int = HEARTBEAT_SECONDS, grace_seconds: int = GRACE_SECONDS):
     """An Optuna RDBStorage with heartbeats, or an ExperimentError that names the URL and the cause."""
     _quiet_optuna()
     import optuna
@@ -70,7 +69,7 @@ def open_storage(url: str, heartbeat_seconds: int = HEARTBEAT_SECONDS, grace_sec
     for attempt in range(10):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
-                                              grace_period=grace_seconds, heartbeat_stale_trial_callback=on_stale)
+                                              grace_period=grace_seconds)
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as e:
             error = e
             if not _lost_table_creation_race(e):

@@ -115,7 +115,7 @@ export async function loadClassifier(model: string | URL | Uint8Array | ArrayBuf
   const where = isUrl ? url : "the model bytes";
   let info = options.info;
   const [bytes, fetchedInfo] = await Promise.all([
-    isUrl ? fetchBytes(url) : Promise.resolve(new Uint8Array(model instanceof ArrayBuffer ? model : (model as Uint8Array))),
+    isUrl ? fetchBytes(url) : Promise.resolve(new Uint8Array(model as Uint8Array | ArrayBuffer)),
     info || !isUrl ? Promise.resolve(null) : fetchBytes(url.replace(/(\.onnx)?(\?.*)?$/, ".json$2")),
   ]);
   if (!info) {

@@ -89,7 +89,7 @@ export async function loadClassifier(model: string | URL | Uint8Array | ArrayBuf
                                      options: LoadOptions = {}): Promise<NodeClassifier> {
   const isPath = typeof model === "string" || model instanceof URL;
   const where = isPath ? String(model) : "the model bytes";
-  const bytes = isPath ? await readInput(model, "model") : new Uint8Array(model instanceof ArrayBuffer ? model : model);
+  const bytes = isPath ? await readInput(model, "model") : new Uint8Array(model);
   let info = options.info;
   if (!info) {
     if (!isPath) throw new ModelLoadError("a model given as bytes needs its metadata: loadClassifier(bytes, { info })");
