@@ -63,6 +63,10 @@ class OptimConfig:
     # batch size, name that size here and how lr follows the batch: "none", "linear" or "sqrt".
     base_batch_size: int | None = None
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    # optim.name = "muon": the filters' learning rate and momentum (Nesterov); optim.lr, momentum and the
+    # decays above then apply to the other parameters, trained by SGD (see cifarkit.train.muon)
+    muon_lr: float = 0.24
+    muon_momentum: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -336,6 +340,8 @@ RANGES: dict[str, Callable[[Any], str | None]] = {
     "optim.norm_weight_decay": _at_least(0),
     "optim.label_smoothing": _within(0, 1),
     "optim.base_batch_size": _optional(_at_least(1)),
+    "optim.muon_lr": _above(0),
+    "optim.muon_momentum": _within(0, 1),
     "schedule.milestones": lambda v: None if all(isinstance(m, int) and not isinstance(m, bool) and m >= 0
                                                   for m in v) else "must be a list of step numbers >= 0",
     "schedule.gamma": _above(0),

@@ -59,7 +59,7 @@ class AirbenchNet(nn.Module):
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
                  bn_momentum: float = 0.6, scaling_factor: float = 1 / 9, whiten_kernel: int = 2,
-                 whiten_bias_epochs: int = 3, final_pool: str = "airbench"):
+                 whiten_bias_epochs: int = 3, final_pool: str = "airbench", head_std: float | None = None):
         super().__init__()
         if final_pool not in FINAL_POOLS:
             raise ValueError(f"final_pool must be one of {', '.join(FINAL_POOLS)}, got {final_pool!r}")
@@ -77,6 +77,9 @@ class AirbenchNet(nn.Module):
             nn.Flatten(),
         )
         self.head = nn.Linear(widths[2], num_classes, bias=False)
+        if head_std is not None:  # airbench94_muon: head weights rescaled to std 1 (with scaling_factor 1/width)
+            with torch.no_grad():
+                self.head.weight.mul_(head_std / self.head.weight.std())
         self.scaling_factor = scaling_factor
 
     @torch.no_grad()
@@ -102,9 +105,11 @@ class AirbenchNet(nn.Module):
 @register_model
 def airbench(num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256), bn_momentum: float = 0.6,
              scaling_factor: float = 1 / 9, whiten_kernel: int = 2, whiten_bias_epochs: int = 3,
-             final_pool: str = "airbench") -> AirbenchNet:
+             final_pool: str = "airbench", head_std: float | None = None) -> AirbenchNet:
     """airbench94-sized network (about 2M parameters)."""
     if len(widths) != 3 or not all(isinstance(w, int) and w >= 1 for w in widths):
         raise ValueError(f"widths must be three positive integers, got {widths!r}")
+    if head_std is not None and not head_std > 0:
+        raise ValueError(f"head_std must be positive, got {head_std!r}")
     return AirbenchNet(num_classes, tuple(widths), bn_momentum, scaling_factor, whiten_kernel, whiten_bias_epochs,
-                       final_pool)
+                       final_pool, head_std)

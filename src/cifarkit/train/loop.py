@@ -284,7 +284,7 @@ class Trainer:
             torch.manual_seed(t.seed + 1000 * self.dist.rank)  # each rank its own dropout masks
         self.initial_dropout = self.model.dropout_rates() if hasattr(self.model, "dropout_rates") else []
         validate_dropout_events(config.schedule.dropout_events, len(self.initial_dropout))
-        self.optimizer = build_optimizer(self.model, config.optim)
+        self.optimizer = build_optimizer(self.model, config.optim, t.batch_size)
         ensure_momentum_buffers(self.optimizer)
         self.averager = (WeightAverager(self.model, t.ema_decay, t.ema_every, t.lookahead, t.ema_ramp_power)
                          if t.ema_decay > 0 else None)

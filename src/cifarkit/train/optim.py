@@ -1,4 +1,4 @@
-"""Optimizers (a registry) and parameter groups with Keras-style L2 on kernels only."""
+"""Optimizers (a registry: SGD, and Muon for filters with SGD for the rest) and their parameter groups."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from cifarkit.errors import ConfigError
+from cifarkit.train.muon import MuonSGD
 
 
 def parameter_groups(model: nn.Module, l2: float, l2_first_layer: float | None, weight_decay: float = 0.0,
@@ -42,23 +43,59 @@ def parameter_groups(model: nn.Module, l2: float, l2_first_layer: float | None, 
     return [g for g in groups if g["params"]]
 
 
-def _sgd(groups, c) -> torch.optim.Optimizer:
+def muon_parameter_groups(model: nn.Module, config, batch_size: int | None) -> list[dict]:
+    """airbench94_muon's split: every trainable 4-D filter bank takes Muon steps at `optim.muon_lr` (not scaled
+    with the batch: a Muon step has a fixed size whatever the gradient's scale); other kernels (the linear head)
+    take SGD at `optim.lr` with `optim.weight_decay`; biases, normalization parameters and the whitening bias
+    take SGD at `optim.norm_lr_scale` x lr with `optim.norm_weight_decay`. Every rate follows the schedule."""
+    base_lr = scaled_lr(config, batch_size) if batch_size else config.lr
+    filters, kernels, others = [], [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            if name == "weight" and isinstance(module, nn.Conv2d):
+                filters.append(param)
+            elif name == "weight" and isinstance(module, nn.Linear):
+                kernels.append(param)
+            else:
+                others.append(param)
+    groups = [
+        {"params": filters, "name": "muon_filters", "orthogonalize": True, "momentum": config.muon_momentum,
+         "lr_scale": config.muon_lr / base_lr},
+        {"params": kernels, "name": "kernels", "weight_decay": config.weight_decay, "lr_scale": 1.0},
+        {"params": others, "name": "biases_and_norms", "weight_decay": config.norm_weight_decay,
+         "lr_scale": config.norm_lr_scale},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def _sgd(model: nn.Module, c, batch_size: int | None) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, c.l2, c.l2_first_layer, c.weight_decay, c.norm_lr_scale, c.norm_weight_decay)
     return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
 
 
-OPTIMIZERS: dict[str, Callable] = {"sgd": _sgd}
+def _muon(model: nn.Module, c, batch_size: int | None) -> torch.optim.Optimizer:
+    if c.l2 or c.l2_first_layer:
+        raise ConfigError("optim.name = \"muon\" keeps filters at a fixed norm instead of decaying them; use "
+                          "optim.weight_decay / optim.norm_weight_decay for the SGD-trained parameters, not optim.l2")
+    return MuonSGD(muon_parameter_groups(model, c, batch_size), lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
 
 
-def build_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
+# name -> builder(model, optim config, global batch size) -> optimizer
+OPTIMIZERS: dict[str, Callable] = {"sgd": _sgd, "muon": _muon}
+
+
+def build_optimizer(model: nn.Module, config, batch_size: int | None = None) -> torch.optim.Optimizer:
+    """`batch_size` (the global batch) lets a builder undo the batch scaling of optim.lr where a rate must not
+    follow it (Muon's filters)."""
     try:
         make = OPTIMIZERS[config.name]
     except KeyError:
         raise ConfigError(f"unknown optim.name {config.name!r}; choose one of: {', '.join(OPTIMIZERS)}") from None
     if config.nesterov and config.momentum <= 0:
         raise ConfigError("optim.nesterov needs optim.momentum > 0")
-    groups = parameter_groups(model, config.l2, config.l2_first_layer, config.weight_decay, config.norm_lr_scale,
-                              config.norm_weight_decay)
-    return make(groups, config)
+    return make(model, config, batch_size)
 
 
 LR_SCALING = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": lambda ratio: ratio**0.5}
