@@ -2,10 +2,11 @@
 
     python benchmarks/gpu_suite.py --data-dir DIR --out OUT [--budget-seconds 540] [--device cuda]
 
-1. `fast10` (airbench94's recipe) on CIFAR-10: a first run that pays for warm-up (CUDA context, cuDNN
-   autotuning, torch.compile if the recipe asks for it) is timed and reported on its own; then as many seeds
-   as fit in half the budget, each timed after synchronising the device. Reported: mean and spread of test
-   accuracy (single view, flip, flip+translate), training seconds per seed, images/s.
+1. `fast10` (airbench94's recipe) and `fast10-muon` (airbench94_muon's) on CIFAR-10, each in its share of
+   half the budget: a first run that pays for warm-up (CUDA context, cuDNN autotuning, torch.compile if the
+   recipe asks for it) is timed and reported on its own; then as many seeds as fit, each timed after
+   synchronising the device. Reported: mean and spread of test accuracy (single view, flip,
+   flip+translate), training seconds per seed, images/s.
 2. The two ELU networks' training throughput (synchronised step times) and the projected time of 165k
    iterations.
 3. `elu-seed` on CIFAR-10 for the steps that fit in what is left (the same loop as a full run).
@@ -57,28 +58,28 @@ class Suite:
         (self.out / "gpu_suite.json").write_text(json.dumps(self.report, indent=2) + "\n")
 
 
-def fast10_section(suite: Suite, args, device, share: float) -> None:
+def fast_section(suite: Suite, args, device, recipe: str, seconds: float) -> None:
     overrides = [f"data.data_dir={json.dumps(args.data_dir)}", f"train.device={json.dumps(str(device))}",
                  f"train.out_dir={json.dumps(str(suite.out / 'runs'))}", "train.checkpoint_minutes=0",
                  *([f"train.steps={args.fast10_steps}", "train.epochs=0"] if args.fast10_steps else []),
                  *args.set]
-    config = load_config("fast10", overrides)
+    config = load_config(recipe, overrides)
     prepared = prepare_data(config, device, suite.log)
-    deadline = time.perf_counter() + share * suite.left()
+    deadline = time.perf_counter() + seconds
 
     def one(seed: int, name: str) -> dict:
-        run = load_config("fast10", [*overrides, f"train.seed={seed}", f"train.run_name={json.dumps(name)}"])
+        run = load_config(recipe, [*overrides, f"train.seed={seed}", f"train.run_name={json.dumps(name)}"])
         return train(run, suite.log, prepared)
 
-    warmup = one(0, "warmup")  # pays for first-use costs; reported, not averaged
-    suite.save("fast10_warmup", {"train_seconds": warmup["train_seconds"], "test_top1": warmup["test"]["top1"]})
+    warmup = one(0, f"{recipe}-warmup")  # pays for first-use costs; reported, not averaged
+    suite.save(f"{recipe}_warmup", {"train_seconds": warmup["train_seconds"], "test_top1": warmup["test"]["top1"]})
     runs = []
     while not runs or (time.perf_counter() + runs[-1]["wall_seconds"] * 1.3 < deadline and len(runs) < args.max_seeds):
-        runs.append(one(len(runs), f"seed{len(runs)}"))
+        runs.append(one(len(runs), f"{recipe}-seed{len(runs)}"))
         summary = summarize_runs(runs)
-        suite.save("fast10", {**summary, "epochs": runs[0]["epochs"], "steps": runs[0]["steps"]})
+        suite.save(recipe, {**summary, "epochs": runs[0]["epochs"], "steps": runs[0]["steps"]})
     top1 = summary["test_top1"]
-    suite.log(f"fast10: {top1['n']} seeds | test top1 {top1['mean']:.4f} +- {top1['std']:.4f} | "
+    suite.log(f"{recipe}: {top1['n']} seeds | test top1 {top1['mean']:.4f} +- {top1['std']:.4f} | "
               f"train {summary['train_seconds']['mean']:.2f}s per seed (warm-up run {warmup['train_seconds']:.2f}s) "
               f"| {summary['images_per_second']['mean']:.0f} images/s")
 
@@ -117,8 +118,9 @@ def main() -> None:
     parser.add_argument("--max-seeds", type=int, default=20)
     parser.add_argument("--elu-steps", type=int, default=20, help="timed steps per ELU network")
     parser.add_argument("--elu-width", type=float, default=1.0, help="ELU width multiplier (CPU tests)")
-    parser.add_argument("--fast10-steps", type=int, help="cut fast10 to this many steps (CPU tests)")
-    parser.add_argument("--set", action="append", default=[], help="extra fast10 overrides (CPU tests)")
+    parser.add_argument("--fast-recipes", default="fast10,fast10-muon", help="comma-separated fast recipes")
+    parser.add_argument("--fast10-steps", type=int, help="cut the fast recipes to this many steps (CPU tests)")
+    parser.add_argument("--set", action="append", default=[], help="extra fast-recipe overrides (CPU tests)")
     parser.add_argument("--elu-set", action="append", default=[], help="extra elu-seed overrides (CPU tests)")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -126,7 +128,10 @@ def main() -> None:
     suite.save("machine", {"device": device_name_of(device), "torch": torch.__version__,
                            "cuda": torch.version.cuda, "budget_seconds": args.budget_seconds})
     suite.log(f"device {device_name_of(device)} | torch {torch.__version__} | budget {args.budget_seconds:.0f}s")
-    fast10_section(suite, args, device, share=0.5)
+    recipes = [r for r in args.fast_recipes.split(",") if r]
+    fast_deadline = time.perf_counter() + 0.5 * suite.left()
+    for i, recipe in enumerate(recipes):  # half the budget, shared out evenly among the recipes still to run
+        fast_section(suite, args, device, recipe, (fast_deadline - time.perf_counter()) / (len(recipes) - i))
     elu_throughput_section(suite, args, device)
     elu_run_section(suite, args, device)
     suite.save("total_seconds", time.perf_counter() - suite.started)

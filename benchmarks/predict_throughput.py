@@ -6,11 +6,16 @@ when the dataset is at hand), side by side in one run.
 All paths start from uint8 pixels and include all preprocessing; images are the dataset's test images when
 a local copy is at hand, else random pixels. Prints median images/s over repeats, the ratios to PyTorch, and
 the int8 model's test accuracy change.
+
+It also prints the arithmetic that bounds the float paths: the network's multiply-adds per image (counted
+from its convolutions and linear layers), the CPU's fp32 matrix-multiply rate measured with the same threads,
+and so the most float images/s this CPU could give; each path's share of that ceiling is printed beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -21,6 +26,39 @@ import torch
 
 from cifarkit.export import PixelsToProbabilities, export_onnx, make_session, real_check_images
 from cifarkit.inference import load_model
+
+
+def multiply_adds_per_image(model: torch.nn.Module) -> int:
+    """Multiply-adds of one 32x32 image through the network's convolutions and linear layers."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += output[0].numel() * (module.in_channels // module.groups) * kh * kw
+        else:
+            total += module.in_features * module.out_features
+
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [m.register_forward_hook(count) for m in layers]
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+def fp32_matmul_flops(size: int = 2048, repeats: int = 5) -> float:
+    """The CPU's fp32 rate on a large square matrix product (what convolutions become at best), FLOP/s."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(times)
 
 
 def main() -> None:
@@ -74,9 +112,15 @@ def main() -> None:
             results[name] = len(images) / statistics.median(times)
     print(f"model {trained.name} ({trained.config.model.name}) | {len(images)} images, batch {args.batch_size} | "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads) | onnxruntime {ort.__version__}")
+    macs = multiply_adds_per_image(copy.deepcopy(trained.model).float().eval())
+    peak = fp32_matmul_flops()
+    ceiling = peak / (2 * macs)
     for name, speed in results.items():
+        share = "" if "int8" in name else f" | {speed / ceiling:.0%} of the fp32 ceiling"
         print(f"{name:<17} {speed:10.1f} images/s (median of {args.repeats}) | "
-              f"{speed / results['pytorch']:.2f}x PyTorch eager")
+              f"{speed / results['pytorch']:.2f}x PyTorch eager{share}")
+    print(f"network: {macs / 1e6:.1f} M multiply-adds per image | fp32 matrix product on this CPU: {peak / 1e9:.0f} "
+          f"GFLOP/s | fp32 ceiling: {ceiling:.0f} images/s = {ceiling / results['pytorch']:.2f}x PyTorch eager")
     if int8:
         print(f"int8 test top1 {int8['test_top1_int8']:.4f} vs float {int8['test_top1_float']:.4f} "
               f"({100 * int8['change']:+.2f} points, {int8['test_images']} test images)")

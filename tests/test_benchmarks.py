@@ -26,7 +26,9 @@ def test_gpu_suite_runs_every_section_on_the_cpu(tmp_path, fake_root):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "gpu_suite.json").read_text())
     assert report["machine"]["device"] == "cpu" and "train_seconds" in report["fast10_warmup"]
-    assert report["fast10"]["test_top1"]["n"] >= 1 and report["fast10"]["steps"] == 2
+    for recipe in ("fast10", "fast10-muon"):
+        assert report[recipe]["test_top1"]["n"] >= 1 and report[recipe]["steps"] == 2
+        assert "train_seconds" in report[f"{recipe}_warmup"]
     assert set(report["elu_throughput"]) == {"elu-seed", "elu-paper"}
     assert report["elu_throughput"]["elu-seed"]["projected_165k_hours"] > 0
     assert report["elu_seed_cifar10"]["steps"] >= 1 and 0 <= report["elu_seed_cifar10"]["test"]["top1"] <= 1
