@@ -3,8 +3,8 @@
 Lineage: Keller Jordan's airbench (CIFAR-10 speed records: 94.01% in 2.59 s on an A100), itself from the
 hlb-CIFAR10 / tysam-code line: a frozen, patch-whitening first convolution; three conv groups
 (conv -> max-pool -> BatchNorm -> GELU -> conv -> BatchNorm -> GELU); BatchNorm with frozen scale; a
-3x3 max-pool over the final 4x4 map (stride 3, so it sees the top-left 3x3 window, as airbench94 does); a
-linear head whose output is scaled by 1/9.
+3x3 max-pool over the final map, which is 3x3 for a 32x32 input (the whitening convolution has no padding:
+31 -> 15 -> 7 -> 3), so a global max, as in airbench94; a linear head whose output is scaled by 1/9.
 
 The whitening layer's bias starts at zero, trains at the base learning rate (it is listed in
 `kernel_like_parameters`, so the optimizer treats it like the kernels, not like the BatchNorm biases) and is
@@ -48,8 +48,8 @@ class ConvGroup(nn.Module):
         return self.activation(self.norm2(self.conv2(x)))
 
 
-# The last pooling: airbench94's MaxPool2d(3) on the 4x4 map of a 32x32 input (one 3x3 window at the top
-# left), or a global max over the whole map.
+# The last pooling: airbench94's MaxPool2d(3), or a global max over the whole map. On a 32x32 input the map is
+# 3x3 and the two are the same; they differ only on larger inputs.
 FINAL_POOLS = {"airbench": lambda: nn.MaxPool2d(3), "global": lambda: nn.AdaptiveMaxPool2d(1)}
 
 
