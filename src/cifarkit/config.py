@@ -389,6 +389,13 @@ def _check_registries(config: Config) -> None:
                           f"got {len(config.schedule.lr_factors)}")
     if config.optim.nesterov and config.optim.momentum <= 0:
         raise ConfigError("optim.nesterov needs optim.momentum > 0")
+    if config.optim.name == "muon" and (config.optim.l2 or config.optim.l2_first_layer):
+        raise ConfigError(MUON_L2_MESSAGE)
+
+
+# Checked with the config (before any run folder exists) and again where the optimizer is built.
+MUON_L2_MESSAGE = ("optim.name = \"muon\" keeps filters at a fixed norm instead of decaying them; use "
+                   "optim.weight_decay / optim.norm_weight_decay for the SGD-trained parameters, not optim.l2")
 
 
 def validate(config: Config) -> Config:

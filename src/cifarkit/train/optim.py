@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from cifarkit.config import MUON_L2_MESSAGE
 from cifarkit.errors import ConfigError
 from cifarkit.train.muon import MuonSGD
 
@@ -77,8 +78,7 @@ def _sgd(model: nn.Module, c, batch_size: int | None) -> torch.optim.Optimizer:
 
 def _muon(model: nn.Module, c, batch_size: int | None) -> torch.optim.Optimizer:
     if c.l2 or c.l2_first_layer:
-        raise ConfigError("optim.name = \"muon\" keeps filters at a fixed norm instead of decaying them; use "
-                          "optim.weight_decay / optim.norm_weight_decay for the SGD-trained parameters, not optim.l2")
+        raise ConfigError(MUON_L2_MESSAGE)
     return MuonSGD(muon_parameter_groups(model, c, batch_size), lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
 
 
