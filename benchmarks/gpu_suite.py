@@ -33,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from elu_throughput import measure  # noqa: E402
 
 from cifarkit.config import load_config  # noqa: E402
+from cifarkit.experiments.sweep import PreparedCache  # noqa: E402
 from cifarkit.train import train  # noqa: E402
 from cifarkit.train.device import device_name_of, resolve_device  # noqa: E402
-from cifarkit.train.loop import prepare_data, summarize_runs  # noqa: E402
+from cifarkit.train.loop import summarize_runs  # noqa: E402
 
 
 class Suite:
@@ -58,13 +59,13 @@ class Suite:
         (self.out / "gpu_suite.json").write_text(json.dumps(self.report, indent=2) + "\n")
 
 
-def fast_section(suite: Suite, args, device, recipe: str, seconds: float) -> None:
+def fast_section(suite: Suite, args, device, recipe: str, seconds: float, cache: PreparedCache) -> None:
     overrides = [f"data.data_dir={json.dumps(args.data_dir)}", f"train.device={json.dumps(str(device))}",
                  f"train.out_dir={json.dumps(str(suite.out / 'runs'))}", "train.checkpoint_minutes=0",
                  *([f"train.steps={args.fast10_steps}", "train.epochs=0"] if args.fast10_steps else []),
                  *args.set]
     config = load_config(recipe, overrides)
-    prepared = prepare_data(config, device, suite.log)
+    prepared = cache.get(config, suite.log)  # the fast recipes share their data: prepared once
     deadline = time.perf_counter() + seconds
 
     def one(seed: int, name: str) -> dict:
@@ -130,8 +131,9 @@ def main() -> None:
     suite.log(f"device {device_name_of(device)} | torch {torch.__version__} | budget {args.budget_seconds:.0f}s")
     recipes = [r for r in args.fast_recipes.split(",") if r]
     fast_deadline = time.perf_counter() + 0.5 * suite.left()
+    cache = PreparedCache()
     for i, recipe in enumerate(recipes):  # half the budget, shared out evenly among the recipes still to run
-        fast_section(suite, args, device, recipe, (fast_deadline - time.perf_counter()) / (len(recipes) - i))
+        fast_section(suite, args, device, recipe, (fast_deadline - time.perf_counter()) / (len(recipes) - i), cache)
     elu_throughput_section(suite, args, device)
     elu_run_section(suite, args, device)
     suite.save("total_seconds", time.perf_counter() - suite.started)

@@ -12,6 +12,19 @@ from cifarkit.errors import ConfigError
 from cifarkit.train.muon import MuonSGD
 
 
+def _trainable_parameters(model: nn.Module):
+    """(full name, owning module, parameter) for every parameter that trains, in module order."""
+    for prefix, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if param.requires_grad:
+                yield (f"{prefix}.{name}" if prefix else name), module, param
+
+
+def _is_kernel(module: nn.Module, param: nn.Parameter, kind=(nn.Conv2d, nn.Linear)) -> bool:
+    """A convolution's or linear layer's weight (not its bias)."""
+    return isinstance(module, kind) and param is module.weight
+
+
 def parameter_groups(model: nn.Module, l2: float, l2_first_layer: float | None, weight_decay: float = 0.0,
                      norm_lr_scale: float = 1.0, norm_weight_decay: float = 0.0) -> list[dict]:
     """Kernels (conv/dense weights) get weight decay 2*l2 -- the gradient of Keras's `l2 * sum(w^2)` -- plus
@@ -22,19 +35,15 @@ def parameter_groups(model: nn.Module, l2: float, l2_first_layer: float | None, 
     kernel_like = set(getattr(model, "kernel_like_parameters", ()))
     first, kernels, others = [], [], []
     seen_kernel = False  # the first trainable conv kernel, before any other kernel, is "first"
-    for prefix, module in model.named_modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            full_name = f"{prefix}.{name}" if prefix else name
-            is_weight = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
-            if is_weight and isinstance(module, nn.Conv2d) and not seen_kernel:
-                first.append(param)
-            elif is_weight or full_name in kernel_like:
-                kernels.append(param)
-            else:
-                others.append(param)
-            seen_kernel = seen_kernel or is_weight
+    for full_name, module, param in _trainable_parameters(model):
+        is_weight = _is_kernel(module, param)
+        if is_weight and isinstance(module, nn.Conv2d) and not seen_kernel:
+            first.append(param)
+        elif is_weight or full_name in kernel_like:
+            kernels.append(param)
+        else:
+            others.append(param)
+        seen_kernel = seen_kernel or is_weight
     first_l2 = l2 if l2_first_layer is None else l2_first_layer
     groups = [
         {"params": first, "weight_decay": 2 * first_l2 + weight_decay, "name": "first_kernel", "lr_scale": 1.0},
@@ -51,16 +60,13 @@ def muon_parameter_groups(model: nn.Module, config, batch_size: int | None) -> l
     take SGD at `optim.norm_lr_scale` x lr with `optim.norm_weight_decay`. Every rate follows the schedule."""
     base_lr = scaled_lr(config, batch_size) if batch_size else config.lr
     filters, kernels, others = [], [], []
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            if name == "weight" and isinstance(module, nn.Conv2d):
-                filters.append(param)
-            elif name == "weight" and isinstance(module, nn.Linear):
-                kernels.append(param)
-            else:
-                others.append(param)
+    for _, module, param in _trainable_parameters(model):
+        if _is_kernel(module, param, nn.Conv2d):
+            filters.append(param)
+        elif _is_kernel(module, param, nn.Linear):
+            kernels.append(param)
+        else:
+            others.append(param)
     groups = [
         {"params": filters, "name": "muon_filters", "orthogonalize": True, "momentum": config.muon_momentum,
          "lr_scale": config.muon_lr / base_lr},
