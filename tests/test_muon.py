@@ -135,3 +135,11 @@ def test_a_muon_run_resumes_bitwise(fake_root, tmp_path):
         assert torch.equal(a["model"][name], b["model"][name]), name
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+
+
+@pytest.mark.parametrize("option", ["model.kwargs.head_std=-1", "model.kwargs.widths=[0,256,256]",
+                                    "model.kwargs.widths=[true,256,256]", "model.kwargs.final_pool='max'"])
+def test_bad_airbench_options_are_refused_when_the_config_is_loaded(option):
+    """Before any run folder exists (they were once refused only when the model was built, after it)."""
+    with pytest.raises(ConfigError, match="model 'airbench'"):
+        load_config("fast10-muon", [option])

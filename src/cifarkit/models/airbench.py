@@ -17,6 +17,8 @@ network starts on whitened input without a whitening step in the data pipeline.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -102,14 +104,22 @@ class AirbenchNet(nn.Module):
         return self.head(self.layers(self.whiten(x))) * self.scaling_factor
 
 
-@register_model
-def airbench(num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256), bn_momentum: float = 0.6,
-             scaling_factor: float = 1 / 9, whiten_kernel: int = 2, whiten_bias_epochs: int = 3,
-             final_pool: str = "airbench", head_std: float | None = None) -> AirbenchNet:
-    """airbench94-sized network (about 2M parameters)."""
-    if len(widths) != 3 or not all(isinstance(w, int) and w >= 1 for w in widths):
+def _check_options(widths=(64, 256, 256), head_std: float | None = None, **_) -> None:
+    """The option values the builder needs, checked when the config is loaded (before any run folder exists)."""
+    if len(widths) != 3 or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
         raise ValueError(f"widths must be three positive integers, got {widths!r}")
     if head_std is not None and not head_std > 0:
         raise ValueError(f"head_std must be positive, got {head_std!r}")
+
+
+@register_model
+def airbench(num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256), bn_momentum: float = 0.6,
+             scaling_factor: float = 1 / 9, whiten_kernel: int = 2, whiten_bias_epochs: int = 3,
+             final_pool: Literal["airbench", "global"] = "airbench", head_std: float | None = None) -> AirbenchNet:
+    """airbench94-sized network (about 2M parameters)."""
+    _check_options(widths, head_std)
     return AirbenchNet(num_classes, tuple(widths), bn_momentum, scaling_factor, whiten_kernel, whiten_bias_epochs,
                        final_pool, head_std)
+
+
+airbench.check_options = _check_options
