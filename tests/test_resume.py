@@ -150,6 +150,47 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(fake_root, tmp_pat
     assert state["step"] == int(previous.name[5:13]) and "corrupt or truncated" in warnings[0]
 
 
+def test_a_checkpoint_is_usable_at_every_instant_of_its_save(tmp_path, monkeypatch):
+    """A save killed at any point leaves a resumable run: the digest is written before the step file, and a
+    step file whose sidecar is missing (an older cifarkit killed between the two) is proven whole by its zip
+    CRCs instead of being called 'not intact'."""
+    import cifarkit.train.checkpoint as checkpoint
+
+    store = CheckpointStore(tmp_path)
+    store.save({"step": 1, "model": {"w": torch.ones(3)}}, step=1)
+    (tmp_path / "checkpoints" / "step-00000001.pt.sha256").unlink()  # killed between rename and digest
+    assert store.load_latest(print)["step"] == 1
+
+    written = []
+    real_write = checkpoint.atomic_write_bytes
+
+    def killed_at_the_step_file(path, data):
+        if path.suffix == ".pt":
+            raise KeyboardInterrupt  # the kill lands just before the step file is renamed into place
+        written.append(path.name)
+        real_write(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", killed_at_the_step_file)
+    with pytest.raises(KeyboardInterrupt):
+        store.save({"step": 2, "model": {"w": torch.zeros(3)}}, step=2)
+    monkeypatch.undo()
+    assert written == ["step-00000002.pt.sha256"]
+    assert store.load_latest(print)["step"] == 1  # the orphan digest names no file: the previous one is used
+    store.save({"step": 3, "model": {"w": torch.zeros(3)}}, step=3)
+    assert not (tmp_path / "checkpoints" / "step-00000002.pt.sha256").exists()  # orphans are swept
+
+
+def test_a_step_file_without_digest_that_is_damaged_is_refused(tmp_path):
+    store = CheckpointStore(tmp_path)
+    path = store.save({"step": 1, "model": {"w": torch.ones(1000)}}, step=1)
+    path.with_suffix(".pt.sha256").unlink()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the tensor data
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="no checkpoint .* is intact"):
+        store.load_latest(lambda _: None)
+
+
 def test_nothing_to_resume(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoints"):
         CheckpointStore(tmp_path).load_latest(print)
