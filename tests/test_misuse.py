@@ -268,12 +268,39 @@ def test_two_exports_in_one_folder_keep_their_own_metadata(trained_run, tmp_path
 
 def test_evaluate_replaces_its_report_as_a_whole(trained_run, tmp_path, capsys):
     out = tmp_path / "report"
-    out.mkdir()
+    assert main(["evaluate", str(trained_run), "--split", "val", "--out", str(out)]) == 0
     write(out / "stale.txt", "from an older report")
     assert main(["evaluate", str(trained_run), "--split", "val", "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
     assert "stale.txt" not in names and {"report.json", "confusion.csv"} <= names
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert out.stat().st_mode & 0o777 == 0o777 & ~_umask()  # the usual permissions, not mkdtemp's 0700
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_evaluate_never_deletes_a_folder_it_did_not_write(trained_run, tmp_path, capsys, monkeypatch):
+    users = tmp_path / "mine"
+    users.mkdir()
+    write(users / "thesis.tex", "months of work")
+    assert main(["evaluate", str(trained_run), "--split", "val", "--out", str(users)]) == 1
+    assert (users / "thesis.tex").read_text() == "months of work"
+    assert "never replaced" in capsys.readouterr().err
+    checkpoints_before = sorted(p.name for p in (trained_run / "checkpoints").iterdir())
+    assert main(["evaluate", str(trained_run), "--split", "val", "--out", str(trained_run)]) == 1  # --out RUN
+    assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == checkpoints_before
+    monkeypatch.chdir(users)
+    assert main(["evaluate", str(trained_run), "--split", "val", "--out", "."]) == 1  # a traceback before
+    err = capsys.readouterr().err
+    assert "never replaced" in err and "Traceback" not in err
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o750)
+    assert main(["evaluate", str(trained_run), "--split", "val", "--out", str(empty)]) == 0  # filled, kept
+    assert (empty / "report.json").is_file() and empty.stat().st_mode & 0o777 == 0o750
 
 
 # -- predict ------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from cifarkit.errors import CheckpointError
-from cifarkit.files import file_digest
+from cifarkit.files import check_regular_file, file_digest
 
 FORMAT = "cifarkit-checkpoint"
 VERSION = 1
@@ -36,12 +36,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run directory (its best checkpoint, else its last)."""
     path = Path(path)
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path} holds no best.pt or last.pt; is it a cifarkit run directory?")
-    if not path.is_file():
+        chosen = next((path / name for name in ("best.pt", "last.pt") if (path / name).exists()), None)
+        if chosen is None:
+            raise CheckpointError(f"{path} holds no best.pt or last.pt; is it a cifarkit run directory?")
+        path = chosen
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    check_regular_file(path, MAX_CHECKPOINT_BYTES, CheckpointError, "checkpoint")
     return path
 
 
@@ -67,8 +68,14 @@ def check_sizes(path: Path) -> None:
                               "before reading it")
 
 
+# The largest checkpoint cifarkit writes (the seed's 42.6M-parameter network with momentum and averaged
+# weights) is about 0.5 GB; anything past this is not one of them.
+MAX_CHECKPOINT_BYTES = 8 << 30
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     path = resolve_checkpoint(path)
+    check_regular_file(path, MAX_CHECKPOINT_BYTES, CheckpointError, "checkpoint")  # a FIFO would hang torch.load
     check_sizes(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)

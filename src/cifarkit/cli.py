@@ -6,6 +6,8 @@ Errors of the project's own types are printed as one clear message (no traceback
 from __future__ import annotations
 
 import argparse
+import errno
+import itertools
 import json
 import sys
 from collections.abc import Callable
@@ -217,21 +219,30 @@ def cmd_evaluate(args) -> int:
 
 @command
 def cmd_predict(args) -> int:
-    from cifarkit.predict import format_predictions, predict_files
+    from cifarkit.predict import iter_predictions, stream_lines
 
     files = list(args.files)
     model = args.model
     if model is None and len(files) > 1 and _is_checkpoint(files[0]):  # the older form: predict CHECKPOINT FILES
         model = files.pop(0)
-    results = predict_files(model, files, args.top_k, args.tta, args.device)
-    if not results:
+    seen = []  # (had an error) per result, counted as they stream past
+
+    def counted(results):
+        for r in results:
+            seen.append(r.error is not None)
+            yield r
+
+    results = counted(iter_predictions(model, files, args.top_k, args.tta, args.device))
+    first = next(results, None)
+    if first is None:
         print("cifarkit predict: error: no image files found in the given folders", file=sys.stderr)
         return 1
-    for line in format_predictions(results, args.format).splitlines():  # line by line: each result reaches a pipe
-        print(line, flush=args.format != "json")
-    failed = [r for r in results if r.error]
+    for line in stream_lines(itertools.chain([first], results), args.format):  # each result reaches a pipe now
+        if line:
+            print(line, flush=True)
+    failed = sum(seen)
     if failed:
-        print(f"cifarkit predict: {len(failed)} of {len(results)} files could not be classified", file=sys.stderr)
+        print(f"cifarkit predict: {failed} of {len(seen)} files could not be classified", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -532,6 +543,11 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C, so temporary files and folders are removed
 
 
+# The storage failing under a command (a full disk, a quota, a read-only mount): a one-line error, never a
+# traceback from wherever the write happened to be.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
 
@@ -546,6 +562,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cifarkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"cifarkit {args.command}: error: {e.strerror or e}{where}; free some space (or choose another place) "
+              "and run the command again", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

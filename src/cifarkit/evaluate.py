@@ -12,15 +12,20 @@ import csv
 import io
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from cifarkit.data import load_dataset, split_for
 from cifarkit.data.loader import to_device_images
-from cifarkit.errors import ConfigError, OutputError
-from cifarkit.files import atomic_write_bytes, check_writable_folder, replace_folder
+from cifarkit.errors import ConfigError
+from cifarkit.files import (
+    atomic_write_bytes,
+    check_replaceable_folder,
+    check_writable_folder,
+    make_staging_folder,
+    replace_folder,
+)
 from cifarkit.inference import TrainedModel, load_model
 
 SPLITS = ("val", "test")
@@ -124,18 +129,22 @@ def write_confusion_csv(matrix: np.ndarray, class_names: list[str], path: Path) 
     atomic_write_bytes(path, buffer.getvalue().encode())
 
 
+REPORT_KIND = "evaluation report"
+
+
 def evaluate_checkpoint(checkpoint: str | Path | None, split: str = "test", tta: bool = False,
                         out_dir: str | Path | None = None, data_dir: str | None = None, device: str = "cpu",
                         gallery_size: int = 36) -> dict:
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {SPLITS}, got {split!r}")
-    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise OutputError(f"--out {out_dir} is a file; the report is a folder of files: name a folder")
+    if out_dir is not None:
+        check_replaceable_folder(Path(out_dir), REPORT_KIND)  # before the evaluation, not after it
     trained: TrainedModel = load_model(checkpoint, device)
     view = f"{split}{'-tta' if tta else ''}"
     # a run's report goes beside its checkpoint; a shipped model's into the current folder, never the package
     out = Path(out_dir) if out_dir else (Path(f"eval-{trained.name}-{view}") if trained.pretrained
                                          else trained.checkpoint.parent / f"eval-{view}")
+    check_replaceable_folder(out, REPORT_KIND)
     check_writable_folder(out.parent, "the evaluation report")  # now, not after the whole evaluation
     c = trained.config.data
     data = load_dataset(c.dataset, data_dir or c.data_dir, download=c.download)
@@ -150,10 +159,10 @@ def evaluate_checkpoint(checkpoint: str | Path | None, split: str = "test", tta:
               "split": split, "tta": tta, **report, "config": trained.config.to_dict()}
 
     # every file is written into a staging folder beside OUT, which then replaces OUT as a whole
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+    staging = make_staging_folder(out.parent, out.name, REPORT_KIND)
     try:
         files = _write_report_files(report, probabilities, images, labels, trained, staging, gallery_size)
-        replace_folder(staging, out)
+        replace_folder(staging, out, REPORT_KIND)
     except BaseException:  # Ctrl-C, SIGTERM, a full disk: the previous report stays as it was
         shutil.rmtree(staging, ignore_errors=True)
         raise

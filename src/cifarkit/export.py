@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from cifarkit.errors import CifarkitError
-from cifarkit.files import atomic_write_bytes, check_writable_folder
+from cifarkit.files import atomic_write_bytes, check_writable_folder, read_bounded
 from cifarkit.images import SIZE
 from cifarkit.inference import TrainedModel, load_model
 
@@ -138,6 +138,29 @@ def _results_beside(checkpoint: Path) -> dict:
 QUANTIZATIONS = ("int8",)
 
 
+def _check_overwritable_export(out: Path) -> None:
+    """An export replaces only a previous export: OUT and its metadata file must be absent, or be a
+    cifarkit-onnx metadata file and the model it names. A run's config.json (`--out RUN/config.onnx`), a
+    picture or any other file is never overwritten."""
+    metadata_path = out.with_suffix(".json")
+    for path in (out, metadata_path):
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise ExportError(f"{path} exists and is not a regular file; name another .onnx file")
+    if not out.exists() and not metadata_path.exists():
+        return
+    previous = None
+    if metadata_path.is_file():
+        try:
+            previous = json.loads(read_bounded(metadata_path, 16 << 20).decode())
+        except (CifarkitError, UnicodeDecodeError, ValueError):
+            previous = None
+    is_export = isinstance(previous, dict) and previous.get("format") == "cifarkit-onnx"
+    if not is_export or (out.exists() and previous.get("model_file") != out.name):
+        clobbered = metadata_path if metadata_path.exists() and not is_export else out
+        raise ExportError(f"{clobbered} exists and is not a cifarkit ONNX export beside {out.name}; it is never "
+                          "overwritten: name another .onnx file")
+
+
 def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np.ndarray | None = None,
                 quantize: str | None = None, data_dir: str | None = None, calibration_images: int = 512) -> dict:
     """Write OUT (.onnx) and its metadata beside it, named after it (model.onnx -> model.json, so two exports
@@ -157,6 +180,7 @@ def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np
         raise ExportError(f"{out}: the output file should end in .onnx")
     if out.is_dir():
         raise ExportError(f"{out} is a folder; name the .onnx file to write")
+    _check_overwritable_export(out)
     check_writable_folder(out.parent, "the ONNX model")  # before the export, not after it
     trained = load_model(checkpoint, "cpu")
     module = PixelsToProbabilities(trained).eval()

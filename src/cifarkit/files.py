@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -62,14 +64,146 @@ def check_writable_folder(folder: Path, what: str) -> None:
         raise OutputError(f"cannot write {what} in {folder}: {e.strerror or e}; choose another place") from None
 
 
-def replace_folder(staged: Path, target: Path) -> None:
-    """Put the complete folder `staged` at `target` (same file system), replacing a previous one as a whole:
-    readers see the old set or the new set of files, never a mix."""
+# A folder cifarkit writes as a whole (an evaluation report) carries this file, naming what it is. Only a
+# folder that carries it is ever replaced: a user's folder, a run folder or the current folder is never
+# deleted, whatever --out names.
+OWNER_MARK = ".cifarkit"
+
+
+# What a report folder held before folders were marked: such a folder (these names only) is still a report.
+UNMARKED_KINDS = {"evaluation report": {"confusion.csv", "confusion.png", "reliability.png", "misclassified.png",
+                                        "report.json"}}
+
+
+def check_replaceable_folder(target: Path, kind: str, flag: str = "--out") -> None:
+    """Raise OutputError unless `target` is absent, an empty folder, or a folder cifarkit wrote as `kind`."""
+    target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise OutputError(f"{flag} {target} is {'a link' if target.is_symlink() else 'a file'}; name a new folder "
+                          f"for the {kind}")
+    if folder_kind(target) == kind or not any(target.iterdir()):
+        return
+    raise OutputError(f"{flag} {target} already holds files that cifarkit did not write as a {kind}; it is never "
+                      f"replaced: name a new folder (or remove that one yourself)")
+
+
+def folder_kind(folder: Path) -> str | None:
+    mark = Path(folder) / OWNER_MARK
+    try:
+        if mark.is_file() and not mark.is_symlink() and mark.stat().st_size < 256:
+            return mark.read_text(errors="replace").strip()
+        names = {entry.name for entry in Path(folder).iterdir()}
+    except OSError:
+        return None
+    for kind, known in UNMARKED_KINDS.items():
+        if "report.json" in names and names <= known:
+            return kind
+    return None
+
+
+def make_staging_folder(parent: Path, name: str, kind: str) -> Path:
+    """A private folder beside the target to write into, marked as `kind` and with the usual permissions
+    (mkdtemp makes 0700)."""
+    staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.staging-"))
+    os.chmod(staging, 0o777 & ~_umask())
+    (staging / OWNER_MARK).write_text(kind + "\n")
+    return staging
+
+
+def replace_folder(staged: Path, target: Path, kind: str) -> None:
+    """Put the complete folder `staged` at `target` (same file system), replacing a previous `kind` folder as a
+    whole: readers see the old set or the new set of files, never a mix. An existing empty folder that is not
+    marked is filled instead of replaced (it may be the current folder, or have permissions of its own)."""
     staged, target = Path(staged), Path(target)
+    check_replaceable_folder(target, kind)
     if not target.exists():
         os.replace(staged, target)
+        return
+    if folder_kind(target) != kind:  # empty and unmarked: move the files in, keep the folder itself
+        for item in staged.iterdir():
+            os.replace(item, target / item.name)
+        staged.rmdir()
         return
     retired = target.with_name(f".{target.name}.old-{os.getpid()}")
     os.replace(target, retired)
     os.replace(staged, target)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+# Reading. Every file cifarkit reads (pictures, checkpoints, weights, metadata, results) goes through
+# read_bounded or check_regular_file: a FIFO, a device (/dev/zero), a folder or a socket named where a file
+# belongs is refused at once instead of hanging or reading without end, and a file larger than what its kind
+# can be is refused before it is read into memory.
+MiB = 1 << 20
+
+
+def read_bounded(path: str | Path, limit: int, error: type[Exception] = OutputError, what: str = "file",
+                 name: str | None = None) -> bytes:
+    """The bytes of the regular file `path`, at most `limit` of them; else `error` with a one-line message
+    ("WHAT PATH is a FIFO..."; or "NAME: is a FIFO..." when `name` is given)."""
+    path = Path(path)
+
+    def fail(reason: str) -> Exception:
+        return error(f"{name}: {reason}" if name is not None else f"{what} {path} {reason}")
+
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer returns at once (a plain open would wait for one forever)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise fail("does not exist") from None
+    except IsADirectoryError:
+        raise fail("is a folder, not a file") from None
+    except OSError as e:
+        raise fail(f"cannot be read: {e.strerror or e}") from None
+    try:
+        if (reason := _not_readable(os.fstat(fd), limit)) is not None:
+            raise fail(reason)
+        chunks, total = [], 0
+        while total <= limit and (block := os.read(fd, min(CHUNK, limit + 1 - total))):
+            chunks.append(block)
+            total += len(block)
+        if total > limit:  # it grew while being read
+            raise fail(f"grew past {limit / MiB:,.0f} MiB while being read; refused")
+        return b"".join(chunks)
+    except OSError as e:
+        raise fail(f"cannot be read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def check_regular_file(path: str | Path, limit: int, error: type[Exception] = OutputError, what: str = "file") -> int:
+    """Raise `error` unless `path` (links followed) is a regular file of at most `limit` bytes; its size. For
+    readers that open the file themselves (torch.load, zipfile)."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise error(f"{what} {path} cannot be read: {e.strerror or e}") from None
+    if (reason := _not_readable(info, limit)) is not None:
+        raise error(f"{what} {path} {reason}")
+    return info.st_size
+
+
+def _not_readable(info: os.stat_result, limit: int) -> str | None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "not a regular file")
+        return f"is {kind}; only regular files are read"
+    if info.st_size > limit:
+        return (f"is {info.st_size / MiB:,.1f} MiB, more than the {limit / MiB:,.0f} MiB such a file can be; "
+                "refused before reading it")
+    return None
+
+
+def read_json(path: str | Path, limit: int, error: type[Exception] = OutputError, what: str = "file"):
+    """Parse a bounded regular file as JSON; malformed, deeply nested or non-UTF-8 text is `error`."""
+    data = read_bounded(path, limit, error, what)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: also digits past int's limit
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).splitlines()[0][:120]
+        raise error(f"{what} {path} is not valid JSON ({reason})") from None

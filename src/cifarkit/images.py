@@ -8,6 +8,7 @@ resize the whole picture (no crop) to 32x32 with PIL's antialiased bilinear filt
 from __future__ import annotations
 
 import errno
+import io
 import os
 import warnings
 from pathlib import Path
@@ -16,10 +17,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifarkit.errors import ImageError
+from cifarkit.files import read_bounded
 
 SIZE = 32
 RESAMPLE = Image.Resampling.BILINEAR  # antialiased when shrinking: PIL widens the filter by the scale factor
 MAX_PIXELS = 40_000_000  # refuse larger pictures before decoding them (decompression bombs)
+MAX_FILE_BYTES = 256 << 20  # and larger files before reading them (a 40-megapixel TIFF is about 120 MB)
 # errno -> what to tell the user (other OS errors while decoding mean a damaged file)
 OS_ERRORS = {errno.ELOOP: "a loop of symbolic links", errno.EACCES: "permission denied (cannot read the file)",
              errno.ENAMETOOLONG: "file name too long", errno.EIO: "input/output error reading the file"}
@@ -44,10 +47,11 @@ def to_rgb8(image: Image.Image) -> Image.Image:
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A 32x32x3 uint8 array from an image file, or an ImageError saying why not."""
     path = Path(path)
+    data = read_bounded(path, MAX_FILE_BYTES, ImageError, name=display_path(path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size  # read from the header, before any decoding
                 if width * height > max_pixels:
                     raise ImageError(f"{display_path(path)}: {width}x{height} pixels is over the limit of "
@@ -107,9 +111,26 @@ def display_path(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
+def printable(text: str) -> str:
+    """`text` with control characters escaped, for human-readable output: a newline in a file name cannot
+    forge a result line, and a terminal escape sequence is shown, not obeyed."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def csv_cell(text: str) -> str:
+    """A CSV cell a spreadsheet will not run as a formula: a leading = + - @ (or tab / carriage return) gets
+    a quote in front, as OWASP advises. Numbers are written by the caller, never through this."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def expand_paths(paths: list[str | Path]) -> list[tuple[Path, str | None]]:
     """(path, None) for files as given and for the image files under folders (sorted, recursively);
-    (path, why) for a folder, or a folder inside one, that cannot be read -- reported, never skipped."""
+    (path, why) for a folder, or a folder inside one, that cannot be read -- reported, never skipped.
+
+    The walk keeps its own stack (os.walk recurses on Python 3.11: a tree deeper than about 1,000 folders
+    raised RecursionError) and does not follow links to folders (a link loop would never end)."""
     out: list[tuple[Path, str | None]] = []
     for raw in paths:
         path = Path(raw)
@@ -117,14 +138,18 @@ def expand_paths(paths: list[str | Path]) -> list[tuple[Path, str | None]]:
             out.append((path, None))
             continue
         found: list[tuple[Path, str | None]] = []
-
-        def unreadable(error: OSError, found=found) -> None:
-            reason = "permission denied" if isinstance(error, PermissionError) else error.strerror or str(error)
-            found.append((Path(error.filename), f"{display_path(error.filename)}: cannot read this folder ({reason})"))
-
-        for folder, dirs, files in os.walk(path, onerror=unreadable):
-            dirs.sort()
-            found.extend((Path(folder) / name, None) for name in files
-                         if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+        pending = [path]
+        while pending:
+            folder = pending.pop()
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append(Path(entry.path))
+                        elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                            found.append((Path(entry.path), None))
+            except OSError as error:
+                reason = "permission denied" if isinstance(error, PermissionError) else error.strerror or str(error)
+                found.append((folder, f"{display_path(folder)}: cannot read this folder ({reason})"))
         out.extend(sorted(found, key=lambda item: os.fsencode(item[0])))
     return out

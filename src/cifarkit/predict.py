@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cifarkit.errors import ImageError
-from cifarkit.images import display_path, expand_paths, load_image
+from cifarkit.images import csv_cell, display_path, expand_paths, load_image, printable
 from cifarkit.inference import TrainedModel, load_model
 
 
@@ -38,54 +38,95 @@ def predict_arrays(trained: TrainedModel, images_nhwc: np.ndarray, top_k: int = 
     return top.indices.numpy(), top.values.numpy(), probabilities.numpy()
 
 
-def predict_files(model: str | Path | None, paths: list[str | Path], top_k: int = 5, tta: bool = False,
-                  device: str = "cpu", trained: TrainedModel | None = None) -> list[Prediction]:
-    """`model`: a pretrained name (None: the default), a run directory or a checkpoint file."""
+BATCH = 256  # pictures decoded and classified at a time: results stream out batch by batch
+
+
+def iter_predictions(model: str | Path | None, paths: list[str | Path], top_k: int = 5, tta: bool = False,
+                     device: str = "cpu", trained: TrainedModel | None = None, batch_size: int = BATCH):
+    """Predictions in file order, yielded a batch at a time: the first results arrive after one batch, and
+    memory stays that of one batch however many files there are.
+    `model`: a pretrained name (None: the default), a run directory or a checkpoint file."""
     trained = trained or load_model(model, device)
     files = expand_paths(paths)
-    results = [Prediction(display_path(path), error=problem) for path, problem in files]
-    images, ok = [], []
-    for i, (path, problem) in enumerate(files):
-        if problem:
-            continue
-        try:
-            images.append(load_image(path))
-            ok.append(i)
-        except ImageError as e:
-            results[i].error = str(e)
-    if images:
-        indices, values, _ = predict_arrays(trained, np.stack(images), top_k, tta)
-        for row, i in enumerate(ok):
-            results[i].classes = [(trained.class_names[c], float(p)) for c, p in zip(indices[row], values[row],
-                                                                                      strict=True)]
-            if trained.fine_to_coarse is not None and trained.coarse_names:
-                results[i].superclass = trained.coarse_names[trained.fine_to_coarse[indices[row][0]]]
-    return results
+    for start in range(0, len(files), batch_size):
+        batch = files[start : start + batch_size]
+        results = [Prediction(display_path(path), error=problem) for path, problem in batch]
+        images, ok = [], []
+        for i, (path, problem) in enumerate(batch):
+            if problem:
+                continue
+            try:
+                images.append(load_image(path))
+                ok.append(i)
+            except ImageError as e:
+                results[i].error = str(e)
+        if images:
+            indices, values, _ = predict_arrays(trained, np.stack(images), top_k, tta)
+            for row, i in enumerate(ok):
+                results[i].classes = [(trained.class_names[c], float(p))
+                                      for c, p in zip(indices[row], values[row], strict=True)]
+                if trained.fine_to_coarse is not None and trained.coarse_names:
+                    results[i].superclass = trained.coarse_names[trained.fine_to_coarse[indices[row][0]]]
+        yield from results
+
+
+def predict_files(model: str | Path | None, paths: list[str | Path], top_k: int = 5, tta: bool = False,
+                  device: str = "cpu", trained: TrainedModel | None = None) -> list[Prediction]:
+    """Every prediction as a list (`iter_predictions` streams them)."""
+    return list(iter_predictions(model, paths, top_k, tta, device, trained))
+
+
+def _as_json(r: Prediction) -> dict:
+    return {"path": r.path, "error": r.error, "superclass": r.superclass,
+            "top": [{"class": c, "probability": p} for c, p in r.classes]}
+
+
+def _csv_rows(r: Prediction) -> list[list]:
+    path = csv_cell(r.path)
+    if r.error:
+        return [[path, "", "", "", "", csv_cell(r.error)]]
+    return [[path, rank, csv_cell(name), f"{p:.6f}", csv_cell(r.superclass or ""), ""]
+            for rank, (name, p) in enumerate(r.classes, 1)]
+
+
+def _table_line(r: Prediction) -> str:
+    if r.error:
+        return f"{printable(r.path)}: ERROR {printable(r.error)}"
+    top = ", ".join(f"{name} {p:.1%}" for name, p in r.classes)
+    return f"{printable(r.path)}: {top}" + (f"  [superclass: {r.superclass}]" if r.superclass else "")
+
+
+def stream_lines(results, fmt: str):
+    """Output lines for `results` (any iterable), each as soon as its prediction is known. Table and CSV
+    escape what could forge a line or run as a spreadsheet formula; JSON stays exact (its own escaping)."""
+    if fmt == "json":  # the text json.dumps(list, indent=2) gives, an element at a time
+        held = None
+        yield "["
+        for r in results:
+            if held is not None:
+                yield held + ","
+            held = "\n".join("  " + line for line in json.dumps(_as_json(r), indent=2).splitlines())
+        if held is not None:
+            yield held
+        yield "]"
+        return
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "rank", "class", "probability", "superclass", "error"])
+        for r in results:
+            writer.writerows(_csv_rows(r))
+            yield buffer.getvalue().rstrip("\n")
+            buffer.seek(0)
+            buffer.truncate()
+        yield buffer.getvalue().rstrip("\n")
+        return
+    for r in results:
+        yield _table_line(r)
 
 
 def format_predictions(results: list[Prediction], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps([{"path": r.path, "error": r.error, "superclass": r.superclass,
-                            "top": [{"class": c, "probability": p} for c, p in r.classes]} for r in results],
-                          indent=2)
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["path", "rank", "class", "probability", "superclass", "error"])
-        for r in results:
-            if r.error:
-                writer.writerow([r.path, "", "", "", "", r.error])
-            for rank, (name, p) in enumerate(r.classes, 1):
-                writer.writerow([r.path, rank, name, f"{p:.6f}", r.superclass or "", ""])
-        return buffer.getvalue().rstrip("\n")
-    lines = []
-    for r in results:
-        if r.error:
-            lines.append(f"{r.path}: ERROR {r.error}")
-            continue
-        top = ", ".join(f"{name} {p:.1%}" for name, p in r.classes)
-        lines.append(f"{r.path}: {top}" + (f"  [superclass: {r.superclass}]" if r.superclass else ""))
-    return "\n".join(lines)
+    return "\n".join(line for line in stream_lines(results, fmt) if line)
 
 
 FORMATS = ("table", "json", "csv")

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from cifarkit.errors import CheckpointError, CifarkitError
+from cifarkit.files import read_bounded
 
 
 class PretrainedError(CifarkitError):
@@ -67,11 +68,14 @@ def _spec(name: str) -> PretrainedSpec:
                               f"{', '.join(PRETRAINED) or 'none'} (see `cifarkit models`)") from None
 
 
+MAX_SHIPPED_BYTES = 256 << 20  # a shipped model and its card are a few MB
+
+
 def _verified_bytes(path: Path, expected: str, what: str) -> bytes:
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise PretrainedError(f"{what} {path} cannot be read ({e.strerror}); reinstall cifarkit") from None
+        data = read_bounded(path, MAX_SHIPPED_BYTES, PretrainedError, what)
+    except PretrainedError as e:
+        raise PretrainedError(f"{e}; reinstall cifarkit (or restore the file)") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != expected:
         raise PretrainedError(f"{what} {path} is damaged or altered: its sha256 is {digest[:16]}..., expected "

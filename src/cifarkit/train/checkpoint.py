@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cifarkit.checkpoints import (  # noqa: F401  (re-exported: the training side's one import)
     FORMAT,
+    MAX_CHECKPOINT_BYTES,
     VERSION,
     check_sizes,
     checkpoint_bytes,
@@ -21,7 +22,7 @@ from cifarkit.checkpoints import (  # noqa: F401  (re-exported: the training sid
     resolve_checkpoint,
 )
 from cifarkit.errors import CheckpointError
-from cifarkit.files import atomic_write_bytes
+from cifarkit.files import atomic_write_bytes, check_regular_file, read_bounded
 
 
 class CheckpointStore:
@@ -68,12 +69,13 @@ class CheckpointStore:
     def verify(path: Path) -> None:
         """Raise CheckpointError if the file's sha256 does not match the one written beside it."""
         sidecar = path.with_suffix(".pt.sha256")
-        if not sidecar.is_file():
+        if not sidecar.exists():
             # Written by an older cifarkit (digest after the file) and killed in between, or the sidecar was
             # lost: the zip's own CRC-32 of every entry still proves the file whole.
             _check_zip_crcs(path)
             return
-        expected = sidecar.read_text().strip()
+        check_regular_file(path, MAX_CHECKPOINT_BYTES, CheckpointError, "checkpoint")
+        expected = read_bounded(sidecar, 1024, CheckpointError, "checksum file").decode(errors="replace").strip()
         if file_sha256(path) != expected:
             raise CheckpointError(f"{path} is corrupt or truncated (its sha256 does not match {sidecar.name})")
 

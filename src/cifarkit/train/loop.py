@@ -9,6 +9,7 @@ test set is evaluated once, at the end, with the checkpoint that validation pick
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import random
@@ -83,6 +84,9 @@ def prepare_data(config: Config, device: torch.device, log: Callable[[str], None
     return PreparedData(data, split, preprocess, train_x, train_y, val_x, val_y)
 
 
+RUN_CLAIM = ".cifarkit-run"  # created exclusively by the one run that owns the folder
+
+
 def make_run_dir(config: Config) -> Path:
     """Create a new run directory and prove it writable now, not after an hour of training.
 
@@ -95,18 +99,25 @@ def make_run_dir(config: Config) -> Path:
     for attempt in range(1, 1000):
         run_dir = out_dir / (base if attempt == 1 else f"{base}-{attempt}")
         try:
-            run_dir.mkdir(parents=True)  # atomic: two runs never claim the same folder
-            break
+            run_dir.mkdir(parents=True, exist_ok=explicit is not None)
+            # The claim is the marker created with O_EXCL, in a new folder or an empty one the user made: of two
+            # runs started at the same instant exactly one creates it (checking "empty" then writing raced).
+            if explicit is None or not any(p.name != RUN_CLAIM for p in run_dir.iterdir()):
+                os.close(os.open(run_dir / RUN_CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                break
         except FileExistsError:
-            if explicit and run_dir.is_dir() and not any(run_dir.iterdir()):
-                break  # an empty folder the user made for this run is fine
-            if explicit:
-                raise ConfigError(f"{run_dir} already exists and holds files; a new run never writes into it. "
-                                  f"Continue that run with: cifarkit train --resume {run_dir}, or choose another "
-                                  "--run-name") from None
+            pass
+        except NotADirectoryError:
+            raise ConfigError(f"{run_dir} is a file; choose another --run-name or --out-dir") from None
         except OSError as e:
             raise ConfigError(f"cannot create the run directory {run_dir}: {e.strerror}; choose another with "
                               "--out-dir") from None
+        if explicit:
+            raise ConfigError(f"{run_dir} already exists and holds files; a new run never writes into it. "
+                              f"Continue that run with: cifarkit train --resume {run_dir}, or choose another "
+                              "--run-name")
+    else:
+        raise ConfigError(f"999 run folders named {base}-N exist in {out_dir}; choose another --run-name")
     try:
         atomic_write_bytes(run_dir / ".write-test", b"ok")
         (run_dir / ".write-test").unlink()
@@ -529,6 +540,17 @@ class Trainer:
 
     def fit(self, evaluate_test: bool = True) -> dict:
         """Train to the end; then the test set once (`evaluate_test=False`: never, as when tuning)."""
+        try:
+            return self._fit(evaluate_test)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            raise TrainingStopped(
+                f"{e.strerror} writing {e.filename or 'the run'} at step {self.step}; the checkpoints written "
+                f"before are kept. Free some space, then continue with: cifarkit train --resume {self.run_dir}"
+            ) from None
+
+    def _fit(self, evaluate_test: bool) -> dict:
         t = self.t
         bar = _progress_bar(None if t.budget_seconds else self.total_steps, self.step, self.dist.is_main)
         fit_started = self._since = time.perf_counter()

@@ -84,9 +84,8 @@ class MetricsLog:
 
         self.path = run_dir / "metrics.jsonl"
         if resume_after is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_after]
-            atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
+            kept = [row for row in parse_metrics(self.path, warn=print) if row["step"] <= resume_after]
+            atomic_write_bytes(self.path, "".join(json.dumps(row) + "\n" for row in kept).encode())
         purge = None if resume_after is None else resume_after + 1  # TensorBoard drops events from this step on
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
 
@@ -101,6 +100,32 @@ class MetricsLog:
         self.writer.close()
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+MAX_METRICS_BYTES = 256 << 20  # a 165k-step run logging every 100 steps writes well under 1 MB
+
+
+def read_metrics(run_dir: Path, warn=None) -> list[dict]:
+    return parse_metrics(Path(run_dir) / "metrics.jsonl", warn)
+
+
+def parse_metrics(path: Path, warn=None) -> list[dict]:
+    """The rows of a metrics.jsonl: one JSON object with an integer "step" per line. A torn final line (what
+    a full disk or a power cut leaves) is dropped with a warning; damage anywhere else is an OutputError."""
+    from cifarkit.errors import OutputError
+    from cifarkit.files import read_bounded
+
+    lines = read_bounded(path, MAX_METRICS_BYTES, OutputError, "metrics file").decode("utf-8", "replace").split("\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or type(row.get("step")) is not int:
+                raise ValueError("not an object with an integer step")
+        except (ValueError, RecursionError) as e:
+            if all(not rest.strip() for rest in lines[number:]):  # the last line: torn by an interrupted write
+                (warn or print)(f"warning: {path} ends in a torn line ({len(line)} characters); dropped it")
+                break
+            raise OutputError(f"{path} line {number} is not a metrics row ({e}); the file is damaged") from None
+        rows.append(row)
+    return rows

@@ -1,0 +1,253 @@
+"""The hostile-input suite: FIFOs, device files, links, torn and crafted files, odd names and races where a
+file belongs. Each case once hung, exhausted memory, printed a traceback, lost work or forged output; each
+must now be a one-line error (or a per-file one) with nothing lost and nothing half-written."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from cifarkit.cli import main
+from cifarkit.errors import CheckpointError, ConfigError, ImageError, OutputError
+
+# Every call that once hung gets a deadline: a regression fails the test instead of stalling the suite.
+DEADLINE = 120
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def cifarkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cifarkit", *args], capture_output=True, text=True,
+                          timeout=DEADLINE, cwd=cwd, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+
+
+# -- reading: only regular files, with bounds ------------------------------------------------------------------
+
+def test_predict_reports_a_fifo_and_a_device_per_file_and_classifies_the_rest(trained_run, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(tmp_path / "red.png")
+    fifo(tmp_path / "pipe.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    result = cifarkit("predict", "--model", str(trained_run), str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = {line.split(":")[0].rsplit("/", 1)[-1]: line for line in result.stdout.splitlines()}
+    assert "ERROR" not in lines["red.png"]
+    assert "FIFO" in lines["pipe.png"] and "device" in lines["zero.png"]
+    assert "2 of 3 files could not be classified" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "folder"])
+def test_a_checkpoint_that_is_not_a_regular_file_is_refused_at_once(tmp_path, kind):
+    from cifarkit.checkpoints import load_checkpoint
+    from cifarkit.train.checkpoint import CheckpointStore
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    path = folder / "step-00000010.pt"
+    {"fifo": fifo, "dev-zero": lambda p: p.symlink_to("/dev/zero"), "folder": Path.mkdir}[kind](path)
+    (folder / "step-00000010.pt.sha256").write_text("0" * 64 + "\n")
+    with pytest.raises(CheckpointError, match="only regular files|run directory"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="is intact"):
+        CheckpointStore(tmp_path).load_latest(lambda _: None)
+
+
+def test_resume_from_a_fifo_checkpoint_is_an_error_not_a_hang(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    fifo(run / "checkpoints" / "step-00000002.pt")
+    (run / "checkpoints" / "step-00000002.pt.sha256").write_text("0" * 64 + "\n")
+    result = cifarkit("train", "--resume", str(run))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_shipped_weights_replaced_by_a_fifo_or_dev_zero_are_refused(tmp_path):
+    from cifarkit.errors import CifarkitError
+    from cifarkit.pretrained import _verified_bytes
+
+    for path in (fifo(tmp_path / "weights.safetensors"), tmp_path / "zero.safetensors"):
+        if not path.exists():
+            path.symlink_to("/dev/zero")
+        with pytest.raises(CifarkitError, match="only regular files"):
+            _verified_bytes(path, "0" * 64, "weights")
+
+
+def test_read_bounded_refuses_what_is_too_large_before_reading(tmp_path):
+    from cifarkit.files import read_bounded, read_json
+
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(10 << 20)  # sparse: 10 MB declared, nothing written
+    with pytest.raises(OutputError, match="more than the 1 MiB"):
+        read_bounded(big, 1 << 20)
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(OutputError, match="nested too deeply|not valid JSON"):
+        read_json(tmp_path / "deep.json", 1 << 20)
+    (tmp_path / "int.json").write_text("1" * 10_000)
+    with pytest.raises(OutputError, match="not valid JSON"):
+        read_json(tmp_path / "int.json", 1 << 20)
+
+
+def test_predict_walks_a_very_deep_tree_without_recursion(tmp_path):
+    from PIL import Image
+
+    from cifarkit.images import expand_paths
+
+    deep = tmp_path
+    for _ in range(1200):  # os.walk recursed once per level: RecursionError past about 1,000
+        deep = deep / "d"
+        os.mkdir(deep)  # one level at a time (Path.mkdir(parents=True) recurses too)
+    Image.new("RGB", (4, 4)).save(deep / "bottom.png")
+    assert [path.name for path, _ in expand_paths([tmp_path])] == ["bottom.png"]
+
+
+def test_predictions_stream_a_batch_at_a_time(trained_run, tmp_path, monkeypatch):
+    from PIL import Image
+
+    import cifarkit.predict as predict
+
+    for i in range(10):
+        Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(tmp_path / f"{i:02d}.png")
+    loaded = []
+    real_load = predict.load_image
+    monkeypatch.setattr(predict, "load_image", lambda path: loaded.append(path) or real_load(path))
+    stream = predict.iter_predictions(trained_run, [tmp_path], batch_size=3)
+    first = next(stream)
+    assert first.path.endswith("00.png") and len(loaded) == 3  # the first result after one batch, not ten
+    assert len([first, *stream]) == 10
+
+
+# -- output: escaped for people, neutralised for spreadsheets, exact in JSON --------------------------------------
+
+def test_odd_file_names_cannot_forge_lines_or_formulas(trained_run, tmp_path):
+    import csv
+    import io
+
+    from PIL import Image
+
+    names = ["evil\nairplane.png: cat 99.9%.png", "\x1b[31mred.png", "=HYPERLINK(1).png"]
+    for name in names:
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    table = cifarkit("predict", "--model", str(trained_run), str(tmp_path))
+    assert table.returncode == 0, table.stderr
+    assert len(table.stdout.splitlines()) == 3 and "\x1b" not in table.stdout
+    assert "evil\\nairplane.png" in table.stdout
+    rows = list(csv.reader(io.StringIO(cifarkit("predict", "--model", str(trained_run), *names, "--format", "csv",
+                                                cwd=tmp_path).stdout)))
+    assert all(not row[0].startswith(("=", "+", "-", "@")) for row in rows[1:])
+    assert any(row[0].startswith("'=") for row in rows[1:])
+    exact = json.loads(cifarkit("predict", "--model", str(trained_run), str(tmp_path), "--format", "json").stdout)
+    assert sorted(Path(r["path"]).name for r in exact) == sorted(names)  # JSON keeps the names exactly
+
+
+# -- writing: never destroy what cifarkit did not create -----------------------------------------------------------
+
+def test_export_never_overwrites_a_file_that_is_not_its_own(trained_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    config = trained_run / "config.json"
+    before = config.read_bytes()
+    result = cifarkit("export", "--model", str(trained_run), "--onnx", str(trained_run / "config.onnx"))
+    assert result.returncode == 1 and "never overwritten" in result.stderr, result.stderr
+    assert config.read_bytes() == before and not (trained_run / "config.onnx").exists()
+    picture = tmp_path / "holiday.onnx"
+    picture.write_bytes(b"not a model")
+    result = cifarkit("export", "--model", str(trained_run), "--onnx", str(picture))
+    assert result.returncode == 1 and picture.read_bytes() == b"not a model"
+    again = tmp_path / "model.onnx"  # an export replaces its own earlier export
+    assert cifarkit("export", "--model", str(trained_run), "--onnx", str(again)).returncode == 0
+    assert cifarkit("export", "--model", str(trained_run), "--onnx", str(again)).returncode == 0
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
+    from cifarkit.train.metrics import read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 10, "val_loss": 2.0}\n{"step": 20, "val_lo')
+    warnings = []
+    assert read_metrics(tmp_path, warnings.append) == [{"step": 10, "val_loss": 2.0}]
+    assert "torn line" in warnings[0]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 10}\nnot json\n{"step": 30}\n')
+    with pytest.raises(OutputError, match="line 2"):
+        read_metrics(tmp_path)
+
+
+def test_a_full_disk_during_a_run_is_one_line_that_says_resume(fake_root, tmp_path, monkeypatch, capsys):
+    from cifarkit.train import metrics
+
+    def full(self, step, scalars):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r" / "metrics.jsonl"))
+
+    monkeypatch.setattr(metrics.MetricsLog, "log", full)
+    code = main(["train", "--recipe", "elu-seed", "--dataset", "cifar10", "--data-dir", str(fake_root),
+                 "--out-dir", str(tmp_path), "--run-name", "r", "--device", "cpu", "--steps", "4",
+                 "--set", "model.kwargs.width=0.05", "--set", "train.batch_size=50",
+                 "--set", "data.val_per_class=10", "--set", "train.eval_every=2"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "No space left on device" in err and f"--resume {tmp_path / 'r'}" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_two_runs_claiming_one_folder_at_once_never_share_it(tmp_path):
+    from cifarkit.config import load_config
+    from cifarkit.train.loop import make_run_dir
+
+    for trial in range(20):
+        name = f"same-{trial}"
+        if trial % 2:
+            (tmp_path / name).mkdir()  # the empty folder a user made: the fallback that raced
+        config = load_config("elu-seed", [f"train.out_dir={json.dumps(str(tmp_path))}", f"train.run_name={name}"])
+        outcomes, start = [], threading.Barrier(4)
+
+        def claim(config=config, outcomes=outcomes, start=start):
+            start.wait()
+            try:
+                outcomes.append(make_run_dir(config))
+            except ConfigError:
+                outcomes.append(None)
+
+        threads = [threading.Thread(target=claim) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sum(o is not None for o in outcomes) == 1, (trial, outcomes)
+
+
+def test_a_picture_error_names_the_file_once(tmp_path):
+    from cifarkit.images import load_image
+
+    with pytest.raises(ImageError, match=r"^.*pipe\.png: is a FIFO"):
+        load_image(fifo(tmp_path / "pipe.png"))
+
+
+def test_loading_a_checkpoint_fifo_times_out_never(tmp_path):
+    """The whole set of readers on one FIFO, in one process with a deadline: none may block."""
+    from cifarkit.checkpoints import resolve_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    fifo(run / "best.pt")
+    errors = []
+
+    def resolve():
+        try:
+            resolve_checkpoint(run)
+        except CheckpointError as e:
+            errors.append(str(e))
+
+    worker = threading.Thread(target=resolve, daemon=True)
+    worker.start()
+    worker.join(DEADLINE)
+    assert errors and "FIFO" in errors[0], "resolve_checkpoint blocked on a FIFO, or accepted it"
