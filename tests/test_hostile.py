@@ -110,7 +110,13 @@ def test_predict_walks_a_very_deep_tree_without_recursion(tmp_path):
         deep = deep / "d"
         os.mkdir(deep)  # one level at a time (Path.mkdir(parents=True) recurses too)
     Image.new("RGB", (4, 4)).save(deep / "bottom.png")
-    assert [path.name for path, _ in expand_paths([tmp_path])] == ["bottom.png"]
+    try:
+        assert [path.name for path, _ in expand_paths([tmp_path])] == ["bottom.png"]
+    finally:  # removed bottom-up here: shutil.rmtree (pytest's clean-up) recurses too
+        (deep / "bottom.png").unlink()
+        while deep != tmp_path:
+            deep.rmdir()
+            deep = deep.parent
 
 
 def test_predictions_stream_a_batch_at_a_time(trained_run, tmp_path, monkeypatch):
@@ -251,3 +257,45 @@ def test_loading_a_checkpoint_fifo_times_out_never(tmp_path):
     worker.start()
     worker.join(DEADLINE)
     assert errors and "FIFO" in errors[0], "resolve_checkpoint blocked on a FIFO, or accepted it"
+
+
+# -- crafted checkpoints: one schema ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, message", [
+    ("step", "12", "'step' should be a whole number"),
+    ("step", None, "'step' should be a whole number"),
+    ("val", "good", "'val' should be a table of numbers"),
+    ("class_names", [1, 2], "'class_names' should be a list of names"),
+    ("fine_to_coarse", [0, 5], "fine-to-coarse map does not fit"),
+])
+def test_crafted_checkpoint_fields_are_refused_by_name(trained_run, tmp_path, field, value, message):
+    import torch
+
+    from cifarkit.checkpoints import load_checkpoint
+    from cifarkit.inference import load_model
+
+    state = load_checkpoint(trained_run / "best.pt")
+    state[field] = value
+    if field == "fine_to_coarse":
+        state["class_names"], state["coarse_names"] = ["a", "b"], ["only"]
+    crafted = tmp_path / "crafted.pt"
+    torch.save(state, crafted)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(crafted)
+
+
+def test_a_checkpoint_without_step_cannot_be_resumed(trained_run, tmp_path):
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    for path in (run / "checkpoints").glob("step-*.pt"):
+        state = torch.load(path, weights_only=True)
+        del state["step"]
+        torch.save(state, path)
+        path.with_suffix(".pt.sha256").unlink()  # proven whole by its zip CRCs instead
+    result = cifarkit("train", "--resume", str(run))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "lacks step" in result.stdout + result.stderr  # each checkpoint is named with why it was skipped

@@ -88,4 +88,67 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not a cifarkit checkpoint")
+    return check_payload(payload, path)
+
+
+# -- the payload's structure: one schema, checked where a payload is used ------------------------------------------
+# A crafted or damaged checkpoint with a field of the wrong type ("step": "12", a fine-to-coarse map that points
+# past the superclasses) is refused here with the field's name, never later as a TypeError deep in the loop.
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _names(value) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value)
+
+
+FIELDS = {  # field: (what it must be, check)
+    "step": ("a whole number >= 0", lambda v: _is_int(v) and v >= 0),
+    "total_steps": ("a whole number >= 0", lambda v: _is_int(v) and v >= 0),
+    "model": ("a state dict of tensors", lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())),
+    "train_model": ("a state dict of tensors, or null", lambda v: v is None or FIELDS["model"][1](v)),
+    "config": ("a table of settings", lambda v: isinstance(v, dict)),
+    "preprocess": ("a table", lambda v: isinstance(v, dict)),
+    "optimizer": ("a table", lambda v: isinstance(v, dict)),
+    "loader": ("a table", lambda v: isinstance(v, dict)),
+    "rng": ("a table", lambda v: isinstance(v, dict)),
+    "train_accumulator": ("a table", lambda v: isinstance(v, dict)),
+    "class_names": ("a list of names", lambda v: _names(v) and len(v) > 0),
+    "coarse_names": ("a list of names, or null", lambda v: v is None or _names(v)),
+    "fine_to_coarse": ("a list of superclass indices, or null", lambda v: v is None or (
+        isinstance(v, (list, tuple)) and all(_is_int(i) for i in v))),
+    "val": ("a table of numbers, or null", lambda v: v is None or (
+        isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items()))),
+    "best_val_loss": ("a number, or null", lambda v: v is None or _is_number(v)),
+    "best_step": ("a whole number, or null", lambda v: v is None or _is_int(v)),
+    "skipped_steps": ("a whole number >= 0", lambda v: _is_int(v) and v >= 0),
+    "train_seconds": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+}
+FOR_USE = ("step", "model", "config", "preprocess", "class_names")  # what evaluate / predict / export need
+FOR_RESUME = (*FOR_USE, "total_steps", "optimizer", "loader", "rng", "train_accumulator", "best_val_loss",
+              "best_step", "skipped_steps", "train_seconds")
+
+
+def check_payload(payload: dict, source, required: tuple[str, ...] = ("step", "model")) -> dict:
+    """Raise CheckpointError unless every `required` field is present and every known field present has the
+    type it must have (and the fine-to-coarse map fits the class and superclass lists); returns `payload`."""
+    missing = [name for name in required if name not in payload]
+    if missing:
+        raise CheckpointError(f"{source} lacks {', '.join(missing)}; it is not a complete cifarkit checkpoint")
+    for name, (what, check) in FIELDS.items():
+        if name in payload and not check(payload[name]):
+            raise CheckpointError(f"{source}: its field {name!r} should be {what}, got "
+                                  f"{type(payload[name]).__name__}; the file is damaged or crafted")
+    mapping, classes = payload.get("fine_to_coarse"), payload.get("class_names")
+    if mapping is not None:
+        coarse = payload.get("coarse_names") or []
+        if (classes is not None and len(mapping) != len(classes)) or any(not 0 <= i < len(coarse) for i in mapping):
+            raise CheckpointError(f"{source}: its fine-to-coarse map does not fit its {len(classes or [])} classes "
+                                  f"and {len(coarse)} superclasses; the file is damaged or crafted")
     return payload

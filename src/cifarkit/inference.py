@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cifarkit.checkpoints import file_sha256, load_checkpoint, resolve_checkpoint
+from cifarkit.checkpoints import FOR_USE, check_payload, file_sha256, load_checkpoint, resolve_checkpoint
 from cifarkit.config import Config, config_from_dict
 from cifarkit.data.preprocess import Preprocess
-from cifarkit.errors import CheckpointError
+from cifarkit.errors import CheckpointError, CifarkitError
 from cifarkit.models import create_model
 from cifarkit.tta import predict_logits
 
@@ -89,12 +89,13 @@ def trained_model_from_state(state: dict, source: Path, sha256: str, device: str
     from cifarkit.train.device import resolve_device
 
     device = resolve_device(device) if isinstance(device, str) else device  # a bad name is a one-line error
+    check_payload(state, source, FOR_USE)
     try:
         config = config_from_dict(state["config"])
         model = create_model(config.model.name, len(state["class_names"]), **config.model.kwargs)
         model.load_state_dict(state["model"])
         preprocess = Preprocess.from_state(state["preprocess"])
-    except (KeyError, RuntimeError, TypeError) as e:
+    except (KeyError, RuntimeError, TypeError, ValueError, CifarkitError) as e:
         raise CheckpointError(f"{source} does not match the model its config names ({e})") from None
     model.to(device).eval()
     preprocess.to(device)

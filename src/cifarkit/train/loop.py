@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from cifarkit.checkpoints import FOR_RESUME, check_payload
 from cifarkit.config import Config, apply_overrides, config_from_dict
 from cifarkit.data import CifarData, Split, load_dataset, split_for
 from cifarkit.data.loader import DeviceLoader, eval_batches, to_device_images
@@ -678,7 +679,7 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, log: Callabl
     check_resume_overrides(overrides or [])
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is not a run directory")
-    state = CheckpointStore(run_dir).load_latest(log)
+    state = check_payload(CheckpointStore(run_dir).load_latest(log), run_dir, FOR_RESUME)
     config = config_from_dict(apply_overrides(state["config"], overrides or []))
     log(f"resuming {run_dir} from step {state['step']}")
     return Trainer(config, log, prepared, run_dir=run_dir, resume_from=state, on_validation=on_validation).fit(
