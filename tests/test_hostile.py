@@ -299,3 +299,85 @@ def test_a_checkpoint_without_step_cannot_be_resumed(trained_run, tmp_path):
     result = cifarkit("train", "--resume", str(run))
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "lacks step" in result.stdout + result.stderr  # each checkpoint is named with why it was skipped
+
+
+# -- pictures both sides refuse rather than convert differently -------------------------------------------------
+
+def _unconvertible_pictures(folder: Path) -> dict[str, Path]:
+    import numpy as np
+    from PIL import Image
+
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    paths = {"cmyk": folder / "cmyk.jpg", "lab": folder / "lab.tif", "float": folder / "float.tif"}
+    rgb.convert("CMYK").save(paths["cmyk"], quality=95)
+    rgb.convert("LAB").save(paths["lab"])
+    Image.fromarray(np.random.default_rng(1).random((40, 40), dtype=np.float32) * 255, "F").save(paths["float"])
+    return paths
+
+
+def test_python_refuses_cmyk_lab_and_float_pictures(tmp_path):
+    from cifarkit.images import load_image
+
+    for kind, path in _unconvertible_pictures(tmp_path).items():
+        with pytest.raises(ImageError, match="not converted") as e:
+            load_image(path)
+        assert path.name in str(e.value), kind
+
+
+# -- the TypeScript command line: the same guarantees --------------------------------------------------------------
+
+WEB = Path(__file__).resolve().parents[1] / "web"
+NODE_CLI = WEB / "packages" / "classify" / "dist" / "cli.js"
+needs_node = pytest.mark.skipif(
+    not NODE_CLI.is_file() or not (WEB / "node_modules" / "sharp").is_dir() or not any(
+        (Path(p) / "node").is_file() for p in os.environ.get("PATH", "").split(os.pathsep)),
+    reason="needs node and the built library (cd web && npm ci && npm run build)")
+
+
+def node_classify(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["node", str(NODE_CLI), *map(str, args)], capture_output=True, timeout=DEADLINE, cwd=cwd)
+
+
+@needs_node
+def test_node_cli_refuses_fifos_devices_and_huge_reads_per_file(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), (0, 0, 200)).save(tmp_path / "blue.png")
+    fifo(tmp_path / "pipe.png")
+    result = node_classify("/dev/zero", tmp_path / "pipe.png", tmp_path / "blue.png")  # read without end before
+    out, err = result.stdout.decode(), result.stderr.decode()
+    assert result.returncode == 1 and "2 of 3 files could not be classified" in err, err
+    lines = out.splitlines()
+    assert "/dev/zero: ERROR" in lines[0] and "a device" in lines[0]
+    assert "FIFO" in lines[1] and "ERROR" not in lines[2]
+
+
+@needs_node
+def test_node_cli_finds_non_utf8_names_and_escapes_what_it_prints(tmp_path):
+    import csv
+    import io
+
+    from PIL import Image
+
+    odd = os.fsencode(tmp_path) + b"/caf\xe9.png"
+    Image.new("RGB", (8, 8)).save(os.fsdecode(odd))
+    for name in ("line\nbreak.png", "=SUM(1).png", "\x1b[2Jclear.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    table = node_classify(tmp_path)
+    text = table.stdout.decode()
+    assert table.returncode == 0, table.stderr.decode()
+    assert "caf\\xe9.png:" in text and "no such file" not in text  # found, shown as Python shows it
+    assert "line\\nbreak.png" in text and "\x1b" not in text and len(text.splitlines()) == 4
+    as_file = node_classify(odd)  # a non-UTF-8 name given as an argument
+    assert as_file.returncode == 0, as_file.stderr.decode()
+    rows = list(csv.reader(io.StringIO(node_classify("=SUM(1).png", "--format", "csv", cwd=tmp_path).stdout.decode())))
+    assert rows[1][0] == "'=SUM(1).png"
+
+
+@needs_node
+def test_node_and_python_refuse_the_same_unconvertible_pictures(tmp_path):
+    paths = _unconvertible_pictures(tmp_path)
+    result = node_classify(*paths.values())
+    lines = result.stdout.decode().splitlines()
+    assert result.returncode == 1 and len(lines) == 3
+    assert all("ERROR" in line and "not converted" in line for line in lines), lines

@@ -36,7 +36,8 @@ def site(tmp_path):
     model = tmp_path / "export"
     model.mkdir()
     (model / "model.onnx").write_bytes(b"onnx-bytes")
-    (model / "model.json").write_text(json.dumps({"dataset": "cifar10", "format": "cifarkit-onnx"}))
+    (model / "model.json").write_text(json.dumps({"dataset": "cifar10", "format": "cifarkit-onnx",
+                                                  "classes": ["airplane", "automobile"]}))
     (model / "other.txt").write_text(SECRET)  # beside the model, but not one of its files
     return web, model / "model.onnx"
 
@@ -219,3 +220,47 @@ def test_sigterm_during_startup_leaves_nothing(site):
     process.terminate()
     process.wait(timeout=20)
     assert _temp_copies() == before
+
+
+def test_a_dripping_client_is_cut_off_by_the_whole_request_deadline(site, monkeypatch):
+    """A header line every half second never trips a per-recv timeout; the whole request's deadline does."""
+    from cifarkit.serve import Handler
+
+    monkeypatch.setattr(Handler, "request_seconds", 2.0)
+    web, onnx = site
+    with WebServer(onnx, web, port=0, samples=0, max_threads=4) as served:
+        served.server.timeout = 0.5
+        thread = threading.Thread(target=served.serve_forever, daemon=True)
+        thread.start()
+        try:
+            drip = socket.create_connection(("127.0.0.1", served.address[1]), timeout=30)
+            drip.sendall(b"GET / HTTP/1.0\r\n")
+            started, closed = time.monotonic(), False
+            for i in range(40):  # 20 s of dripping if nothing cuts it off
+                time.sleep(0.5)
+                try:
+                    drip.sendall(f"X-Drip-{i}: x\r\n".encode())
+                except OSError:  # the server closed the connection
+                    closed = True
+                    break
+                drip.settimeout(0.01)
+                try:
+                    if drip.recv(100) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    pass
+            drip.close()
+            assert closed and time.monotonic() - started < 10
+        finally:
+            served.server.shutdown()
+
+
+@pytest.mark.parametrize("text, problem", [("[]", "not a JSON object"), ('{"format": 3}', "not a cifarkit export"),
+                                           ('{"format": "cifarkit-onnx", "classes": [1]}', "not a list of names"),
+                                           ("[" * 100000, "not valid JSON")])
+def test_malformed_model_json_is_a_one_line_error(site, text, problem):
+    web, onnx = site
+    onnx.with_suffix(".json").write_text(text)
+    with pytest.raises(ServeError, match=problem):
+        WebServer(onnx, web)

@@ -301,13 +301,15 @@ def cmd_sweep(args) -> int:
     from cifarkit.config import DEFAULT_RECIPE
     from cifarkit.experiments.report import report_sweep
     from cifarkit.experiments.sweep import plan_sweep, run_sweep
+    from cifarkit.text import printable
 
     sweep = plan_sweep(args.recipe or DEFAULT_RECIPE, _experiment_sets(args), args.vary or [], args.seeds,
-                       args.out_dir, args.name, args.storage)
+                       args.out_dir, args.name, args.storage, args.max_cells)
     if args.dry_run:
         for variant in sweep.variants:
-            print(f"{variant.name}: {variant.label}")
-        print(f"{len(sweep.variants)} variants x seeds {list(sweep.seeds)} -> {sweep.folder}")
+            print(f"{variant.name}: {printable(variant.label)}", flush=True)
+        seeds = f"{sweep.seeds[0]}..{sweep.seeds[-1]}" if len(sweep.seeds) > 3 else ", ".join(map(str, sweep.seeds))
+        print(f"{len(sweep.variants)} variants x {len(sweep.seeds)} seeds ({seeds}) -> {sweep.folder}")
         return 0
     counts = run_sweep(sweep, retry=args.retry_failed)
     report = report_sweep(sweep.folder)
@@ -506,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "grid is the product")
     p.add_argument("--seeds", type=int, default=3, help="paired seeds per variant (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="check everything and list the variants; run nothing")
+    p.add_argument("--max-cells", type=_positive_int, default=10_000,
+                   help="refuse a sweep of more variants x seeds than this (default: %(default)s)")
     p.add_argument("--retry-failed", action="store_true",
                    help="queue again the cells whose trials failed (give it to one worker only)")
 

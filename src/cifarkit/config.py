@@ -314,6 +314,10 @@ def _above(low):
     return lambda v: None if v > low else f"must be > {low}"
 
 
+def _between(low, high):  # low < v <= high: a rate that must be positive and not absurd
+    return lambda v: None if low < v <= high else f"must be above {low:g} and at most {high:g}"
+
+
 def _within(low, high):  # low <= v < high
     return lambda v: None if low <= v < high else f"must be in [{low}, {high})"
 
@@ -328,40 +332,40 @@ RANGES: dict[str, Callable[[Any], str | None]] = {
     "data.val_per_class": _optional(_at_least(0)),
     "data.split_seed": _at_least(0),
     "data.train_subset": _optional(_at_least(1)),
-    "preprocess.zca_epsilon": _above(0),
+    "preprocess.zca_epsilon": _between(0, 1e3),
     "preprocess.gcn_std_floor": _above(0),
     "augment.pad": _within(0, 17),
-    "optim.lr": _above(0),
+    "optim.lr": _between(0, 1e5),  # fast10-muon's head: 1340 at batch 2000; 1e300 overflowed
     "optim.momentum": _within(0, 1),
-    "optim.l2": _at_least(0),
-    "optim.l2_first_layer": _optional(_at_least(0)),
-    "optim.weight_decay": _at_least(0),
-    "optim.norm_lr_scale": _above(0),
-    "optim.norm_weight_decay": _at_least(0),
+    "optim.l2": _within(0, 100),
+    "optim.l2_first_layer": _optional(_within(0, 100)),
+    "optim.weight_decay": _within(0, 1),
+    "optim.norm_lr_scale": _between(0, 1e4),
+    "optim.norm_weight_decay": _within(0, 1),
     "optim.label_smoothing": _within(0, 1),
     "optim.base_batch_size": _optional(_at_least(1)),
-    "optim.muon_lr": _above(0),
+    "optim.muon_lr": _between(0, 100),
     "optim.muon_momentum": _within(0, 1),
     "schedule.milestones": lambda v: None if all(isinstance(m, int) and not isinstance(m, bool) and m >= 0
                                                   for m in v) else "must be a list of step numbers >= 0",
-    "schedule.gamma": _above(0),
+    "schedule.gamma": _between(0, 1e3),
     "schedule.lr_factors": lambda v: None if all(isinstance(f, (int, float)) and not isinstance(f, bool) and
                                                  math.isfinite(f) and f > 0 for f in v) else "must be numbers > 0",
-    "schedule.warmup_steps": _at_least(0),
+    "schedule.warmup_steps": _within(0, 10**9),
     "schedule.warmup_fraction": _within(0, 1),
     "schedule.warmup_start_fraction": _optional(lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
-    "schedule.final_lr_fraction": _at_least(0),
-    "train.steps": _at_least(1),
-    "train.epochs": _optional(_at_least(0)),  # 0: off (train.steps counts)
-    "train.budget_seconds": _optional(_at_least(0)),  # 0: off
-    "train.batch_size": _at_least(1),
-    "train.eval_every": _at_least(1),
-    "train.eval_batch_size": _at_least(1),
+    "schedule.final_lr_fraction": _within(0, 1e3),
+    "train.steps": _within(1, 10**9),
+    "train.epochs": _optional(_within(0, 10**5)),  # 0: off (train.steps counts)
+    "train.budget_seconds": _optional(_within(0, 10**8)),  # 0: off
+    "train.batch_size": _within(1, 10**6),
+    "train.eval_every": _within(1, 10**9),
+    "train.eval_batch_size": _within(1, 10**6),
     "train.seed": _within(0, 2**32),
     "train.seeds": _within(1, 1001),
     "train.ema_decay": _within(0, 1),
     "train.ema_every": _at_least(1),
-    "train.ema_ramp_power": _at_least(0),
+    "train.ema_ramp_power": _within(0, 100),
     "train.checkpoint_every": _optional(_at_least(1)),
     "train.checkpoint_minutes": _optional(_at_least(0)),
     "train.keep_checkpoints": _at_least(1),
@@ -384,6 +388,7 @@ def _check_registries(config: Config) -> None:
     check_model_options(config.model.name, config.model.kwargs)
     check_device_name(config.train.device)
     check_dropout_events(config.schedule.dropout_events)
+    _check_dropout_layers(config)
     if config.schedule.lr_factors and len(config.schedule.lr_factors) != len(config.schedule.milestones):
         raise ConfigError(f"schedule.lr_factors needs one factor per milestone ({len(config.schedule.milestones)}), "
                           f"got {len(config.schedule.lr_factors)}")
@@ -391,6 +396,22 @@ def _check_registries(config: Config) -> None:
         raise ConfigError("optim.nesterov needs optim.momentum > 0")
     if config.optim.name == "muon" and (config.optim.l2 or config.optim.l2_first_layer):
         raise ConfigError(MUON_L2_MESSAGE)
+
+
+def _check_dropout_layers(config: Config) -> None:
+    from cifarkit.models.registry import dropout_layers
+
+    events = config.schedule.dropout_events
+    if not events:
+        return
+    layers = dropout_layers(config.model.name)
+    if layers is None:
+        raise ConfigError(f"schedule.dropout_events: model {config.model.name!r} has no dropout schedule; remove the "
+                          "events (schedule.dropout_events=[])")
+    for event in events:
+        if "set" in event and len(event["set"]) != layers:
+            raise ConfigError(f"schedule.dropout_events: the event at step {event['step']} sets {len(event['set'])} "
+                              f"rates; model {config.model.name!r} has {layers} dropout layers (one per stack)")
 
 
 # Checked with the config (before any run folder exists) and again where the optimizer is built.

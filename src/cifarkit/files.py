@@ -207,3 +207,17 @@ def read_json(path: str | Path, limit: int, error: type[Exception] = OutputError
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: also digits past int's limit
         reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).splitlines()[0][:120]
         raise error(f"{what} {path} is not valid JSON ({reason})") from None
+
+
+def finite(value):
+    """`value` with every NaN and infinity replaced by None, for JSON that every reader can parse (json.dumps
+    writes them as NaN / Infinity, which is not JSON)."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value

@@ -29,8 +29,22 @@ OS_ERRORS = {errno.ELOOP: "a loop of symbolic links", errno.EACCES: "permission 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
+# Modes whose conversion to 8-bit RGB has no single right answer: Pillow's CMYK formula ignores colour
+# profiles (sharp applies them), its LAB mode is converted as if it were RGB, and float samples have no agreed
+# 0-255 range. Refused (here and in the TypeScript library, with the same words) rather than converted
+# differently by the two.
+UNCONVERTED_MODES = {"CMYK": "CMYK pictures are not converted (sharp and Pillow turn them into different RGB); "
+                             "convert it to RGB first",
+                     "LAB": "LAB pictures are not converted (sharp and Pillow turn them into different RGB); "
+                            "convert it to RGB first",
+                     "F": "floating-point pictures are not converted (no agreed 0-255 range); convert it to 8 or "
+                          "16 bits first"}
+
+
 def to_rgb8(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode in UNCONVERTED_MODES:
+        raise ImageError(UNCONVERTED_MODES[image.mode])
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
         if image.mode.startswith("I;16"):
             array = array / 257.0  # 65535 -> 255
@@ -57,7 +71,10 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                     raise ImageError(f"{display_path(path)}: {width}x{height} pixels is over the limit of "
                                      f"{max_pixels:,} (a decompression bomb?); refusing to decode it")
                 image = ImageOps.exif_transpose(image)
-                image = to_rgb8(image)
+                try:
+                    image = to_rgb8(image)
+                except ImageError as e:
+                    raise ImageError(f"{display_path(path)}: {e}") from None
                 image = image.resize((SIZE, SIZE), RESAMPLE)
                 return np.asarray(image, dtype=np.uint8).copy()
     except ImageError:
@@ -109,20 +126,6 @@ def display_path(path: str | Path) -> str:
     """A file name that can always be printed: bytes that are not UTF-8 (possible in POSIX names) are shown as
     \\xNN escapes instead of making every later print fail."""
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
-
-
-def printable(text: str) -> str:
-    """`text` with control characters escaped, for human-readable output: a newline in a file name cannot
-    forge a result line, and a terminal escape sequence is shown, not obeyed."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-def csv_cell(text: str) -> str:
-    """A CSV cell a spreadsheet will not run as a formula: a leading = + - @ (or tab / carriage return) gets
-    a quote in front, as OWASP advises. Numbers are written by the caller, never through this."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def expand_paths(paths: list[str | Path]) -> list[tuple[Path, str | None]]:

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from cifarkit.errors import ImageError
-from cifarkit.images import csv_cell, display_path, expand_paths, load_image, printable
+from cifarkit.images import display_path, expand_paths, load_image
 from cifarkit.inference import TrainedModel, load_model
+from cifarkit.text import csv_cell, printable
 
 
 @dataclass

@@ -25,6 +25,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from cifarkit.errors import CifarkitError
+from cifarkit.files import read_json
 
 MAX_SAMPLES = 500
 MAX_PATH_LENGTH = 2048  # longer request paths are refused before any lookup
@@ -72,6 +74,22 @@ def write_samples(model_json: dict, folder: Path, count: int, data_dir: str | No
     return len(index)
 
 
+def check_model_json(metadata, path: Path) -> dict:
+    """model.json as `cifarkit export` writes it, or a one-line ServeError naming what is wrong."""
+    def names(value) -> bool:
+        return isinstance(value, list) and len(value) > 0 and all(isinstance(n, str) for n in value)
+
+    problem = ("it is not a JSON object" if not isinstance(metadata, dict)
+               else "it is not a cifarkit export (no \"format\": \"cifarkit-onnx\")"
+               if metadata.get("format") != "cifarkit-onnx"
+               else "its \"classes\" is not a list of names" if not names(metadata.get("classes"))
+               else "its \"dataset\" is not a name" if not isinstance(metadata.get("dataset"), str)
+               else None)
+    if problem:
+        raise ServeError(f"{path}: {problem}; export the model again (cifarkit export --onnx model.onnx)")
+    return metadata
+
+
 def files_under(root: Path) -> dict[str, Path]:
     """URL path -> file for every regular file under `root` whose real location stays inside `root`.
     Symbolic links are followed only where they resolve inside the root; anything else is left out."""
@@ -96,13 +114,44 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _DeadlineReader:
+    """The request stream with one deadline for the whole request line and headers: a client that drips a
+    header line every few seconds is cut off when the deadline passes, not kept as long as each line is
+    quicker than the socket timeout (16 such clients held every thread, and everyone else got 503)."""
+
+    def __init__(self, raw, connection, deadline: float):
+        self.raw, self.connection, self.deadline = raw, connection, deadline
+
+    def _arm(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took longer than its deadline")
+        self.connection.settimeout(left)
+
+    def readline(self, limit: int = -1) -> bytes:
+        self._arm()
+        return self.raw.readline(limit)
+
+    def read(self, size: int = -1) -> bytes:
+        self._arm()
+        return self.raw.read(size)
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     """GET/HEAD of the files in `server.routes`; everything else is 404 (or 405 for other methods)."""
 
     server_version = "cifarkit"
     sys_version = ""
     timeout = 10  # seconds a connection may stay silent (socket timeout), so a slow client cannot hold a thread
+    request_seconds = 10.0  # and the most the whole request (line and headers) may take to arrive
     protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive connections hold threads
+
+    def setup(self):
+        super().setup()
+        self.rfile = _DeadlineReader(self.rfile, self.connection, time.monotonic() + self.request_seconds)
 
     def do_GET(self):
         self._send(body=True)
@@ -220,10 +269,8 @@ class WebServer:
             if not self.onnx.is_file() or not self.metadata_path.is_file():
                 raise ServeError(f"{self.onnx} (with {self.metadata_path.name} beside it) not found; make it with: "
                                  "cifarkit export CHECKPOINT --onnx model.onnx")
-        try:
-            self.metadata = json.loads(self.metadata_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ServeError(f"{self.metadata_path} is not readable JSON ({e}); export the model again") from None
+        self.metadata = check_model_json(read_json(self.metadata_path, 16 << 20, ServeError, "model metadata"),
+                                         self.metadata_path)
 
     def __enter__(self) -> WebServer:
         try:

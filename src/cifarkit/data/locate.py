@@ -100,6 +100,20 @@ def resolve_local(path: Path, spec: DatasetSpec, cache_dir: Path) -> Path | None
     return None
 
 
+def _check_cache_dir(cache_dir: Path) -> None:
+    from cifarkit.errors import OutputError
+    from cifarkit.files import check_writable_folder
+
+    where = f"${CACHE_DIR_ENV}" if os.environ.get(CACHE_DIR_ENV) else "the cache folder"
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise DatasetError(f"{where} {cache_dir} is a file, not a folder: set {CACHE_DIR_ENV} to a folder "
+                           "(or pass --data-dir PATH)")
+    try:
+        check_writable_folder(cache_dir, "the downloaded dataset")
+    except OutputError as e:
+        raise DatasetError(f"{where}: {e} (set {CACHE_DIR_ENV}=FOLDER, or pass --data-dir PATH)") from None
+
+
 def locate(
     spec: DatasetSpec, data_dir: str | Path | None = None, download_ok: bool = True, cache_dir: Path | None = None
 ) -> Located:
@@ -127,6 +141,7 @@ def locate(
             f"no local copy of {spec.name}: put {spec.archive_name} or its extracted {spec.folder}/ folder in "
             f"{cache_dir}, pass --data-dir PATH, or set {DATA_DIR_ENV}=PATH (downloading was turned off)"
         )
+    _check_cache_dir(cache_dir)  # before the download, not after 161 MB of it
     archive = download(spec.url, cache_dir / spec.archive_name, spec.md5)
     folder = safe_extract(archive, cache_dir, spec.folder, spec.files)
     return Located(folder, f"downloaded to cache ({cache_dir})")

@@ -9,13 +9,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
 from cifarkit.errors import CifarkitError
 from cifarkit.experiments.stats import describe, paired_tests
-from cifarkit.files import atomic_write_text
+from cifarkit.experiments.sweep import MAX_CELLS, MAX_SEEDS
+from cifarkit.files import atomic_write_text, finite, read_json
+from cifarkit.text import csv_cell
 from cifarkit.train.metrics import read_metrics
 
 # (key in the report, where it is in results.json, label)
@@ -28,27 +31,99 @@ def _figure(results: dict | None, where: tuple[str, str]) -> float | None:
     return None if not part else part.get(where[1])
 
 
-def read_sweep(folder: Path) -> tuple[dict, list[dict]]:
+MAX_RECORD_BYTES = 16 << 20
+# a variant's folder name as the sweep writes it (spec.grid): never a path that leaves the sweep folder
+VARIANT_NAME = re.compile(r"v[0-9]+-[A-Za-z0-9._=+,-]{1,200}")
+
+
+def _untrusted_record(record, record_file: Path) -> dict:
+    """sweep.json, schema-checked: everything in a sweep folder is data that anyone could have edited."""
+    def bad(why: str) -> CifarkitError:
+        return CifarkitError(f"{record_file} is not a sweep record cifarkit wrote ({why}); it is not used")
+
+    if not isinstance(record, dict):
+        raise bad("not a JSON object")
+    for key, kind in (("name", str), ("recipe", str), ("variants", list), ("seeds", list), ("set", list)):
+        if not isinstance(record.get(key), kind):
+            raise bad(f"{key!r} should be a {kind.__name__}")
+    if not 1 <= len(record["seeds"]) <= MAX_SEEDS or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in record["seeds"]):
+        raise bad(f"'seeds' should be 1 to {MAX_SEEDS} seed numbers")
+    if not 1 <= len(record["variants"]) <= MAX_CELLS:
+        raise bad("too many or no variants")
+    for v in record["variants"]:
+        if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not VARIANT_NAME.fullmatch(v["name"]):
+            raise bad(f"a variant name is not one the sweep writes: {str(v)[:80]!r}")
+        if not isinstance(v.get("overrides"), list) or not all(isinstance(o, str) for o in v["overrides"]):
+            raise bad(f"variant {v['name']}: 'overrides' should be a list of strings")
+    if not all(isinstance(x, str) for x in record["set"]):
+        raise bad("'set' should be a list of strings")
+    return record
+
+
+def _inside(folder: Path, path: Path) -> bool:
+    """`path` is in `folder` once every link is followed (a link to /etc/passwd, or a folder link out, is not)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # a link loop
+        return False
+
+
+def _untrusted_results(path: Path, folder: Path, warn) -> dict | None:
+    """A cell's results.json as figures, or None (missing, outside the folder, malformed: warned)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_symlink() or not _inside(folder, path):
+        warn(f"warning: {path} is a link or lies outside the sweep folder; not read")
+        return None
+    try:
+        results = read_json(path, MAX_RECORD_BYTES, CifarkitError, "results file")
+    except CifarkitError as e:
+        warn(f"warning: {e}; that cell counts as missing")
+        return None
+    if not isinstance(results, dict):
+        warn(f"warning: {path} is not a results object; that cell counts as missing")
+        return None
+    clean = {}
+    for split in ("val", "test"):
+        part = results.get(split)
+        if part is None:
+            clean[split] = None
+        elif isinstance(part, dict) and all(isinstance(part.get(k), (int, float)) and not isinstance(part.get(k), bool)
+                                            for k in ("top1", "loss")):
+            clean[split] = {k: float(part[k]) for k in ("top1", "loss")}
+        else:
+            warn(f"warning: {path}: its {split!r} figures are not numbers; that cell counts as missing")
+            return None
+    return clean
+
+
+def read_sweep(folder: Path, warn=print) -> tuple[dict, list[dict]]:
     """The sweep's record and, per variant, its name, overrides and every seed's results (None if not done) and
-    metrics lines (read once: every plot draws from them)."""
+    metrics lines (read once: every plot draws from them). Every file is untrusted: schema-checked, read only
+    inside the folder and only through the bounded reader."""
     folder = Path(folder)
     record_file = folder / "sweep.json"
     if not record_file.is_file():
         raise CifarkitError(f"{folder} is not a sweep folder (no sweep.json); give the folder that `cifarkit sweep` "
                             "printed")
-    try:
-        record = json.loads(record_file.read_text())
-    except (OSError, ValueError) as e:
-        raise CifarkitError(f"cannot read {record_file}: {e}") from None
+    if record_file.is_symlink() or not _inside(folder, record_file):
+        raise CifarkitError(f"{record_file} is a link; a sweep record is read only as a file in the folder")
+    record = _untrusted_record(read_json(record_file, MAX_RECORD_BYTES, CifarkitError, "sweep record"), record_file)
     variants = []
     for v in record["variants"]:
         runs = []
         for seed in record["seeds"]:
             run_dir = folder / "trials" / v["name"] / f"seed{seed}"
-            results = run_dir / "results.json"
+            metrics_file = run_dir / "metrics.jsonl"
+            metrics = []
+            if metrics_file.is_file() and not metrics_file.is_symlink() and _inside(folder, metrics_file):
+                try:
+                    metrics = read_metrics(run_dir, warn)
+                except CifarkitError as e:
+                    warn(f"warning: {e}; its curves are left out")
             runs.append({"seed": seed, "run_dir": run_dir,
-                         "results": json.loads(results.read_text()) if results.is_file() else None,
-                         "metrics": read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []})
+                         "results": _untrusted_results(run_dir / "results.json", folder, warn), "metrics": metrics})
         variants.append({**v, "runs": runs})
     return record, variants
 
@@ -104,7 +179,7 @@ def csv_table(rows: list[dict]) -> str:
                    f"{key}_diff_vs_first", f"{key}_wilcoxon_p", f"{key}_t_p"]
     writer.writerow(header)
     for row in rows:
-        line = [row["variant"], "; ".join(row["overrides"])]
+        line = [csv_cell(row["variant"]), csv_cell("; ".join(row["overrides"]))]
         for key, _, _ in FIGURES:
             d = row[key]
             ci = d["ci95"] or [None, None]
@@ -191,6 +266,9 @@ def report_sweep(folder: Path) -> dict:
     record, variants = read_sweep(folder)
     rows = summarize(variants)
     out = folder / "report"
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise CifarkitError(f"{out} is a link or a file; the report is written only into a folder inside the sweep "
+                            "folder: remove it and run report again")
     out.mkdir(exist_ok=True)
     header = (f"Sweep {record['name']}: recipe {record['recipe']}, seeds {record['seeds']}"
               + (f", settings {', '.join(record['set'])}" if record["set"] else "") + "\n\n")
@@ -198,7 +276,8 @@ def report_sweep(folder: Path) -> dict:
     markdown = header + markdown_table(rows)
     atomic_write_text(files["markdown"], markdown)
     atomic_write_text(files["csv"], csv_table(rows))
-    atomic_write_text(files["json"], json.dumps({"sweep": record, "variants": rows}, indent=2, default=str) + "\n")
+    atomic_write_text(files["json"], json.dumps(finite({"sweep": record, "variants": rows}), indent=2,
+                                                default=str, allow_nan=False) + "\n")
     for name, plot in (("curves", learning_curves(variants, out / "curves.png")),
                        ("finals", final_points(rows, out / "finals.png")),
                        ("activations", learning_curves(variants, out / "activations.png", ACTIVATION_CURVES))):

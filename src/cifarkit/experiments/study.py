@@ -43,18 +43,60 @@ def default_storage(folder: Path) -> str:
     return f"sqlite:///{(folder / 'study.db').resolve()}"
 
 
+# query parameters that carry secrets in database URLs (libpq's password / sslpassword, tokens of cloud drivers)
+SECRET_PARAMETERS = ("password", "passwd", "pwd", "sslpassword", "secret", "token", "access_token", "api_key")
+
+
 def masked(url: str) -> str:
-    """The URL without its password (for logs and the files an experiment writes)."""
+    """The URL with every secret hidden (for logs, errors and the files an experiment writes): the password in
+    the user part, however many '@' it holds unencoded (the parser reads up to the first one; the host
+    starts after the last), and secret query parameters."""
+    from sqlalchemy.engine import make_url
+
+    scheme, sep, rest = url.partition("://")
+    head, question, query = rest.partition("?")
+    if sep and "@" in head:
+        userinfo, _, host = head.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        url = f"{scheme}://{user}{':***' if ':' in userinfo else ''}@{host}{question}{query}"
     try:
-        from sqlalchemy.engine import make_url
+        parsed = make_url(url)
+    except Exception:  # not a URL SQLAlchemy can read: opening it will say so; still no secrets in the text
+        return _mask_query_text(url)
+    query = {k: ("***" if k.lower() in SECRET_PARAMETERS else v) for k, v in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can read: opening it will say so
-        return url
+
+def _mask_query_text(text: str) -> str:
+    import re
+
+    names = "|".join(SECRET_PARAMETERS)
+    return re.sub(rf"(?i)\b({names})=[^&\s]*", r"\1=***", text)
 
 
-def open_storage(url: str, heartbeat_seconds: int = HEARTBEAT_SECONDS, grace_seconds: int = GRACE_SECONDS):
-    """An Optuna RDBStorage with heartbeats, or an ExperimentError that names the URL and the cause."""
+def _scrub(text: str, url: str) -> str:
+    """An error text with the URL's secrets removed (drivers quote the connection string in some errors)."""
+    from sqlalchemy.engine import make_url
+
+    secrets = []
+    with contextlib.suppress(Exception):
+        parsed = make_url(url)
+        secrets += [parsed.password] if parsed.password else []
+        secrets += [v for k, v in parsed.query.items() if k.lower() in SECRET_PARAMETERS and isinstance(v, str)]
+    scheme, sep, rest = url.partition("://")
+    userinfo = rest.partition("?")[0].rpartition("@")[0]
+    if sep and ":" in userinfo:
+        secrets.append(userinfo.split(":", 1)[1])
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(str(secret), "***")
+    return _mask_query_text(text.replace(url, masked(url)))
+
+
+def open_storage(url: str, heartbeat_seconds: int = HEARTBEAT_SECONDS, grace_seconds: int = GRACE_SECONDS,
+                 create: bool = True):
+    """An Optuna RDBStorage with heartbeats, or an ExperimentError that names the URL and the cause. A database
+    that holds other tables than Optuna's (another program's) is refused before anything is written to it;
+    with `create=False` (reading a study back) a SQLite file that does not exist is an error, not a new one."""
     _quiet_optuna()
     import optuna
     import sqlalchemy.exc
@@ -65,7 +107,13 @@ def open_storage(url: str, heartbeat_seconds: int = HEARTBEAT_SECONDS, grace_sec
         engine_kwargs["connect_args"] = {"timeout": 60}
         path = url.removeprefix("sqlite:///")
         if path and path != url and not path.startswith(":"):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if not create and not Path(path).is_file():
+                raise ExperimentError(f"no study database at {path}")
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ExperimentError(f"cannot create the folder of the study database {path}: {e.strerror}") from None
+    _check_foreign_tables(url, engine_kwargs)
     for attempt in range(10):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
@@ -75,12 +123,57 @@ def open_storage(url: str, heartbeat_seconds: int = HEARTBEAT_SECONDS, grace_sec
             if not _lost_table_creation_race(e):
                 break
             time.sleep(0.2 * (attempt + 1))  # another worker created the tables meanwhile: open them
-    cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    cause = _scrub(str(getattr(error, "orig", None) or error).strip().splitlines()[0], url)
     if isinstance(error, ImportError):
         cause += " (for PostgreSQL: pip install 'psycopg[binary]', or cifarkit[postgres])"
+    if "readonly" in cause.replace(" ", "").lower() or "read-only" in cause.lower():
+        raise ExperimentError(f"the study storage {masked(url)} is read-only ({cause}); point --storage at a "
+                              "database this user can write")
     raise ExperimentError(f"cannot open the study storage {masked(url)}: {cause}. Check the URL (e.g. "
                           "sqlite:///study.db or postgresql://user:password@host/db) and that the database "
                           "server is reachable")
+
+
+OPTUNA_TABLES = {"studies", "version_info", "alembic_version", "trials", "study_directions", "study_user_attributes",
+                 "study_system_attributes", "trial_user_attributes", "trial_system_attributes", "trial_params",
+                 "trial_values", "trial_intermediate_values", "trial_heartbeats"}
+
+
+def _check_foreign_tables(url: str, engine_kwargs: dict) -> None:
+    """Refuse a database that is neither empty nor an Optuna study (Optuna would add its tables to it)."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url, **engine_kwargs)
+        try:
+            tables = set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+    except Exception:  # unreachable, a bad URL, a missing driver: opening the storage says which, below
+        return
+    foreign = sorted(tables - OPTUNA_TABLES)
+    if foreign:
+        raise ExperimentError(f"the study storage {masked(url)} already holds tables of another program "
+                              f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); cifarkit never adds "
+                              "its tables to such a database: give an empty one or an Optuna study's")
+
+
+def storage_errors(url: str):
+    """A context in which database errors during an experiment (a read-only file, a lost server) become one
+    ExperimentError line with the URL's secrets hidden, not a chain of tracebacks."""
+    import sqlalchemy.exc
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            cause = _scrub(str(getattr(e, "orig", None) or e).strip().splitlines()[0], url)
+            hint = ("point --storage at a database this user can write" if "readonly" in cause.replace(" ", "").lower()
+                    else "check that the database is reachable, then run the same command again")
+            raise ExperimentError(f"the study storage {masked(url)} failed: {cause}; {hint}") from None
+
+    return guard()
 
 
 def _lost_table_creation_race(error: Exception) -> bool:
@@ -89,14 +182,31 @@ def _lost_table_creation_race(error: Exception) -> bool:
     return any(words in text for words in ("already exists", "duplicate key", "unique constraint"))
 
 
+def _pid_namespace() -> str:
+    """What makes a process id meaningful: this boot of this kernel and this PID namespace. Containers share
+    host names and reuse PIDs; two workers judge each other's PIDs only when this matches."""
+    import hashlib
+
+    parts = []
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(os.readlink(source) if source.endswith("/pid") else Path(source).read_text().strip())
+        except OSError:
+            return ""  # unknown: never judge another worker by its PID
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{socket.gethostname()}:{os.getpid()}:{_pid_namespace() or 'unknown'}"
 
 
 def _process_is_gone(worker: str) -> bool:
-    """True if `worker` ("host:pid") ran on this machine and that process no longer exists."""
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    """True only if `worker` ("host:pid:namespace") ran in this very PID namespace of this boot and that
+    process no longer exists. Anything else (another machine, another container, an older worker name
+    without a namespace) is judged by its heartbeat alone."""
+    host, pid, namespace = (worker.split(":") + ["", "", ""])[:3]
+    ours = _pid_namespace()
+    if not ours or namespace != ours or host != socket.gethostname() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -207,6 +317,7 @@ def run_queue(study, run_trial: Callable[[Any], float], log: Callable[[str], Non
     """Run waiting trials until none is waiting or running anywhere. A trial that raises a CifarkitError is
     failed (its message kept) and the worker goes on; an interruption (Ctrl-C, SIGTERM, or what
     `is_interruption` says) fails it, puts it back in the queue and stops this worker."""
+    import optuna
     from optuna.trial import TrialState
 
     counts = {"done": 0, "failed": 0}
@@ -243,6 +354,11 @@ def run_queue(study, run_trial: Callable[[Any], float], log: Callable[[str], Non
                 study._storage.set_trial_user_attr(trial._trial_id, "error", f"{type(e).__name__}: {e}")
                 study.tell(trial, state=TrialState.FAIL)
                 raise
-        study.tell(trial, value)
+        try:
+            study.tell(trial, value)
+        except optuna.exceptions.UpdateFinishedTrialError:  # judged lost (a stale heartbeat) and taken over
+            log(f"trial {trial.number} was taken over by another worker while it ran (its heartbeat went stale); "
+                "that worker's result counts")
+            continue
         counts["done"] += 1
 

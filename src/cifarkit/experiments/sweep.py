@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -68,14 +69,24 @@ class Sweep:
                 "storage": masked(self.storage_url), "fingerprint": self.fingerprint}
 
 
+# A typo (--seeds 100000000, one axis too many) must not plan for an hour or fill the memory before saying so.
+MAX_SEEDS = 1000
+MAX_CELLS = 10_000  # --max-cells raises it
+
+
 def plan_sweep(recipe: str, sets: list[str], vary: list[str], seeds: int, out_dir: str = "runs",
-               name: str | None = None, storage: str | None = None) -> Sweep:
+               name: str | None = None, storage: str | None = None, max_cells: int = MAX_CELLS) -> Sweep:
     """Parse and check everything (every variant's config resolved and validated) before anything runs."""
     if not vary:
         raise ExperimentError("give at least one --vary KEY=v1,v2 (the settings to compare)")
-    if seeds < 1:
-        raise ExperimentError(f"--seeds must be >= 1, got {seeds}")
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise ExperimentError(f"--seeds must be between 1 and {MAX_SEEDS}, got {seeds}")
     axes = [parse_vary(text) for text in vary]
+    cells = math.prod(len(a.raw) for a in axes) * seeds  # counted before any variant is built
+    if cells > max_cells:
+        raise ExperimentError(f"this sweep has {cells:,} cells ({' x '.join(str(len(a.raw)) for a in axes)} variants x "
+                              f"{seeds} seeds), more than --max-cells {max_cells:,}; check the --vary lists and "
+                              "--seeds, or raise --max-cells if you mean it")
     variants = grid(axes)
     base = [*sets, "train.seeds=1"]
     configs = resolve_variants(recipe, base, variants)
@@ -169,10 +180,11 @@ def run_cell(sweep: Sweep, variant: Variant, seed: int, cache: PreparedCache, lo
     from cifarkit.train.loop import resume, train
 
     run_dir = sweep.run_dir(variant, seed)
-    results_file = run_dir / "results.json"
-    if results_file.is_file():
-        log(f"{variant.name} seed {seed}: finished earlier ({run_dir})")
-        return json.loads(results_file.read_text())
+    if (run_dir / "results.json").exists():
+        # A results.json in a cell folder is not evidence (anyone can write one, e.g. 99% for a diverged cell):
+        # the figures the study records are computed again from the cell's sha256-verified checkpoints.
+        log(f"{variant.name} seed {seed}: finished earlier ({run_dir}); its results are recomputed from its "
+            "verified checkpoint")
     config = sweep.configs[variant.index]
     config = dataclasses.replace(config, train=dataclasses.replace(
         config.train, seed=seed, out_dir=str(run_dir.parent), run_name=run_dir.name))

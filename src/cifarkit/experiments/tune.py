@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cifarkit.config import load_config
+from cifarkit.errors import CifarkitError
 from cifarkit.experiments.spec import Dimension, check_space, parse_space, recipe_text
-from cifarkit.experiments.study import ExperimentError, default_storage, masked, open_storage
+from cifarkit.experiments.study import ExperimentError, default_storage, masked, open_storage, storage_errors
 from cifarkit.experiments.sweep import PreparedCache, fingerprint
-from cifarkit.files import atomic_write_text
+from cifarkit.files import atomic_write_text, read_json
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,11 @@ def plan_tuning(recipe: str, sets: list[str], spaces: list[str], trials: int, ou
     if metric not in METRICS:
         raise ExperimentError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     dimensions = [parse_space(text) for text in spaces]
+    set_keys = {text.partition("=")[0].strip() for text in sets}
+    both = sorted(set_keys & {d.key for d in dimensions})
+    if both:
+        raise ExperimentError(f"{both[0]} is given both with --set and with --space; a tuned setting cannot also be "
+                              "fixed: drop one of them")
     base = [*sets, "train.seeds=1"]
     config = load_config(recipe, base)
     check_space(recipe, base, dimensions)
@@ -75,11 +82,49 @@ def plan_tuning(recipe: str, sets: list[str], spaces: list[str], trials: int, ou
                   digest, sampler_seed, metric)
 
 
+def _tpe_sampler_class():
+    import optuna
+
+    class TrialSeededTPE(optuna.samplers.BaseSampler):
+        """Optuna's TPE sampler, its random state seeded from (--sampler-seed, trial number) for each trial.
+        Workers sharing a study each get trial numbers of their own from the storage, so they draw different
+        points (one seed for every worker drew identical ones), and one worker's sequence stays reproducible."""
+
+        def __init__(self, seed: int):
+            self.seed, self._by_trial = seed, {}
+
+        def _tpe(self, trial):
+            if trial.number not in self._by_trial:
+                self._by_trial = {trial.number: optuna.samplers.TPESampler(seed=self.seed * 1_000_003 + trial.number)}
+            return self._by_trial[trial.number]
+
+        def infer_relative_search_space(self, study, trial):
+            return self._tpe(trial).infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self._tpe(trial).sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self._tpe(trial).sample_independent(study, trial, param_name, param_distribution)
+
+        def before_trial(self, study, trial):
+            self._tpe(trial).before_trial(study, trial)
+
+        def after_trial(self, study, trial, state, values):
+            self._tpe(trial).after_trial(study, trial, state, values)
+
+    return TrialSeededTPE
+
+
+def TrialSeededTPE(seed: int):  # noqa: N802  (a class, built where Optuna is imported)
+    return _tpe_sampler_class()(seed)
+
+
 def open_tuning_study(tuning: Tuning):
     import optuna
 
     storage = open_storage(tuning.storage_url)
-    sampler = optuna.samplers.TPESampler(seed=tuning.sampler_seed)
+    sampler = TrialSeededTPE(tuning.sampler_seed)
     # a trial is pruned when its validation metric is worse than the median of earlier trials at the same step
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     study = optuna.create_study(study_name=tuning.name, storage=storage, direction="minimize", sampler=sampler,
@@ -106,7 +151,6 @@ def run_tuning(tuning: Tuning, log: Callable[[str], None] = print) -> dict:
     """Run trials until the study holds `tuning.trials` finished (complete or pruned) ones; write best.toml."""
     import optuna
 
-    from cifarkit.errors import CifarkitError
     from cifarkit.train.loop import TrainingInterrupted, train
 
     study = open_tuning_study(tuning)
@@ -142,10 +186,37 @@ def run_tuning(tuning: Tuning, log: Callable[[str], None] = print) -> dict:
     if left > 0:
         log(f"tune {tuning.name}: {left} trial(s) to run ({tuning.trials - left} done) over "
             f"{'; '.join(d.describe() for d in tuning.dimensions)} | study in {masked(tuning.storage_url)}")
-        stop_at = optuna.study.MaxTrialsCallback(tuning.trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                                        optuna.trial.TrialState.PRUNED))
-        study.optimize(objective, n_trials=left, callbacks=[stop_at], catch=(CifarkitError,))
+    with storage_errors(tuning.storage_url):
+        while _finished(study) < tuning.trials:
+            trial = study.ask()
+            if not _within_quota(study, trial, tuning.trials):  # other workers hold the last places
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                break
+            try:
+                value = objective(trial)
+            except optuna.TrialPruned:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                continue
+            except CifarkitError as e:  # a bad point (a non-finite loss...): recorded as failed, the study goes on
+                study._storage.set_trial_user_attr(trial._trial_id, "error", str(e))
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                log(f"trial {trial.number} failed: {e}")
+                continue
+            except BaseException:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise
+            study.tell(trial, value)
     return write_best(tuning, study)
+
+
+def _within_quota(study, trial, total: int) -> bool:
+    """Whether `trial` is among the first `total` trials that are running or finished (complete or pruned):
+    workers sharing a study stop at --trials together instead of each running its own last ones."""
+    from optuna.trial import TrialState
+
+    taken = sorted(t.number for t in study.get_trials(deepcopy=False, states=(
+        TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)))
+    return trial.number in taken[:total]
 
 
 def best_overrides(tuning: Tuning, trial) -> list[str]:
@@ -174,8 +245,14 @@ def write_best(tuning: Tuning, study) -> dict:
                        f"validation {tuning.metric} {best.value:.4f}, validation top-1 "
                        f"{best.user_attrs.get('val_top1', 0):.4f}.")
     path = tuning.folder / "best.toml"
-    atomic_write_text(path, text)
-    load_config(str(path))  # the file must resolve as it is written
+    draft = tuning.folder / ".best.toml.draft"
+    atomic_write_text(draft, text)
+    try:
+        load_config(str(draft))  # the file must resolve as it is written, or it is not written at all
+    except CifarkitError as e:
+        draft.unlink(missing_ok=True)
+        raise ExperimentError(f"the best trial's recipe does not load ({e}); best.toml was not written") from None
+    os.replace(draft, path)
     return {"trial": best.number, "value": best.value, "val_top1": best.user_attrs.get("val_top1"),
             "values": chosen, "recipe_file": path, "run_dir": tuning.folder / best.user_attrs["run_dir"]}
 
@@ -197,11 +274,18 @@ def tuning_plots(folder: Path, storage: str | None = None) -> dict[str, Path]:
 
     from cifarkit.plots import pyplot, save_figure
 
-    record = json.loads((Path(folder) / "tune.json").read_text())
-    url = storage or record["storage"]
-    if "***" in url:
-        raise ExperimentError(f"the study's URL had a password, which is not saved ({url}): pass it with --storage")
-    study = optuna.load_study(study_name=record["name"], storage=open_storage(url))
+    record = read_json(Path(folder) / "tune.json", 1 << 20, ExperimentError, "tuning record")
+    if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+        raise ExperimentError(f"{folder}/tune.json is not a cifarkit tuning record (no study name)")
+    # The study is opened where the user says (--storage) or in the folder itself: never at a URL read from a
+    # file in the folder, which anyone who can write there could point anywhere.
+    url = storage or default_storage(Path(folder))
+    with storage_errors(url):
+        try:
+            study = optuna.load_study(study_name=record["name"], storage=open_storage(url, create=False))
+        except KeyError:
+            raise ExperimentError(f"no study named {record['name']!r} in {masked(url)}; pass the study's --storage "
+                                  "(its URL is not read from the folder)") from None
     pyplot()
     out = Path(folder) / "report"
     out.mkdir(exist_ok=True)

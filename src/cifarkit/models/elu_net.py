@@ -175,5 +175,6 @@ def elu11_paper(num_classes: int = 100, dropout: float | Sequence[float] = ELU11
                   batchnorm, conv_head=True)
 
 
-for _builder in (elu_net_seed, elu_net_paper, elu11_paper):
+for _builder, _stacks in ((elu_net_seed, SEED_STACKS), (elu_net_paper, PAPER_STACKS), (elu11_paper, ELU11_STACKS)):
     _builder.check_options = _check_activation  # checked when the config is loaded, before anything is built
+    _builder.dropout_layers = len(_stacks)  # one per stack: what schedule.dropout_events must set

@@ -63,6 +63,11 @@ def check_model_options(name: str, kwargs: dict) -> None:
             raise ConfigError(f"model {name!r}: {e}") from None
 
 
+def dropout_layers(name: str) -> int | None:
+    """How many dropout layers model `name` has for schedule.dropout_events (None: it has no such schedule)."""
+    return getattr(_builder(name), "dropout_layers", None)
+
+
 def create_model(name: str, num_classes: int = 100, **kwargs) -> nn.Module:
     check_model_options(name, kwargs)
     try:

@@ -11,7 +11,7 @@ import {
   checkModelBytes, checkModelInfo, checkSession, checkSize, Classifier, DEFAULT_BATCH, isRawPixels, ModelLoadError,
   NotAnImageError, rawToRGBA, type ModelInfo, type RawPixels,
 } from "./core.js";
-import type { RGBAImage } from "./preprocess.js";
+import { SIZE, type RGBAImage } from "./preprocess.js";
 
 export * from "./core.js";
 export { SIZE, toModelPixels, type RGBAImage } from "./preprocess.js";
@@ -134,10 +134,10 @@ export async function loadClassifier(model: string | URL | Uint8Array | ArrayBuf
   for (const backend of backends) {
     try {
       const session = await ort.InferenceSession.create(bytes, { executionProviders: [backend] });
-      checkSession(session, where);
+      await checkSession(session, where, info, makeTensor);
       return new Classifier<BrowserImageInput>({
         session,
-        tensor: (pixels, batch) => new ort.Tensor("uint8", pixels, [batch, 32, 32, 3]),
+        tensor: makeTensor,
         decode: decodeImage,
         backend,
       }, info, options.batchSize ?? DEFAULT_BATCH);
@@ -147,4 +147,9 @@ export async function loadClassifier(model: string | URL | Uint8Array | ArrayBuf
     }
   }
   throw new ModelLoadError(`${where} could not be loaded by ONNX Runtime (${String(lastError)})`, { cause: lastError });
+}
+
+/** A batch of prepared pictures as the model's input: uint8, NHWC. */
+function makeTensor(pixels: Uint8Array, batch: number): ort.Tensor {
+  return new ort.Tensor("uint8", pixels, [batch, SIZE, SIZE, 3]);
 }

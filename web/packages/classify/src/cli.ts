@@ -5,13 +5,13 @@
  * The same output as `cifarkit predict` (JSON field names identical): one error line per file that cannot be
  * classified, the others still classified; exit status 1 if any file failed, 2 for bad arguments.
  */
-import { readdirSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { CifarkitError, loadClassifier, type Classification } from "./node.js";
+import { CifarkitError, displayPath, loadClassifier, pathBuffer, type Classification } from "./node.js";
 
 const IMAGE_SUFFIXES = new Set([".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"]);
 const USAGE = "usage: cifarkit-classify [--model model.onnx] [--top-k K] [--format table|json|csv] FILES_OR_DIRS...";
+const BATCH = 64; // pictures decoded and classified at a time: results stream out batch by batch
 
 interface Result {
   path: string;
@@ -20,66 +20,119 @@ interface Result {
   top: Classification[];
 }
 
-/** Files as given, and the picture files under folders (recursively, sorted), as `cifarkit predict` does. */
-function expand(paths: string[]): { path: string; error: string | null }[] {
-  const out: { path: string; error: string | null }[] = [];
-  for (const path of paths) {
+/** A file to classify: its name as raw bytes (file names need not be UTF-8) and as shown. */
+interface Entry {
+  name: Buffer;
+  shown: string;
+  error: string | null;
+}
+
+const join = (folder: Buffer, name: Buffer) => Buffer.concat([folder, Buffer.from("/"), name]);
+
+/** An argument as a path. Node decodes arguments as UTF-8, turning bytes that are not into U+FFFD; such a name
+ * is found again among its folder's entries (read as bytes) by comparing their decoded forms. */
+function argumentPath(argument: string): Buffer {
+  if (!argument.includes("\uFFFD") || existsSync(argument)) return Buffer.from(argument);
+  const slash = argument.lastIndexOf("/");
+  const folder = slash >= 0 ? argument.slice(0, slash) || "/" : ".";
+  try {
+    const match = readdirSync(folder, { encoding: "buffer" }).find((n) => n.toString() === argument.slice(slash + 1));
+    if (match) return slash >= 0 ? join(Buffer.from(folder === "/" ? "" : folder), match) : match;
+  } catch { /* reported when it is read */ }
+  return Buffer.from(argument);
+}
+
+/** Files as given, and the picture files under folders (recursively, sorted by their bytes), as `cifarkit
+ * predict` does: with a stack of its own (no recursion to overflow on a deep tree), not following links. */
+function expand(argumentsGiven: string[]): Entry[] {
+  const out: Entry[] = [];
+  for (const argument of argumentsGiven) {
+    const root = argumentPath(argument);
     let isDir = false;
     try {
-      isDir = statSync(path).isDirectory();
+      isDir = statSync(root).isDirectory();
     } catch {
       /* a missing file is reported when it is read */
     }
     if (!isDir) {
-      out.push({ path, error: null });
+      out.push({ name: root, shown: displayPath(root), error: null });
       continue;
     }
-    const found: { path: string; error: string | null }[] = [];
-    const walk = (folder: string) => {
+    const found: Entry[] = [];
+    const pending = [root];
+    while (pending.length) {
+      const folder = pending.pop()!;
       let entries;
       try {
-        entries = readdirSync(folder, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1));
+        entries = readdirSync(folder, { withFileTypes: true, encoding: "buffer" });
       } catch (error) {
-        found.push({ path: folder, error: `${folder}: cannot read this folder (${(error as Error).message})` });
-        return;
+        found.push({ name: folder, shown: displayPath(folder),
+                     error: `cannot read this folder (${(error as Error).message})` });
+        continue;
       }
       for (const entry of entries) {
-        const full = join(folder, entry.name);
-        if (entry.isDirectory()) walk(full);
-        else if (IMAGE_SUFFIXES.has(entry.name.slice(entry.name.lastIndexOf(".")).toLowerCase())) {
-          found.push({ path: full, error: null });
+        const full = join(folder, entry.name as unknown as Buffer);
+        const text = (entry.name as unknown as Buffer).toString("latin1");
+        if (entry.isDirectory()) pending.push(full);
+        else if (IMAGE_SUFFIXES.has(text.slice(text.lastIndexOf(".")).toLowerCase())) {
+          found.push({ name: full, shown: displayPath(full), error: null });
         }
       }
-    };
-    walk(path);
-    out.push(...found.sort((a, b) => (Buffer.from(a.path) < Buffer.from(b.path) ? -1 : 1)));
+    }
+    out.push(...found.sort((a, b) => Buffer.compare(a.name, b.name)));
   }
   return out;
 }
 
-function csvCell(value: string): string {
-  return /[",\r\n]/.test(value) ? `"${value.replace(/"/g, '""')}"` : value;
+/** Control characters escaped (as Python's unicode_escape): a newline in a name cannot forge a line, and a
+ * terminal escape sequence is shown, not obeyed. */
+function printable(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => {
+    const named: Record<string, string> = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+    return named[c] ?? `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`;
+  });
 }
 
-function format(results: Result[], style: string): string {
-  if (style === "json") {
-    return JSON.stringify(results.map((r) => ({
-      path: r.path, error: r.error, superclass: r.superclass,
-      top: r.top.map((c) => ({ class: c.label, probability: c.score })),
-    })), null, 2);
+/** A CSV cell: quoted when needed, and a leading = + - @ (tab, carriage return) neutralised so that a
+ * spreadsheet never runs it as a formula. */
+function csvCell(value: string, neutralise = true): string {
+  const safe = neutralise && /^[=+\-@\t\r]/.test(value) ? `'${value}` : value;
+  return /[",\r\n]/.test(safe) ? `"${safe.replace(/"/g, '""')}"` : safe;
+}
+
+/** Output lines, a result at a time, identical to `cifarkit predict`'s for each format. */
+class Printer {
+  private held: string | null = null;
+
+  constructor(private readonly style: string) {
+    if (style === "json") console.log("[");
+    if (style === "csv") console.log("path,rank,class,probability,superclass,error");
   }
-  if (style === "csv") {
-    const lines = ["path,rank,class,probability,superclass,error"];
-    for (const r of results) {
-      if (r.error) lines.push([r.path, "", "", "", "", r.error].map(csvCell).join(","));
-      r.top.forEach((c, i) => lines.push([r.path, String(i + 1), c.label, c.score.toFixed(6), r.superclass ?? "", ""]
-        .map(csvCell).join(",")));
+
+  print(r: Result): void {
+    if (this.style === "json") {
+      const text = JSON.stringify({ path: r.path, error: r.error, superclass: r.superclass,
+        top: r.top.map((c) => ({ class: c.label, probability: c.score })) }, null, 2)
+        .split("\n").map((line) => `  ${line}`).join("\n");
+      if (this.held !== null) console.log(`${this.held},`);
+      this.held = text;
+    } else if (this.style === "csv") {
+      if (r.error) console.log([r.path, "", "", "", "", r.error].map((v) => csvCell(v)).join(","));
+      r.top.forEach((c, i) => console.log([csvCell(r.path), String(i + 1), csvCell(c.label), c.score.toFixed(6),
+                                           csvCell(r.superclass ?? ""), ""].join(",")));
+    } else {
+      console.log(r.error ? `${printable(r.path)}: ERROR ${printable(r.error)}`
+        : `${printable(r.path)}: ${r.top.map((c) => `${c.label} ${(c.score * 100).toFixed(1)}%`).join(", ")}` +
+          (r.superclass ? `  [superclass: ${r.superclass}]` : ""));
     }
-    return lines.join("\n");
   }
-  return results.map((r) => r.error ? `${r.path}: ERROR ${r.error}`
-    : `${r.path}: ${r.top.map((c) => `${c.label} ${(c.score * 100).toFixed(1)}%`).join(", ")}` +
-      (r.superclass ? `  [superclass: ${r.superclass}]` : "")).join("\n");
+
+  close(): void {
+    if (this.style !== "json") return;
+    if (this.held !== null) console.log(this.held);
+    console.log("]");
+  }
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -117,27 +170,34 @@ async function main(argv: string[]): Promise<number> {
     console.error("cifarkit-classify: error: no image files found in the given folders");
     return 1;
   }
-  const results: Result[] = [];
-  const ready: { result: Result; pixels: Uint8Array }[] = [];
-  for (const { path, error } of files) {
-    const result: Result = { path, error, superclass: null, top: [] };
-    results.push(result);
-    if (error) continue;
-    try {
-      ready.push({ result, pixels: await classifier.pixels(path) });
-    } catch (err) {
-      if (!(err instanceof CifarkitError)) throw err;
-      result.error = err.message.startsWith(`${path}: `) ? err.message.slice(path.length + 2) : err.message;
+  const printer = new Printer(values.format!);
+  let failed = 0;
+  for (let start = 0; start < files.length; start += BATCH) {
+    const results: Result[] = [];
+    const ready: { result: Result; pixels: Uint8Array }[] = [];
+    for (const { name, shown, error } of files.slice(start, start + BATCH)) {
+      const result: Result = { path: shown, error, superclass: null, top: [] };
+      results.push(result);
+      if (error) continue;
+      try {
+        ready.push({ result, pixels: await classifier.pixels(pathBuffer(name)) });
+      } catch (err) {
+        if (!(err instanceof CifarkitError)) throw err;
+        result.error = err.message.startsWith(`${shown}: `) ? err.message.slice(shown.length + 2) : err.message;
+      }
+    }
+    const ranked = await classifier.classifyPixels(ready.map((r) => r.pixels), { topK });
+    ready.forEach(({ result }, i) => {
+      result.top = ranked[i]!;
+      result.superclass = result.top[0]?.superclass ?? null;
+    });
+    for (const result of results) {
+      if (result.error) failed += 1;
+      printer.print(result);
     }
   }
-  const ranked = await classifier.classifyPixels(ready.map((r) => r.pixels), { topK });
-  ready.forEach(({ result }, i) => {
-    result.top = ranked[i]!;
-    result.superclass = result.top[0]?.superclass ?? null;
-  });
-  console.log(format(results, values.format!));
-  const failed = results.filter((r) => r.error).length;
-  if (failed) console.error(`cifarkit-classify: ${failed} of ${results.length} files could not be classified`);
+  printer.close();
+  if (failed) console.error(`cifarkit-classify: ${failed} of ${files.length} files could not be classified`);
   await classifier.dispose();
   return failed ? 1 : 0;
 }

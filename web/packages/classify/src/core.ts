@@ -108,11 +108,27 @@ export function checkModelInfo(info: unknown, where: string): ModelInfo {
   return value as ModelInfo;
 }
 
-export function checkSession(session: InferenceSession, where: string): void {
+/** The session must be a cifarkit export that agrees with its metadata: named input and output, and one
+ * probe picture run through it gives one float32 probability per class that model.json names. A model.json
+ * from another export (100 classes named, 1,000 outputs) is refused here, not answered with wrong labels. */
+export async function checkSession(session: InferenceSession, where: string, info: ModelInfo,
+                                   tensor: (pixels: Uint8Array, batch: number) => Tensor): Promise<void> {
   if (!session.inputNames.includes("pixels") || !session.outputNames.includes("probabilities")) {
     throw new ModelLoadError(`${where} is an ONNX model but not a cifarkit export (it has inputs ` +
       `${session.inputNames.join(", ")} and outputs ${session.outputNames.join(", ")}; a cifarkit model takes ` +
       "`pixels` and gives `probabilities`)");
+  }
+  let output: Tensor | undefined;
+  try {
+    output = (await session.run({ pixels: tensor(new Uint8Array(SIZE * SIZE * 3), 1) }))["probabilities"];
+  } catch (error) {
+    throw new ModelLoadError(`${where} does not take a batch of ${SIZE}x${SIZE}x3 uint8 pictures as \`pixels\` ` +
+      `(${String(error).split("\n")[0]})`, { cause: error });
+  }
+  if (output?.type !== "float32" || output.data.length !== info.classes.length) {
+    throw new ModelLoadError(`${where} gives ${output?.data.length ?? 0} ${output?.type ?? ""} outputs per picture but ` +
+      `its metadata names ${info.classes.length} classes: the model and its model.json do not belong together ` +
+      "(export them again with `cifarkit export`)");
   }
 }
 

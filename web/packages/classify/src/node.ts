@@ -5,7 +5,8 @@
  *   const classifier = await loadClassifier();                      // the shipped CIFAR-10 model
  *   const results = await classifier.classify("cat.jpg", { topK: 5 });
  */
-import { readFile } from "node:fs/promises";
+import { constants } from "node:fs";
+import { open } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import * as ort from "onnxruntime-node";
 import sharp from "sharp";
@@ -13,13 +14,13 @@ import {
   checkModelBytes, checkModelInfo, checkSession, checkSize, Classifier, DEFAULT_BATCH, ImageTooLargeError,
   isRawPixels, MAX_PIXELS, ModelLoadError, NotAnImageError, rawToRGBA, type ModelInfo, type RawPixels,
 } from "./core.js";
-import type { RGBAImage } from "./preprocess.js";
+import { SIZE, type RGBAImage } from "./preprocess.js";
 
 export * from "./core.js";
 export { SIZE, toModelPixels, type RGBAImage } from "./preprocess.js";
 
 /** A file path, the bytes of an encoded picture (PNG, JPEG, WebP, GIF, TIFF, AVIF...), or decoded pixels. */
-export type NodeImageInput = string | URL | Uint8Array | ArrayBuffer | RawPixels;
+export type NodeImageInput = string | URL | Buffer | Uint8Array | ArrayBuffer | RawPixels;
 export type NodeClassifier = Classifier<NodeImageInput>;
 
 export interface LoadOptions {
@@ -41,22 +42,99 @@ const FILE_ERRORS: Record<string, string> = {
   ELOOP: "too many levels of symbolic links",
 };
 
-async function readInput(path: string | URL, what: "picture" | "model"): Promise<Uint8Array> {
+/** The most a file of each kind can be: larger is refused before reading (a 40-megapixel TIFF is ~120 MB). */
+export const MAX_FILE_BYTES = { picture: 256 * 2 ** 20, model: 256 * 2 ** 20 } as const;
+
+/** A path as the user wrote it: bytes that are not UTF-8 (a Buffer path) shown as \xNN, as Python does. */
+export function displayPath(path: string | URL | Buffer): string {
+  if (!Buffer.isBuffer(path)) return String(path);
+  let out = "";
+  const text = new TextDecoder("utf-8", { fatal: false });
+  for (let i = 0; i < path.length;) {
+    // the longest valid UTF-8 sequence at i, else one byte as \xNN
+    let taken = 0;
+    for (const n of [1, 2, 3, 4]) {
+      const piece = path.subarray(i, i + n);
+      if (piece.length === n && !text.decode(piece).includes("\uFFFD")) { taken = n; break; }
+    }
+    if (taken) { out += text.decode(path.subarray(i, i + taken)); i += taken; }
+    else { out += `\\x${path[i]!.toString(16).padStart(2, "0")}`; i += 1; }
+  }
+  return out;
+}
+
+/** The bytes of a regular file, at most `MAX_FILE_BYTES[what]`: a FIFO, a device (/dev/zero), a folder or a
+ * file larger than such a file can be is refused at once, never read without end or waited on forever. */
+async function readInput(path: string | URL | Buffer, what: "picture" | "model"): Promise<Uint8Array> {
+  const fail = (reason: string) => {
+    const message = `${displayPath(path)}: ${reason}`;
+    return what === "model" ? new ModelLoadError(message) : new NotAnImageError(message);
+  };
+  let handle;
   try {
-    return new Uint8Array(await readFile(path));
+    // O_NONBLOCK: opening a FIFO without a writer returns at once instead of waiting for one
+    handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? "";
-    const message = `${String(path)}: ${FILE_ERRORS[code] ?? (error as Error).message}`;
-    throw what === "model" ? new ModelLoadError(message) : new NotAnImageError(message);
+    throw fail(FILE_ERRORS[code] ?? (error as Error).message);
+  }
+  try {
+    const info = await handle.stat();
+    if (!info.isFile()) {
+      throw fail(`is ${info.isDirectory() ? "a folder" : info.isFIFO() ? "a FIFO (named pipe)"
+        : info.isCharacterDevice() || info.isBlockDevice() ? "a device" : "not a regular file"}; only regular files are read`);
+    }
+    const limit = MAX_FILE_BYTES[what];
+    if (info.size > limit) throw fail(`is ${(info.size / 2 ** 20).toFixed(1)} MiB, more than the ${limit / 2 ** 20} MiB such a file can be`);
+    const bytes = new Uint8Array(info.size);
+    let read = 0;
+    while (read < info.size) {
+      const { bytesRead } = await handle.read(bytes, read, info.size - read, read);
+      if (bytesRead === 0) break;
+      read += bytesRead;
+    }
+    return read === info.size ? bytes : bytes.subarray(0, read);
+  } catch (error) {
+    if (error instanceof ModelLoadError || error instanceof NotAnImageError) throw error;
+    throw fail((error as Error).message);
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Buffers marked by `pathBuffer` name files; unmarked ones are picture bytes. */
+const PATH_BUFFERS = new WeakSet<Buffer>();
+export function pathBuffer(name: Buffer): Buffer {
+  PATH_BUFFERS.add(name);
+  return name;
+}
+function isPathBuffer(input: Buffer): boolean {
+  return PATH_BUFFERS.has(input);
+}
+
+/** Colour spaces and sample types whose conversion to 8-bit sRGB differs between sharp (libvips, with colour
+ * management) and Pillow (naive formulas, or none for LAB): refused on both sides with the same message, so
+ * that the two never silently disagree. */
+function checkConvertible(space: string | undefined, depth: string | undefined, label: string): void {
+  if (space === "cmyk" || space === "lab" || space === "labs" || space === "labq") {
+    throw new NotAnImageError(`${label}: ${space.toUpperCase().slice(0, 4) === "CMYK" ? "CMYK" : "LAB"} pictures are ` +
+      "not converted (sharp and Pillow turn them into different RGB); convert it to RGB first");
+  }
+  if (depth === "float" || depth === "double" || depth === "complex" || depth === "dpcomplex") {
+    throw new NotAnImageError(`${label}: floating-point pictures are not converted (no agreed 0-255 range); ` +
+      "convert it to 8 or 16 bits first");
   }
 }
 
 /** Decode with sharp as Pillow does for `cifarkit predict`: EXIF orientation applied, 8-bit sRGB + alpha. */
 export async function decodeImage(input: NodeImageInput): Promise<RGBAImage> {
   if (isRawPixels(input)) return rawToRGBA(input);
-  const label = typeof input === "string" || input instanceof URL ? String(input) : "the picture";
-  const bytes = typeof input === "string" || input instanceof URL ? await readInput(input, "picture")
-    : input instanceof ArrayBuffer ? new Uint8Array(input) : input;
+  // a path: a string, a file: URL, or a Buffer holding a file name's raw bytes (names that are not UTF-8);
+  // any other bytes are an encoded picture
+  const isPath = typeof input === "string" || input instanceof URL || (Buffer.isBuffer(input) && isPathBuffer(input));
+  const label = isPath ? displayPath(input as string | URL | Buffer) : "the picture";
+  const bytes = isPath ? await readInput(input as string | URL | Buffer, "picture")
+    : input instanceof ArrayBuffer ? new Uint8Array(input) : input as Uint8Array;
   if (!(bytes instanceof Uint8Array)) {
     throw new NotAnImageError("expected a file path, encoded image bytes (Buffer/Uint8Array) or raw pixels " +
       "{ data, width, height, channels }");
@@ -66,6 +144,7 @@ export async function decodeImage(input: NodeImageInput): Promise<RGBAImage> {
     // the header first: a picture over the limit is refused before its pixels are decoded
     const meta = await sharp(bytes, { limitInputPixels: false }).metadata();
     checkSize(meta.autoOrient?.width ?? meta.width ?? 0, meta.autoOrient?.height ?? meta.height ?? 0, label);
+    checkConvertible(meta.space, meta.depth, label);
     const { data, info } = await sharp(bytes, { limitInputPixels: MAX_PIXELS, failOn: "error" })
       .rotate() // EXIF orientation, as ImageOps.exif_transpose
       .toColourspace("srgb") // 8 bits per channel, grey and palette pictures as RGB
@@ -115,11 +194,16 @@ export async function loadClassifier(model: string | URL | Uint8Array | ArrayBuf
     throw new ModelLoadError(`${where} is not an ONNX model ONNX Runtime can load (${String(error).split("\n")[0]})`,
                              { cause: error });
   }
-  checkSession(session, where);
+  await checkSession(session, where, info, makeTensor);
   return new Classifier<NodeImageInput>({
     session,
-    tensor: (pixels, batch) => new ort.Tensor("uint8", pixels, [batch, 32, 32, 3]),
+    tensor: makeTensor,
     decode: decodeImage,
     backend: "cpu",
   }, info, options.batchSize ?? DEFAULT_BATCH);
+}
+
+/** A batch of prepared pictures as the model's input: uint8, NHWC. */
+function makeTensor(pixels: Uint8Array, batch: number): ort.Tensor {
+  return new ort.Tensor("uint8", pixels, [batch, SIZE, SIZE, 3]);
 }

@@ -1,6 +1,7 @@
 /** The Node.js library end to end: the shipped model, every kind of input, batches, and bad inputs and
  * models as typed errors (never a crash, never an unhandled rejection). */
-import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { copyFileSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PNG } from "pngjs";
@@ -40,10 +41,10 @@ describe("the shipped model", () => {
     expect(d).toEqual(a);
   });
 
-  it("batches: a list of 150 pictures gives 150 rankings equal to one-by-one", async () => {
+  it("batches: a list of 70 pictures (a full batch of 64 and a partial one) gives 70 rankings equal to one-by-one", async () => {
     const one = await classifier.classify(photo, { topK: 3 });
-    const many = await classifier.classify(Array(150).fill(photo) as string[], { topK: 3 });
-    expect(many).toHaveLength(150);
+    const many = await classifier.classify(Array(70).fill(photo) as string[], { topK: 3 });
+    expect(many).toHaveLength(70);
     for (const ranking of many) {
       expect(ranking.map((c) => c.label)).toEqual(one.map((c) => c.label));
       ranking.forEach((c, i) => expect(c.score).toBeCloseTo(one[i]!.score, 5));
@@ -113,7 +114,7 @@ describe("bad models are ModelLoadErrors", () => {
 
   it("a damaged model (its sha256 no longer matches its metadata)", async () => {
     const bytes = new Uint8Array(readFileSync(DEFAULT_MODEL));
-    bytes[bytes.length - 10] ^= 0xff;
+    bytes[bytes.length - 10] = bytes[bytes.length - 10]! ^ 0xff;
     await expect(loadClassifier(bytes, { info: info as never })).rejects.toThrow(/damaged/);
   });
 
@@ -128,6 +129,21 @@ describe("bad models are ModelLoadErrors", () => {
     await expect(loadClassifier(join(folder, "m.onnx"))).rejects.toThrow(/not the metadata of a cifarkit export/);
     writeFileSync(join(folder, "m.json"), "{ not json");
     await expect(loadClassifier(join(folder, "m.onnx"))).rejects.toThrow(/not JSON/);
+  });
+
+  it("metadata whose class count differs from the model's outputs", async () => {
+    copyFileSync(DEFAULT_MODEL, join(folder, "w.onnx"));
+    const classes = Array.from({ length: 1000 }, (_, i) => `class${i}`);
+    writeFileSync(join(folder, "w.json"), JSON.stringify({ ...info, classes, model_sha256: info.model_sha256 }));
+    await expect(loadClassifier(join(folder, "w.onnx"))).rejects.toThrow(/do not belong together/);
+  });
+
+  it("a model.json or model.onnx that is a FIFO, a device or a folder is refused at once", async () => {
+    copyFileSync(DEFAULT_MODEL, join(folder, "f.onnx"));
+    execFileSync("mkfifo", [join(folder, "f.json")]);
+    await expect(loadClassifier(join(folder, "f.onnx"))).rejects.toThrow(/FIFO/);
+    symlinkSync("/dev/zero", join(folder, "z.onnx"));
+    await expect(loadClassifier(join(folder, "z.onnx"))).rejects.toThrow(/a device/);
   });
 
   it("bytes without metadata", async () => {

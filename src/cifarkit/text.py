@@ -1,0 +1,17 @@
+"""Text that reaches a person or a spreadsheet: names and messages made safe to print and to open."""
+
+from __future__ import annotations
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped, for human-readable output: a newline in a file name cannot
+    forge a result line, and a terminal escape sequence is shown, not obeyed."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def csv_cell(text: str) -> str:
+    """A CSV cell a spreadsheet will not run as a formula: a leading = + - @ (or tab / carriage return) gets
+    a quote in front, as OWASP advises. Numbers are written by the caller, never through this."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
