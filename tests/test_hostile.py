@@ -368,7 +368,7 @@ def test_node_cli_finds_non_utf8_names_and_escapes_what_it_prints(tmp_path):
     assert table.returncode == 0, table.stderr.decode()
     assert "caf\\xe9.png:" in text and "no such file" not in text  # found, shown as Python shows it
     assert "line\\nbreak.png" in text and "\x1b" not in text and len(text.splitlines()) == 4
-    as_file = node_classify(odd)  # a non-UTF-8 name given as an argument
+    as_file = node_classify(os.fsdecode(odd))  # a non-UTF-8 name given as an argument (bytes on the command line)
     assert as_file.returncode == 0, as_file.stderr.decode()
     rows = list(csv.reader(io.StringIO(node_classify("=SUM(1).png", "--format", "csv", cwd=tmp_path).stdout.decode())))
     assert rows[1][0] == "'=SUM(1).png"
@@ -381,3 +381,201 @@ def test_node_and_python_refuse_the_same_unconvertible_pictures(tmp_path):
     lines = result.stdout.decode().splitlines()
     assert result.returncode == 1 and len(lines) == 3
     assert all("ERROR" in line and "not converted" in line for line in lines), lines
+
+
+# -- bounded work and meaningful values ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "100000000"], "--seeds must be between 1 and 1000"),
+    (["--vary", "optim.lr=" + ",".join(f"0.{i:04d}1" for i in range(1, 120)),
+      "--vary", "optim.momentum=" + ",".join(f"0.{i:02d}" for i in range(1, 99))], "more than --max-cells"),
+])
+def test_a_sweep_typo_is_refused_at_once(tmp_path, capsys, args, message):
+    import time
+
+    started = time.monotonic()
+    base = ["sweep", "--recipe", "elu-seed", "--out-dir", str(tmp_path), "--dry-run"]
+    if "--vary" not in args:
+        base += ["--vary", "optim.lr=0.1,0.2"]
+    assert main([*base, *args]) == 1
+    assert message in capsys.readouterr().err and time.monotonic() - started < 30
+
+
+def test_the_cell_limit_can_be_raised_on_purpose(tmp_path, capsys):
+    args = ["sweep", "--recipe", "elu-seed", "--out-dir", str(tmp_path), "--dry-run", "--vary", "optim.lr=0.1,0.2",
+            "--seeds", "6"]
+    assert main([*args, "--max-cells", "10"]) == 1
+    assert main([*args, "--max-cells", "12"]) == 0
+    assert "2 variants x 6 seeds (0..5)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=1e300", "optim.lr must be above 0 and at most"),
+    ("optim.weight_decay=5", "optim.weight_decay must be in"),
+    ("train.batch_size=100000000", "train.batch_size must be in"),
+    ("schedule.dropout_events=[{step=10, set=[0.1, 0.2]}]", "has 7 dropout layers"),
+])
+def test_absurd_values_are_refused_before_a_run_folder_exists(tmp_path, capsys, override, message):
+    assert main(["train", "--recipe", "elu-seed", "--out-dir", str(tmp_path), "--set", override]) == 1
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no run folder left behind
+
+
+def test_a_cache_dir_that_cannot_hold_a_download_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    for where, message in ((tmp_path / "file", "is a file, not a folder"), (Path("/proc/self"), "cannot write")):
+        result = subprocess.run([sys.executable, "-m", "cifarkit", "info", "--dataset", "cifar10"], capture_output=True,
+                                text=True, timeout=DEADLINE, env={**os.environ, "CIFARKIT_CACHE_DIR": str(where),
+                                                                  "CIFARKIT_DATA_DIR": ""})
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+# -- experiments: tuning, storage, secrets ---------------------------------------------------------------------
+
+def test_tune_refuses_a_key_in_both_set_and_space(tmp_path, capsys):
+    assert main(["tune", "--recipe", "elu-seed", "--set", "optim.lr=0.1", "--space", "optim.lr=log:0.01:1",
+                 "--out-dir", str(tmp_path)]) == 1
+    assert "both with --set and with --space" in capsys.readouterr().err
+    assert not (tmp_path / "best.toml").exists() and not any(tmp_path.iterdir())
+
+
+def test_workers_sharing_a_study_sample_different_points():
+    import optuna
+
+    from cifarkit.experiments.tune import TrialSeededTPE
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=TrialSeededTPE(0))
+    other = optuna.load_study(study_name=study.study_name, storage=study._storage, sampler=TrialSeededTPE(0))
+    a, b = study.ask(), other.ask()  # two workers with the same --sampler-seed, at the same moment
+    assert a.suggest_float("lr", 0.01, 1.0, log=True) != b.suggest_float("lr", 0.01, 1.0, log=True)
+    again = optuna.create_study(sampler=TrialSeededTPE(0)).ask()
+    assert again.suggest_float("lr", 0.01, 1.0, log=True) == optuna.create_study(
+        sampler=TrialSeededTPE(0)).ask().suggest_float("lr", 0.01, 1.0, log=True)  # one worker: reproducible
+
+
+def test_a_trial_beyond_the_quota_is_not_run():
+    import optuna
+
+    from cifarkit.experiments.tune import _within_quota
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    first, second = study.ask(), study.ask()  # two workers each took a trial of a 1-trial study
+    assert _within_quota(study, first, 1) and not _within_quota(study, second, 1)
+
+
+def test_another_programs_database_is_never_written(tmp_path, capsys):
+    import sqlite3
+
+    from cifarkit.experiments.study import ExperimentError, open_storage
+
+    db = tmp_path / "accounts.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("create table customers (id integer, name text)")
+    before = db.read_bytes()
+    with pytest.raises(ExperimentError, match="tables of another program .customers"):
+        open_storage(f"sqlite:///{db}")
+    assert db.read_bytes() == before
+
+
+def test_a_read_only_study_is_one_line(tmp_path, fake_root, capsys):
+    import sqlite3
+
+    from cifarkit.experiments.study import ExperimentError, open_storage
+
+    db = tmp_path / "study.db"
+    open_storage(f"sqlite:///{db}")  # a real, empty Optuna study database
+    url = f"sqlite:///file:{db}?mode=ro&uri=true"
+    with pytest.raises(ExperimentError, match="read-only") as e:
+        import optuna
+
+        storage = open_storage(url)
+        from cifarkit.experiments.study import storage_errors
+
+        with storage_errors(url):
+            optuna.create_study(storage=storage, study_name="x")
+    assert "\n" not in str(e.value) and sqlite3  # one line
+
+
+@pytest.mark.parametrize("url, secret", [
+    ("postgresql://alice:Pa@ssw0rd@db.example/x", "ssw0rd"),
+    ("postgresql://alice@db.example/x?password=hunter2&sslmode=require", "hunter2"),
+    ("postgresql://alice:s3cret@db.example/x?sslpassword=k3y", "k3y"),
+])
+def test_no_secret_of_a_database_url_is_ever_shown(url, secret):
+    from cifarkit.experiments.study import _scrub, masked
+
+    assert secret not in masked(url) and "alice" in masked(url)
+    assert secret not in _scrub(f"could not connect to {url} (password={secret})", url)
+
+
+def test_a_worker_in_another_pid_namespace_is_never_judged_by_its_pid():
+    import socket
+
+    from cifarkit.experiments.study import _process_is_gone, worker_name
+
+    host = socket.gethostname()
+    dead_pid = 2**22 + 12345  # above any PID in use
+    assert not _process_is_gone(f"{host}:{dead_pid}")  # an older name without a namespace: heartbeats only
+    assert not _process_is_gone(f"{host}:{dead_pid}:0123456789ab")  # another container with our host name
+    ours = worker_name().split(":")[2]
+    assert _process_is_gone(f"{host}:{dead_pid}:{ours}")  # our own namespace: the PID means what it says
+
+
+# -- report: the sweep folder is untrusted ---------------------------------------------------------------------
+
+def _sweep_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "sweep"
+    run = folder / "trials" / "v0-lr-0.1" / "seed0"
+    run.mkdir(parents=True)
+    (folder / "sweep.json").write_text(json.dumps({
+        "name": "s", "recipe": "elu-seed", "set": [], "seeds": [0],
+        "variants": [{"name": "v0-lr-0.1", "overrides": ["optim.lr=0.1"]}]}))
+    (run / "results.json").write_text(json.dumps({"val": {"top1": 0.5, "loss": 1.0},
+                                                  "test": {"top1": float("nan"), "loss": 1.0}}))
+    return folder
+
+
+def test_report_writes_json_with_null_for_nan_and_no_warning(tmp_path, recwarn):
+    from cifarkit.experiments.report import report_sweep
+
+    folder = _sweep_folder(tmp_path)
+    report_sweep(folder)
+    text = (folder / "report" / "summary.json").read_text()
+    json.loads(text)  # strict JSON: no NaN tokens
+    assert "NaN" not in text
+    assert not [w for w in recwarn.list if "matplotlib" in str(w.filename) or "Matplotlib" in str(w.message)]
+
+
+@pytest.mark.parametrize("tamper", ["traversal", "deep", "huge-int", "wrong-type", "link-out", "report-link"])
+def test_report_treats_a_tampered_sweep_folder_as_data(tmp_path, tamper):
+    from cifarkit.errors import CifarkitError
+    from cifarkit.experiments.report import report_sweep
+
+    folder = _sweep_folder(tmp_path)
+    record = json.loads((folder / "sweep.json").read_text())
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    results = folder / "trials" / "v0-lr-0.1" / "seed0" / "results.json"
+    if tamper == "traversal":
+        record["variants"][0]["name"] = "../../../elsewhere"
+    elif tamper == "deep":
+        record["variants"] = [[[[[[[[[[[]]]]]]]]]]] * 3
+    elif tamper == "huge-int":
+        (folder / "sweep.json").write_text(json.dumps(record).replace('"seeds": [0]', '"seeds": [' + "9" * 5000 + "]"))
+    elif tamper == "wrong-type":
+        record["seeds"] = "all of them"
+    elif tamper == "link-out":
+        results.unlink()
+        results.symlink_to("/etc/passwd")
+    elif tamper == "report-link":
+        (folder / "report").symlink_to(outside)
+    if tamper not in ("huge-int", "link-out", "report-link"):
+        (folder / "sweep.json").write_text(json.dumps(record))
+    try:
+        report = report_sweep(folder)
+        assert tamper == "link-out" and report["rows"][0]["test_top1"]["n"] == 0  # the linked file is not read
+    except CifarkitError as e:
+        assert "\n" not in str(e)
+    assert not any(outside.iterdir())  # nothing written outside the sweep folder

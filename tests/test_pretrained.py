@@ -113,4 +113,8 @@ def test_the_card_accuracy_is_reproduced_on_the_real_test_set(real_cifar10, tmp_
     report = evaluate_checkpoint(None, "test", data_dir=str(real_cifar10), out_dir=tmp_path / "eval")
     card = read_card(DEFAULT_PRETRAINED)
     assert report["top1"] == card["metrics"]["test"]["top1"]  # exactly: the same weights, the same code
-    assert report["calibration"]["ece"] == pytest.approx(card["metrics"]["test"]["ece"], abs=1e-9)
+    # Not exactly: float32 sums run in a different order on another CPU's SIMD units, moving each image's
+    # confidence by ~1e-7 (a Zen 3 gave an ECE 1.8e-8 away). ECE is a mean of per-image |accuracy - confidence|
+    # terms, so it moves by no more than the largest such change; 1e-5 is far above it and far below any
+    # difference that matters (the card prints ECE to 4 decimals).
+    assert report["calibration"]["ece"] == pytest.approx(card["metrics"]["test"]["ece"], abs=1e-5)

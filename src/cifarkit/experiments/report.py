@@ -229,7 +229,8 @@ def learning_curves(variants: list[dict], path: Path, curves=CURVES) -> Path | N
         ax.set_title(f"{title} (mean ± std over seeds)")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a legend of nothing is matplotlib's "No artists" warning
+            ax.legend(fontsize=7)
     if not drawn:
         plt.close(fig)
         return None

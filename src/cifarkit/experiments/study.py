@@ -161,17 +161,23 @@ def _check_foreign_tables(url: str, engine_kwargs: dict) -> None:
 def storage_errors(url: str):
     """A context in which database errors during an experiment (a read-only file, a lost server) become one
     ExperimentError line with the URL's secrets hidden, not a chain of tracebacks."""
+    import optuna
     import sqlalchemy.exc
 
     @contextlib.contextmanager
     def guard():
         try:
             yield
-        except sqlalchemy.exc.SQLAlchemyError as e:
-            cause = _scrub(str(getattr(e, "orig", None) or e).strip().splitlines()[0], url)
-            hint = ("point --storage at a database this user can write" if "readonly" in cause.replace(" ", "").lower()
-                    else "check that the database is reachable, then run the same command again")
-            raise ExperimentError(f"the study storage {masked(url)} failed: {cause}; {hint}") from None
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            root = e
+            while root.__cause__ is not None and not isinstance(root, sqlalchemy.exc.SQLAlchemyError):
+                root = root.__cause__  # Optuna wraps the database's own error: say that one
+            cause = _scrub(str(getattr(root, "orig", None) or root).strip().splitlines()[0], url)
+            if "readonly" in cause.replace(" ", "").lower():
+                raise ExperimentError(f"the study storage {masked(url)} is read-only ({cause}); point --storage at a "
+                                      "database this user can write") from None
+            raise ExperimentError(f"the study storage {masked(url)} failed: {cause}; check that the database is "
+                                  "reachable, then run the same command again") from None
 
     return guard()
 

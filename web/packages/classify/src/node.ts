@@ -156,6 +156,8 @@ export async function decodeImage(input: NodeImageInput): Promise<RGBAImage> {
     if (error instanceof ImageTooLargeError || error instanceof NotAnImageError) throw error;
     const text = (error as Error).message;
     if (/pixel limit/i.test(text)) throw new ImageTooLargeError(`${label}: over the limit of ${MAX_PIXELS} pixels`);
+    // libvips cannot even open some LAB TIFFs ("bad labq format"): the same refusal as any LAB picture
+    if (/\blab[qs]?\b|labq/i.test(text)) checkConvertible("lab", undefined, label);
     const kind = /unsupported image format/i.test(text) ? "not an image file (or a format sharp cannot read)"
       : `truncated or corrupt image (${text.split("\n")[0]})`;
     throw new NotAnImageError(`${label}: ${kind}`, { cause: error });
