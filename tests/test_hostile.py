@@ -579,3 +579,31 @@ def test_report_treats_a_tampered_sweep_folder_as_data(tmp_path, tamper):
     except CifarkitError as e:
         assert "\n" not in str(e)
     assert not any(outside.iterdir())  # nothing written outside the sweep folder
+
+
+def test_a_crafted_results_file_in_a_cell_is_not_believed(tmp_path, fake_root):
+    """A cell whose trial is run again (requeued after its worker died) finds a results.json: its figures are
+    computed again from the cell's verified checkpoint, never read from the file."""
+    from cifarkit.experiments.sweep import PreparedCache, plan_sweep, run_cell
+    from tests.conftest import QUICK
+
+    sets = [s for s in QUICK if not s.startswith(("train.run_name", "train.steps"))]
+    sweep = plan_sweep("elu-seed", [*sets, "train.steps=20", "train.eval_every=10", "data.dataset=cifar10",
+                                    f"data.data_dir={json.dumps(str(fake_root))}", "data.val_per_class=10"],
+                       ["optim.lr=0.1"], 1, out_dir=str(tmp_path))
+    variant, cache = sweep.variants[0], PreparedCache()
+    honest = run_cell(sweep, variant, 0, cache, lambda _: None)
+    crafted = {**honest, "val": {"top1": 0.99, "loss": 0.01}, "test": {"top1": 0.99, "loss": 0.01}}
+    (sweep.run_dir(variant, 0) / "results.json").write_text(json.dumps(crafted))
+    again = run_cell(sweep, variant, 0, cache, lambda _: None)
+    assert again["val"] == honest["val"] and again["test"] == honest["test"]
+
+
+def test_report_on_a_tune_folder_never_opens_the_url_it_names(tmp_path, capsys):
+    folder = tmp_path / "tune"
+    folder.mkdir()
+    elsewhere = tmp_path / "elsewhere" / "made-by-report"
+    (folder / "tune.json").write_text(json.dumps({"name": "t", "storage": f"sqlite:///{elsewhere / 'study.db'}"}))
+    assert main(["report", str(folder)]) == 1
+    assert "no study database" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere").exists() and not (folder / "study.db").exists()
