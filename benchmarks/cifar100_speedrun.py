@@ -178,7 +178,7 @@ def run_resnet_muon(prepared, budget: float, seed: int, log=print) -> dict:
     model = SpeedrunResNet().to(memory_format=torch.channels_last)
     muon = AnchorMuon([p for p in model.parameters() if p.ndim >= 2], lr=0.035, momentum=0.95, weight_decay=2e-4)
     sgd = torch.optim.SGD([p for p in model.parameters() if p.ndim < 2], lr=0.02, momentum=0.9, nesterov=True)
-    batch = 1024
+    batch = min(1024, len(train_x))  # the anchor's batch (smaller only for the tests' tiny fake data)
     steps_per_epoch = len(train_x) // batch
     total_steps, step, train_seconds, curve = None, 0, 0.0, []
     timing_steps = 5
@@ -220,9 +220,10 @@ def run_resnet_muon(prepared, budget: float, seed: int, log=print) -> dict:
 
 # -- cifarkit rows ------------------------------------------------------------------------------------------------
 
-def run_cifarkit(row: str, budget: float, seed: int, data_dir: str | None, out: Path, log=print) -> dict:
+def run_cifarkit(row: str, budget: float, seed: int, data_dir: str | None, out: Path, sets: list[str],
+                 log=print) -> dict:
     recipe, extra = CIFARKIT_ROWS[row]
-    overrides = [*extra, f"train.budget_seconds={budget}", f"train.seed={seed}", "train.device=\"cpu\"",
+    overrides = [*extra, *sets, f"train.budget_seconds={budget}", f"train.seed={seed}", "train.device=\"cpu\"",
                  f"train.out_dir={json.dumps(str(out / 'runs'))}", f"train.run_name=\"{row}-{budget:.0f}s-seed{seed}\""]
     if data_dir:
         overrides.append(f"data.data_dir={json.dumps(data_dir)}")
@@ -284,6 +285,8 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(DEFAULT_ROWS),
                         help=f"comma-separated, from {', '.join([*CIFARKIT_ROWS, *ANCHOR_ROWS])}")
     parser.add_argument("--out", default="runs/cifar100_speedrun")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for every row's data and cifarkit recipe (tests: data.val_per_class=2)")
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -300,12 +303,12 @@ def main() -> None:
             if any(r["row"] == row and r["seed"] == seed and r["budget"] == args.budget for r in record["runs"]):
                 continue
             if row in CIFARKIT_ROWS:
-                result = run_cifarkit(row, args.budget, seed, args.data_dir, out)
+                result = run_cifarkit(row, args.budget, seed, args.data_dir, out, args.set)
             elif row in ANCHOR_ROWS:
                 if prepared is None:
                     data = ["data.dataset=cifar100"] + ([f"data.data_dir={json.dumps(args.data_dir)}"]
                                                         if args.data_dir else [])
-                    prepared = prepare_data(load_config("fast100-cpu", data), torch.device("cpu"))
+                    prepared = prepare_data(load_config("fast100-cpu", [*data, *args.set]), torch.device("cpu"))
                 result = run_resnet_muon(prepared, args.budget, seed)
             else:
                 raise SystemExit(f"unknown row {row!r}")
@@ -321,6 +324,26 @@ def main() -> None:
     print(f"\nCIFAR-100, {args.budget:.0f}s of training per run, single view, {info['cpu']}:")
     for line in summarize(rows):
         print(line)
+    for name, runs in rows.items():
+        if name in CIFARKIT_ROWS:
+            print(ceiling_line(name, statistics.mean(r["images_per_second"] for r in runs)))
+
+
+def ceiling_line(row: str, images_per_second: float) -> str:
+    """How far a training step is from this CPU's physical limit: the FLOP/s it achieves (forward + backward =
+    3 forward passes, 2 FLOP per multiply-add) against a large matrix product's rate in bf16 and fp32."""
+    from cifarkit.models import create_model
+    from cifarkit.train.projection import matmul_flops, multiply_adds_per_image
+
+    recipe, extra = CIFARKIT_ROWS[row]
+    config = load_config(recipe, extra)
+    model = create_model(config.model.name, 100, **config.model.kwargs)
+    macs = multiply_adds_per_image(model, torch.device("cpu"))
+    achieved = 6 * macs * images_per_second
+    bf16, fp32 = matmul_flops(torch.bfloat16), matmul_flops(torch.float32)
+    return (f"{row}: {macs / 1e6:.0f} M multiply-adds per image forward; training at {images_per_second:.0f} img/s "
+            f"does {achieved / 1e9:.0f} GFLOP/s = {achieved / bf16:.0%} of this CPU's bf16 matmul rate "
+            f"({bf16 / 1e9:.0f} GFLOP/s) and {achieved / fp32:.0%} of its fp32 rate ({fp32 / 1e9:.0f} GFLOP/s)")
 
 
 if __name__ == "__main__":

@@ -9,44 +9,21 @@ synthetic resident data, after synchronizing the device, and projects 165,000 it
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
-import time
 
 import torch
-import torch.nn.functional as F
 
 from cifarkit.config import load_config
-from cifarkit.data.loader import DeviceLoader
-from cifarkit.data.preprocess import Preprocess, PreprocessConfig
-from cifarkit.models import create_model
-from cifarkit.train.device import autocast, autocast_dtype, resolve_device, synchronize
-from cifarkit.train.optim import build_optimizer
+from cifarkit.train.device import autocast_dtype, resolve_device
+from cifarkit.train.projection import time_training_steps
 
 
 def measure(recipe: str, device, steps: int, warmup: int, batch_size: int, amp: str, width: float) -> list[float]:
-    config = load_config(recipe)
-    model = create_model(config.model.name, 100, width=width).to(device)
-    optimizer = build_optimizer(model, config.optim)
-    images = torch.randint(0, 256, (max(batch_size * 4, 1000), 3, 32, 32), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 100, (images.shape[0],), device=device)
-    # identity whitening: same cost as a fitted ZCA (a 3072x3072 matmul per batch)
-    preprocess = Preprocess(PreprocessConfig(normalize="zca", gcn=True)).to(device)
-    loader = DeviceLoader(images, labels, batch_size, preprocess, config.augment)
-    dtype = autocast_dtype(amp, device)
-    times = []
-    for i in range(warmup + steps):
-        synchronize(device)
-        started = time.perf_counter()
-        x, y = loader.next_batch()
-        with autocast(device, dtype):
-            loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - started)
-    return times
+    """Seconds per full training step of `recipe` (the library's own timing, cifarkit.train.projection)."""
+    config = load_config(recipe, [f"train.batch_size={batch_size}", f"train.amp={json.dumps(amp)}",
+                                  f"model.kwargs.width={width}"])
+    return time_training_steps(config, device, steps, warmup)
 
 
 def main() -> None:

@@ -26,39 +26,7 @@ import torch
 
 from cifarkit.export import PixelsToProbabilities, export_onnx, make_session, real_check_images
 from cifarkit.inference import load_model
-
-
-def multiply_adds_per_image(model: torch.nn.Module) -> int:
-    """Multiply-adds of one 32x32 image through the network's convolutions and linear layers."""
-    total = 0
-
-    def count(module, inputs, output):
-        nonlocal total
-        if isinstance(module, torch.nn.Conv2d):
-            kh, kw = module.kernel_size
-            total += output[0].numel() * (module.in_channels // module.groups) * kh * kw
-        else:
-            total += module.in_features * module.out_features
-
-    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    hooks = [m.register_forward_hook(count) for m in layers]
-    with torch.inference_mode():
-        model(torch.zeros(1, 3, 32, 32))
-    for hook in hooks:
-        hook.remove()
-    return total
-
-
-def fp32_matmul_flops(size: int = 2048, repeats: int = 5) -> float:
-    """The CPU's fp32 rate on a large square matrix product (what convolutions become at best), FLOP/s."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - started)
-    return 2 * size**3 / statistics.median(times)
+from cifarkit.train.projection import matmul_flops, multiply_adds_per_image
 
 
 def main() -> None:
@@ -112,8 +80,8 @@ def main() -> None:
             results[name] = len(images) / statistics.median(times)
     print(f"model {trained.name} ({trained.config.model.name}) | {len(images)} images, batch {args.batch_size} | "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads) | onnxruntime {ort.__version__}")
-    macs = multiply_adds_per_image(copy.deepcopy(trained.model).float().eval())
-    peak = fp32_matmul_flops()
+    macs = multiply_adds_per_image(copy.deepcopy(trained.model).float().eval(), torch.device("cpu"))
+    peak = matmul_flops(torch.float32)
     ceiling = peak / (2 * macs)
     for name, speed in results.items():
         share = "" if "int8" in name else f" | {speed / ceiling:.0%} of the fp32 ceiling"

@@ -19,19 +19,19 @@ def test_gpu_suite_runs_every_section_on_the_cpu(tmp_path, fake_root):
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "gpu_suite.py"), "--data-dir", str(fake_root), "--out", str(out),
          "--device", "cpu", "--budget-seconds", "20", "--fast10-steps", "2", "--set", "model.kwargs={widths=[8,16,16]}",
-         "--set", "train.batch_size=64", "--set", "train.eval_every=2", "--set", "data.val_per_class=10",
+         "--set", "train.batch_size=64", "--set", "train.eval_every=2", "--set", "data.val_per_class=2",
          "--max-seeds", "2", "--elu-steps", "1", "--elu-width", "0.05", "--elu-set", "model.kwargs.width=0.05",
-         "--elu-set", "train.batch_size=50", "--elu-set", "data.val_per_class=10"],
+         "--elu-set", "train.batch_size=50", "--elu-set", "data.val_per_class=2"],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "gpu_suite.json").read_text())
-    assert report["machine"]["device"] == "cpu" and "train_seconds" in report["fast10_warmup"]
-    for recipe in ("fast10", "fast10-muon"):
+    assert report["machine"]["device"] == "cpu" and "train_seconds" in report["fast100_warmup"]
+    for recipe in ("fast100", "fast10-muon"):  # on CIFAR-100, the suite's default
         assert report[recipe]["test_top1"]["n"] >= 1 and report[recipe]["steps"] == 2
         assert "train_seconds" in report[f"{recipe}_warmup"]
     assert set(report["elu_throughput"]) == {"elu-seed", "elu-paper"}
     assert report["elu_throughput"]["elu-seed"]["projected_165k_hours"] > 0
-    assert report["elu_seed_cifar10"]["steps"] >= 1 and 0 <= report["elu_seed_cifar10"]["test"]["top1"] <= 1
+    assert report["elu_seed_cifar100"]["steps"] >= 1 and 0 <= report["elu_seed_cifar100"]["test"]["top1"] <= 1
     assert "suite done" in (out / "gpu_suite.log").read_text()
 
 
@@ -43,3 +43,20 @@ def test_typescript_throughput_runs_both_sides():
                              "--batch-size", "32", "--repeats", "1"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "from prepared pixels" in result.stdout and "Node/Python" in result.stdout
+
+
+def test_cifar100_speedrun_runs_every_row_and_resumes(tmp_path, fake_root):
+    """The benchmark's code paths with seconds-long budgets on fake data (its figures come from real runs)."""
+    out = tmp_path / "speedrun"
+    command = [sys.executable, str(BENCHMARKS / "cifar100_speedrun.py"), "--data-dir", str(fake_root), "--out",
+               str(out), "--budget", "3", "--seeds", "1", "--rows", "fast100-cpu,airbench94_muon-100,resnet-muon",
+               "--set", "data.val_per_class=2", "--set", "train.eval_every=2", "--set", "train.batch_size=64"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "results.json").read_text())
+    assert sorted(r["row"] for r in record["runs"]) == ["airbench94_muon-100", "fast100-cpu", "resnet-muon"]
+    assert all(0 <= r["test_top1"] <= 1 and r["steps"] >= 1 for r in record["runs"])
+    assert "fast100-cpu vs resnet-muon: accuracy at equal time" in result.stdout
+    assert "of this CPU's bf16 matmul rate" in result.stdout and "flags:" in result.stdout
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # every row done: none runs
+    assert again.returncode == 0 and len(json.loads((out / "results.json").read_text())["runs"]) == 3

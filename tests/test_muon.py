@@ -143,3 +143,17 @@ def test_bad_airbench_options_are_refused_when_the_config_is_loaded(option):
     """Before any run folder exists (they were once refused only when the model was built, after it)."""
     with pytest.raises(ConfigError, match="model 'airbench'"):
         load_config("fast10-muon", [option])
+
+
+def test_newton_schulz_runs_in_fp32_where_the_cpu_has_no_native_bf16(monkeypatch):
+    import cifarkit.train.device as device_module
+    from cifarkit.train.muon import newton_schulz_dtype
+
+    monkeypatch.setattr(device_module, "cpu_bf16_flags", lambda cpuinfo=None: [])  # an AVX2-only CPU
+    assert newton_schulz_dtype(torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(device_module, "cpu_bf16_flags", lambda cpuinfo=None: ["avx512_bf16"])
+    assert newton_schulz_dtype(torch.device("cpu")) == torch.bfloat16
+    m = torch.randn(16, 72, generator=torch.Generator().manual_seed(0))
+    single = torch.linalg.svdvals(orthogonalize(m, dtype=torch.float32))
+    assert orthogonalize(m, dtype=torch.float32).dtype == torch.float32
+    assert 0.3 < single.min() and single.max() < 1.6  # the same band as in bf16

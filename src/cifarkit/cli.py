@@ -152,7 +152,9 @@ def cmd_train(args) -> int:
             ignored = [flag for flag, value in (("--recipe", args.recipe), ("--dataset", args.dataset),
                                                 ("--device", args.device), ("--steps", args.steps),
                                                 ("--out-dir", args.out_dir), ("--run-name", args.run_name),
-                                                ("--print-config", args.print_config or None))
+                                                ("--print-config", args.print_config or None),
+                                                ("--project", args.project or None),
+                                                ("--then-project", args.then_project))
                        if value is not None]
             if ignored:
                 raise CifarkitError(f"{ignored[0]} cannot be used with --resume: a resumed run keeps its own settings "
@@ -169,7 +171,22 @@ def cmd_train(args) -> int:
         if args.print_config:
             print(json.dumps(config.to_dict(), indent=2))
             return 0
+        if args.project:
+            from cifarkit.train.device import resolve_device
+            from cifarkit.train.projection import describe, project
+
+            print(describe(project(config, resolve_device(config.train.device))))
+            return 0
         train_seeds(config)
+        if args.then_project:
+            from cifarkit.config import load_config
+            from cifarkit.train.device import resolve_device
+            from cifarkit.train.projection import describe, project
+
+            target = load_config(args.then_project, [f"train.device={json.dumps(config.train.device)}",
+                                                     f"data.dataset={json.dumps(config.data.dataset)}"])
+            print(f"\nnext: the seed's full recipe, `cifarkit train --recipe {args.then_project}`, measured here:\n"
+                  + describe(project(target, resolve_device(target.train.device))))
         return 0
     finally:
         distributed.cleanup()
@@ -418,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="parent folder of run directories (default: runs)")
     p.add_argument("--run-name", help="run directory name (default: RECIPE-DATE-TIME)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--project", action="store_true",
+                   help="time a few training steps here and print the projected time of the whole recipe; no run")
+    p.add_argument("--then-project", metavar="RECIPE",
+                   help="after training, print RECIPE's projected time on this machine (as --project does)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its newest intact checkpoint (model, optimizer, "
                         "schedules, data order, random generators); --set may change values, e.g. "

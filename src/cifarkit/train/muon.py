@@ -1,7 +1,8 @@
 """Muon for convolution filters, Nesterov SGD for everything else: airbench94_muon's optimizer.
 
 Muon (Keller Jordan, 2024) replaces a filter's momentum update by its nearest semi-orthogonal matrix -- every
-singular value near 1 -- computed by a few Newton-Schulz iterations in bf16, and keeps each filter bank at a
+singular value near 1 -- computed by a few Newton-Schulz iterations (bf16 where the hardware has it natively,
+fp32 elsewhere), and keeps each filter bank at a
 fixed norm (sqrt of its output channels) instead of decaying it. airbench94_muon (KellerJordan/cifar10-airbench)
 reaches airbench94's accuracy in 8 epochs instead of 9.9 with it.
 
@@ -19,11 +20,25 @@ import torch
 NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(update: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
-    """An approximately semi-orthogonal matrix with `update`'s singular vectors (bf16 Newton-Schulz), as a 2-D
-    tensor of `update`'s shape."""
+def newton_schulz_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the hardware multiplies bf16 natively (CUDA; CPUs with AVX-512 BF16 or AMX), else fp32: on a
+    CPU without native bf16 (an AVX2-only Zen 3, say) oneDNN emulates bf16 matrix products, slower than fp32,
+    and nothing may run emulated bf16 silently."""
+    if device.type == "cuda":
+        return torch.bfloat16
+    if device.type == "cpu":
+        from cifarkit.train.device import cpu_bf16_flags
+
+        return torch.bfloat16 if cpu_bf16_flags() else torch.float32
+    return torch.float32
+
+
+def orthogonalize(update: torch.Tensor, steps: int = 3, eps: float = 1e-7,
+                  dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """An approximately semi-orthogonal matrix with `update`'s singular vectors (Newton-Schulz in `dtype`), as a
+    2-D tensor of `update`'s shape."""
     a, b, c = NEWTON_SCHULZ_COEFFICIENTS
-    x = update.bfloat16()
+    x = update.to(dtype)
     x = x / (x.norm() + eps)  # every singular value <= 1, where the iteration converges
     tall = x.shape[0] > x.shape[1]
     if tall:
@@ -38,9 +53,11 @@ class MuonSGD(torch.optim.Optimizer):
     """Groups with `orthogonalize = True` take Muon steps (4-D filters, flattened per output channel); the others
     take Nesterov/heavy-ball SGD steps with `weight_decay` added to the gradient."""
 
-    def __init__(self, groups: list[dict], lr: float, momentum: float, nesterov: bool = True):
+    def __init__(self, groups: list[dict], lr: float, momentum: float, nesterov: bool = True,
+                 ns_dtype: torch.dtype = torch.bfloat16):
         super().__init__(groups, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0,
                                       orthogonalize=False))
+        self.ns_dtype = ns_dtype  # not state: chosen again from the hardware when a run resumes elsewhere
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -61,5 +78,6 @@ class MuonSGD(torch.optim.Optimizer):
                 if group["orthogonalize"]:
                     # keep the filter bank at norm sqrt(out_channels): Muon's stand-in for weight decay
                     p.mul_(p.shape[0] ** 0.5 / p.norm().clamp_min(1e-12))
-                    direction = orthogonalize(direction.reshape(len(direction), -1)).view_as(p).to(p.dtype)
+                    direction = orthogonalize(direction.reshape(len(direction), -1), dtype=self.ns_dtype)
+                    direction = direction.view_as(p).to(p.dtype)
                 p.add_(direction, alpha=-lr)

@@ -9,7 +9,7 @@ from torch import nn
 
 from cifarkit.config import MUON_L2_MESSAGE
 from cifarkit.errors import ConfigError
-from cifarkit.train.muon import MuonSGD
+from cifarkit.train.muon import MuonSGD, newton_schulz_dtype
 
 
 def _trainable_parameters(model: nn.Module):
@@ -85,7 +85,9 @@ def _sgd(model: nn.Module, c, batch_size: int | None) -> torch.optim.Optimizer:
 def _muon(model: nn.Module, c, batch_size: int | None) -> torch.optim.Optimizer:
     if c.l2 or c.l2_first_layer:
         raise ConfigError(MUON_L2_MESSAGE)
-    return MuonSGD(muon_parameter_groups(model, c, batch_size), lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
+    device = next(model.parameters()).device
+    return MuonSGD(muon_parameter_groups(model, c, batch_size), lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
+                   ns_dtype=newton_schulz_dtype(device))
 
 
 # name -> builder(model, optim config, global batch size) -> optimizer

@@ -1,0 +1,137 @@
+"""How long would a recipe take here? A few real training steps, timed, projected to the whole run.
+
+The steps are the recipe's own (its model, optimizer, batch size, augmentation and autocast) on synthetic
+resident data, each timed after synchronising the device; the median is multiplied by the recipe's steps.
+For a GPU one has no access to, the projection is a stated rate instead: the network's multiply-adds and
+the GPU's dense bf16 peak at a utilisation typical of convolutional training (said beside the figure).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cifarkit.config import Config
+
+# one H200: 989 TFLOP/s dense bf16 (NVIDIA's data sheet); convolutional training reaches about 40% of it
+H200_BF16_FLOPS = 989e12
+CONV_TRAINING_UTILISATION = 0.4
+
+
+@dataclass(frozen=True)
+class Projection:
+    recipe: str
+    steps: int
+    batch_size: int
+    step_seconds: float  # median measured here
+    device: str
+    macs_per_image: int  # forward multiply-adds
+
+    @property
+    def hours_here(self) -> float:
+        return self.steps * self.step_seconds / 3600
+
+    @property
+    def images_per_second(self) -> float:
+        return self.batch_size / self.step_seconds
+
+    @property
+    def h200_hours(self) -> float:
+        """Forward + backward = 3 forward passes, 2 FLOP per multiply-add, at the stated H200 rate."""
+        flops = 6 * self.macs_per_image * self.batch_size * self.steps
+        return flops / (H200_BF16_FLOPS * CONV_TRAINING_UTILISATION) / 3600
+
+
+def multiply_adds_per_image(model: torch.nn.Module, device: torch.device) -> int:
+    """Forward multiply-adds of convolutions and linear layers for one 32x32 picture (hooks, not a formula)."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total += output[0].numel() * kernel
+        elif isinstance(module, torch.nn.Linear):
+            total += module.in_features * module.out_features
+
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [m.register_forward_hook(count) for m in layers]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32, device=device))
+    model.train(was_training)
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+def matmul_flops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5) -> float:
+    """This CPU's rate on a large square matrix product in `dtype` (what convolutions become at best), FLOP/s:
+    the physical ceiling a training step is measured against."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(times)
+
+
+def time_training_steps(config: Config, device: torch.device, steps: int = 5, warmup: int = 2,
+                        num_classes: int = 100) -> list[float]:
+    """Seconds of each of `steps` full training steps of `config` (after `warmup` untimed ones)."""
+    from cifarkit.data.loader import DeviceLoader
+    from cifarkit.data.preprocess import Preprocess
+    from cifarkit.models import create_model
+    from cifarkit.train.device import autocast, autocast_dtype, synchronize
+    from cifarkit.train.optim import build_optimizer
+
+    batch = config.train.batch_size
+    model = create_model(config.model.name, num_classes, **config.model.kwargs).to(device)
+    optimizer = build_optimizer(model, config.optim)
+    images = torch.randint(0, 256, (max(batch * 2, 256), 3, 32, 32), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, num_classes, (images.shape[0],), device=device)
+    # an unfitted Preprocess costs what a fitted one does (ZCA: one 3072x3072 matmul per batch)
+    loader = DeviceLoader(images, labels, batch, Preprocess(config.preprocess).to(device), config.augment)
+    dtype = autocast_dtype(config.train.amp, device)
+    times = []
+    for i in range(warmup + steps):
+        synchronize(device)
+        started = time.perf_counter()
+        x, y = loader.next_batch()
+        with autocast(device, dtype):
+            loss = F.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def project(config: Config, device: torch.device, steps: int = 5) -> Projection:
+    from cifarkit.data import get_spec
+    from cifarkit.models import create_model
+    from cifarkit.train.device import device_name_of
+
+    num_classes = get_spec(config.data.dataset).num_classes
+    times = time_training_steps(config, device, steps, num_classes=num_classes)
+    model = create_model(config.model.name, num_classes, **config.model.kwargs).to(device)
+    total_steps = config.train.steps
+    return Projection(config.recipe, total_steps, config.train.batch_size, statistics.median(times),
+                      device_name_of(device), multiply_adds_per_image(model, device))
+
+
+def describe(p: Projection) -> str:
+    return (f"{p.recipe}: {p.steps:,} steps of batch {p.batch_size} x {p.step_seconds:.2f} s measured here "
+            f"({p.images_per_second:.0f} images/s on {p.device}) = {p.hours_here:,.1f} h; on one H200 about "
+            f"{p.h200_hours * 60:,.0f} min ({p.macs_per_image / 1e9:.2f} G multiply-adds per image at "
+            f"{CONV_TRAINING_UTILISATION:.0%} of its {H200_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16, a stated rate, "
+            "not a measurement)")
