@@ -40,6 +40,7 @@ from torch import nn
 
 from cifarkit.config import load_config
 from cifarkit.files import atomic_write_text
+from cifarkit.models.resnet import BasicBlock  # the anchor's block is the standard one, exactly
 from cifarkit.train import train
 from cifarkit.train.device import autocast, choose_autocast, cpu_bf16_flags
 from cifarkit.train.loop import prepare_data
@@ -71,23 +72,6 @@ def machine() -> dict:
 
 
 # -- the ResNet + Muon anchor, from its published recipe ---------------------------------------------------------
-
-class BasicBlock(nn.Module):
-    def __init__(self, channels_in: int, channels_out: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels_out)
-        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels_out)
-        self.shortcut = nn.Identity()
-        if stride != 1 or channels_in != channels_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(channels_in, channels_out, 1, stride, bias=False),
-                                          nn.BatchNorm2d(channels_out))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
 
 class SpeedrunResNet(nn.Module):
     def __init__(self, num_classes: int = 100, widths=(64, 128, 256), blocks=(2, 2, 2)):

@@ -199,3 +199,21 @@ def test_a_long_cpu_run_says_so_and_names_the_cpu_recipe(tmp_path, fake_root):
     trainer.log = lines.append
     trainer._log_projection(30.0, 5)
     assert "275.0 h on cpu" in lines[-1] and "--recipe fast10-cpu" in lines[-1]
+
+
+def test_project_times_real_steps_and_states_the_gpu_rate(capsys):
+    """`train --project`: a few of the recipe's own training steps timed here, projected to the whole run,
+    beside the H200 figure from the network's multiply-adds at a stated rate; no run folder."""
+    from cifarkit.train.projection import CONV_TRAINING_UTILISATION, H200_BF16_FLOPS
+
+    assert main(["train", "--recipe", "elu-seed", "--set", "model.kwargs.width=0.05", "--set", "train.batch_size=20",
+                 "--device", "cpu", "--project"]) == 0
+    out = capsys.readouterr().out
+    assert "elu-seed: 165,000 steps of batch 20 x" in out and "measured here" in out and "stated rate" in out
+    hours = float(out.split(" = ")[1].split(" h")[0].replace(",", ""))
+    assert hours > 0
+    macs = float(out.split("(")[2].split(" M multiply-adds")[0].replace(",", ""))
+    # the H200 minutes follow from the multiply-adds: 6 FLOP per multiply-add per image (forward + backward)
+    minutes = float(out.split("about ")[1].split(" min")[0].replace(",", ""))
+    expected = 6 * macs * 1e6 * 20 * 165_000 / (H200_BF16_FLOPS * CONV_TRAINING_UTILISATION) / 60
+    assert minutes == pytest.approx(expected, rel=0.02, abs=0.1)

@@ -132,6 +132,6 @@ def project(config: Config, device: torch.device, steps: int = 5) -> Projection:
 def describe(p: Projection) -> str:
     return (f"{p.recipe}: {p.steps:,} steps of batch {p.batch_size} x {p.step_seconds:.2f} s measured here "
             f"({p.images_per_second:.0f} images/s on {p.device}) = {p.hours_here:,.1f} h; on one H200 about "
-            f"{p.h200_hours * 60:,.0f} min ({p.macs_per_image / 1e9:.2f} G multiply-adds per image at "
+            f"{p.h200_hours * 60:,.1f} min ({p.macs_per_image / 1e6:,.1f} M multiply-adds per image at "
             f"{CONV_TRAINING_UTILISATION:.0%} of its {H200_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16, a stated rate, "
             "not a measurement)")
