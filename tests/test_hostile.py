@@ -442,16 +442,16 @@ def test_tune_refuses_a_key_in_both_set_and_space(tmp_path, capsys):
 def test_workers_sharing_a_study_sample_different_points():
     import optuna
 
-    from cifarkit.experiments.tune import TrialSeededTPE
+    from cifarkit.experiments.tune import trial_seeded_tpe
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=TrialSeededTPE(0))
-    other = optuna.load_study(study_name=study.study_name, storage=study._storage, sampler=TrialSeededTPE(0))
+    study = optuna.create_study(sampler=trial_seeded_tpe(0))
+    other = optuna.load_study(study_name=study.study_name, storage=study._storage, sampler=trial_seeded_tpe(0))
     a, b = study.ask(), other.ask()  # two workers with the same --sampler-seed, at the same moment
     assert a.suggest_float("lr", 0.01, 1.0, log=True) != b.suggest_float("lr", 0.01, 1.0, log=True)
-    again = optuna.create_study(sampler=TrialSeededTPE(0)).ask()
+    again = optuna.create_study(sampler=trial_seeded_tpe(0)).ask()
     assert again.suggest_float("lr", 0.01, 1.0, log=True) == optuna.create_study(
-        sampler=TrialSeededTPE(0)).ask().suggest_float("lr", 0.01, 1.0, log=True)  # one worker: reproducible
+        sampler=trial_seeded_tpe(0)).ask().suggest_float("lr", 0.01, 1.0, log=True)  # one worker: reproducible
 
 
 def test_a_trial_beyond_the_quota_is_not_run():

@@ -11,6 +11,7 @@ one; `--test-best` evaluates that trial's selected checkpoint on the test split 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -82,6 +83,7 @@ def plan_tuning(recipe: str, sets: list[str], spaces: list[str], trials: int, ou
                   digest, sampler_seed, metric)
 
 
+@functools.cache
 def _tpe_sampler_class():
     import optuna
 
@@ -116,7 +118,8 @@ def _tpe_sampler_class():
     return TrialSeededTPE
 
 
-def TrialSeededTPE(seed: int):  # noqa: N802  (a class, built where Optuna is imported)
+def trial_seeded_tpe(seed: int):
+    """A TrialSeededTPE sampler (the class is built on first use: Optuna is imported only by experiments)."""
     return _tpe_sampler_class()(seed)
 
 
@@ -124,7 +127,7 @@ def open_tuning_study(tuning: Tuning):
     import optuna
 
     storage = open_storage(tuning.storage_url)
-    sampler = TrialSeededTPE(tuning.sampler_seed)
+    sampler = trial_seeded_tpe(tuning.sampler_seed)
     # a trial is pruned when its validation metric is worse than the median of earlier trials at the same step
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     study = optuna.create_study(study_name=tuning.name, storage=storage, direction="minimize", sampler=sampler,
