@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -49,10 +50,7 @@ class TrainedModel:
     def predict(self, pictures, top_k: int = 5, tta: bool | str = False) -> list[list[dict]]:
         """Ranked [{"label", "score"}] (best first) for each picture: file paths, PIL images, or uint8 arrays
         (one HxWx3 picture or a batch NxHxWx3, any size: each is resized as `cifarkit predict` does)."""
-        import numpy as np
-
         from cifarkit.images import as_model_pixels
-        from cifarkit.predict import predict_arrays
 
         several = isinstance(pictures, (list, tuple)) or (isinstance(pictures, np.ndarray) and pictures.ndim == 4)
         batch = [as_model_pixels(p) for p in (pictures if several else [pictures])]
@@ -61,6 +59,15 @@ class TrainedModel:
         indices, values, _ = predict_arrays(self, np.stack(batch), top_k, tta)
         return [[{"label": self.class_names[i], "score": float(p)} for i, p in zip(row_i, row_p, strict=True)]
                 for row_i, row_p in zip(indices.tolist(), values.tolist(), strict=True)]
+
+
+def predict_arrays(trained: TrainedModel, images_nhwc: np.ndarray, top_k: int = 5, tta: bool = False):
+    """Top-k (class index, probability) per image, plus the full probability matrix."""
+    x = torch.from_numpy(np.ascontiguousarray(images_nhwc)).permute(0, 3, 1, 2)
+    probabilities = trained.probabilities(x, tta=tta)
+    k = min(top_k, probabilities.shape[1])
+    top = probabilities.topk(k, dim=1)
+    return top.indices.numpy(), top.values.numpy(), probabilities.numpy()
 
 
 def load_model(model: str | Path | None = None, device: str | torch.device = "cpu") -> TrainedModel:

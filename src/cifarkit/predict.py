@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cifarkit.errors import ImageError
 from cifarkit.images import display_path, expand_paths, load_image
-from cifarkit.inference import TrainedModel, load_model
+from cifarkit.inference import TrainedModel, load_model, predict_arrays
 from cifarkit.text import csv_cell, printable
 
 
@@ -28,15 +27,6 @@ class Prediction:
     classes: list[tuple[str, float]] = field(default_factory=list)  # top-k (name, probability)
     superclass: str | None = None
     error: str | None = None
-
-
-def predict_arrays(trained: TrainedModel, images_nhwc: np.ndarray, top_k: int = 5, tta: bool = False):
-    """Top-k (class index, probability) per image, plus the full probability matrix."""
-    x = torch.from_numpy(np.ascontiguousarray(images_nhwc)).permute(0, 3, 1, 2)
-    probabilities = trained.probabilities(x, tta=tta)
-    k = min(top_k, probabilities.shape[1])
-    top = probabilities.topk(k, dim=1)
-    return top.indices.numpy(), top.values.numpy(), probabilities.numpy()
 
 
 BATCH = 256  # pictures decoded and classified at a time: results stream out batch by batch
