@@ -5,7 +5,8 @@
 
 1. Writes src/cifarkit/pretrained/NAME.safetensors (fp16) and NAME.json (the card) from RUN_DIR's last.pt
    (or best.pt when the run had a validation split), with machine-specific paths removed from the config.
-2. Measures the *shipped* (fp16) weights, as users will load them: test top-1/top-5 single view, with flip and
+2. Fits a temperature on the run's validation split (when it has one; cifarkit.calibration), stores it in the
+   card, and measures the *shipped* (fp16) weights, as users will load them: test top-1/top-5 single view, with flip and
    flip+translate TTA, and calibration (ECE), via `cifarkit evaluate`'s own code; the validation figures and
    training time come from the run. They go into the card.
 3. Prints the registry line to paste into src/cifarkit/pretrained/__init__.py (both files' sha256).
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="the exact command that trained the run")
     parser.add_argument("--provenance", default="", help="where the training data came from")
     parser.add_argument("--web-model", type=Path, default=ROOT / "web" / "public" / "model")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="ship without a temperature (by default one is fitted on the validation split)")
     args = parser.parse_args()
 
     from cifarkit.evaluate import evaluate_checkpoint
@@ -58,11 +61,18 @@ def main() -> None:
         return card
 
     package(card_extra)  # a first card, so that the shipped weights can be loaded and measured
+    if results["val"] is not None and not args.no_calibrate:
+        card_extra["calibration"] = calibrate(args.name, args.data_dir)
+        package(card_extra)  # the shipped model now divides its logits by the fitted temperature
     metrics = dict(card_extra["metrics"])
     for tta, key in ((False, "test"), ("flip", "test_tta"), ("flip_translate", "test_tta_translate")):
         report = evaluate_checkpoint(args.name, "test", tta, Path(tempfile.mkdtemp()) / key, args.data_dir)
         metrics[key] = {"top1": report["top1"], "top5": report["top5"], "loss": report["loss"],
                         "ece": report["calibration"]["ece"]}
+        if "superclass" in report:
+            metrics[key]["superclass_top1"] = report["superclass"]["top1"]
+        if key == "test" and "calibration" in card_extra:  # the test ECE the temperature changed, measured once
+            metrics[key]["ece_uncalibrated"] = _test_ece_at(args.name, args.data_dir, 1.0)
         print(f"{key}: top1 {report['top1']:.4f} top5 {report['top5']:.4f} ECE {report['calibration']['ece']:.4f}")
     card = package({**card_extra, "metrics": metrics})
     spec = PRETRAINED[args.name]
@@ -76,6 +86,57 @@ def main() -> None:
     print(f"web model: {args.web_model / 'model.onnx'} ({(args.web_model / 'model.onnx').stat().st_size / 2**20:.1f} "
           f"MB), parity {metadata['parity']['max_abs_difference']:.1e}; weights "
           f"{card['weights']['bytes'] / 2**20:.1f} MB")
+
+
+def _logits_and_labels(name: str, data_dir: str, split: str):
+    """The shipped model's single-view logits (before any temperature) on the validation split or the test set."""
+    import torch
+
+    from cifarkit.data import load_dataset, split_for
+    from cifarkit.data.loader import to_device_images
+    from cifarkit.inference import load_model
+    from cifarkit.tta import predict_logits
+
+    trained = load_model(name)
+    data = load_dataset(trained.config.data.dataset, data_dir, download=False)
+    if split == "val":
+        index = split_for(data, trained.config.data).val
+        images, labels = data.train_images[index], data.train_labels[index]
+    else:
+        images, labels = data.test_images, data.test_labels
+    pixels = to_device_images(images, "cpu")
+    with torch.no_grad():
+        logits = torch.cat([predict_logits(trained.model, trained.preprocess(pixels[i : i + 500]), False)
+                            for i in range(0, len(pixels), 500)]).double()
+    return logits, torch.from_numpy(labels).long()
+
+
+def _ece(logits, labels, temperature: float) -> float:
+    from cifarkit.evaluate import expected_calibration_error
+
+    probabilities = (logits / temperature).softmax(1)
+    correct = (probabilities.argmax(1) == labels).numpy()
+    return expected_calibration_error(probabilities.max(1).values.numpy(), correct)[0]
+
+
+def calibrate(name: str, data_dir: str) -> dict:
+    """The temperature fitted on the run's validation split (held-out training images: never the test set),
+    with the validation NLL and ECE it changes."""
+    from cifarkit.calibration import fit_temperature, nll
+
+    logits, labels = _logits_and_labels(name, data_dir, "val")
+    temperature = fit_temperature(logits, labels)
+    fitted = {"temperature": temperature, "fitted_on": f"the validation split ({len(labels)} held-out training "
+              "images), single view; never the test set",
+              "val_nll": {"before": nll(logits, labels, 1.0), "after": nll(logits, labels, temperature)},
+              "val_ece": {"before": _ece(logits, labels, 1.0), "after": _ece(logits, labels, temperature)}}
+    print(f"temperature {temperature:.4f} (validation ECE {fitted['val_ece']['before']:.4f} -> "
+          f"{fitted['val_ece']['after']:.4f})")
+    return fitted
+
+
+def _test_ece_at(name: str, data_dir: str, temperature: float) -> float:
+    return _ece(*_logits_and_labels(name, data_dir, "test"), temperature)
 
 
 def _sanitise_card(path: Path) -> None:

@@ -129,6 +129,7 @@ FIELDS = {  # field: (what it must be, check)
     "best_step": ("a whole number, or null", lambda v: v is None or _is_int(v)),
     "skipped_steps": ("a whole number >= 0", lambda v: _is_int(v) and v >= 0),
     "train_seconds": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "temperature": ("a number in [0.05, 20]", lambda v: _is_number(v) and 0.05 <= v <= 20),
 }
 FOR_USE = ("step", "model", "config", "preprocess", "class_names")  # what evaluate / predict / export need
 FOR_RESUME = (*FOR_USE, "total_steps", "optimizer", "loader", "rng", "train_accumulator", "best_val_loss",

@@ -156,6 +156,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None, split: str = "test", tta:
     probabilities = trained.probabilities(to_device_images(images, device), tta=tta).numpy().astype(np.float64)
     report = compute_report(probabilities, labels, trained.class_names, trained.fine_to_coarse, trained.coarse_names)
     report = {"checkpoint": str(trained.checkpoint), "checkpoint_sha256": trained.sha256, "step": trained.step,
+              "temperature": trained.temperature,
               "split": split, "tta": tta, **report, "config": trained.config.to_dict()}
 
     # every file is written into a staging folder beside OUT, which then replaces OUT as a whole

@@ -36,15 +36,17 @@ class ExportError(CifarkitError):
 
 
 class PixelsToProbabilities(nn.Module):
-    """uint8 NHWC pixels -> Preprocess -> network -> softmax: the whole inference path in one graph."""
+    """uint8 NHWC pixels -> Preprocess -> network -> logits / temperature -> softmax: the whole inference path
+    in one graph, so every runtime (ONNX Runtime in Python, Node.js and browsers) gives calibrated scores."""
 
     def __init__(self, trained: TrainedModel):
         super().__init__()
-        self.preprocess, self.model = trained.preprocess, trained.model
+        self.preprocess, self.model, self.temperature = trained.preprocess, trained.model, trained.temperature
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.permute(0, 3, 1, 2).float()
-        return self.model(self.preprocess(x)).softmax(dim=1)
+        logits = self.model(self.preprocess(x))
+        return (logits if self.temperature == 1.0 else logits / self.temperature).softmax(dim=1)
 
 
 def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -225,6 +227,7 @@ def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np
                                 "alpha composited onto white"},
             "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(trained.class_names)]},
             "preprocess": trained.preprocess.to_state()["config"],
+            "temperature": trained.temperature,
             "source_checkpoint": trained.name if trained.pretrained else str(trained.checkpoint),
             "source_checkpoint_sha256": trained.sha256,
             "step": trained.step,

@@ -35,6 +35,7 @@ class TrainedModel:
     val: dict  # the validation figures of the checkpoint; empty if it was saved before any validation pass
     name: str = ""  # the pretrained model's name, or the checkpoint's path
     pretrained: bool = False  # a shipped model (its files live inside the installed package)
+    temperature: float = 1.0  # divides the logits before the softmax (cifarkit.calibration); 1: uncalibrated
 
     @torch.no_grad()
     def probabilities(self, images_nchw_uint8: torch.Tensor, tta: bool = False, batch_size: int = 500):
@@ -43,7 +44,7 @@ class TrainedModel:
         out = []
         for start in range(0, len(images_nchw_uint8), batch_size):
             x = self.preprocess(images_nchw_uint8[start : start + batch_size].to(device))
-            out.append(predict_logits(self.model, x, tta).softmax(dim=1).cpu())
+            out.append((predict_logits(self.model, x, tta) / self.temperature).softmax(dim=1).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
 
 
@@ -110,5 +111,5 @@ def trained_model_from_state(state: dict, source: Path, sha256: str, device: str
         model=model, preprocess=preprocess, config=config, class_names=list(state["class_names"]),
         coarse_names=list(state.get("coarse_names") or []), fine_to_coarse=state.get("fine_to_coarse"),
         checkpoint=source, sha256=sha256, step=int(state["step"]), val=dict(state.get("val") or {}),
-        name=name or str(source), pretrained=name is not None,
+        name=name or str(source), pretrained=name is not None, temperature=float(state.get("temperature", 1.0)),
     )

@@ -106,6 +106,7 @@ def load_pretrained(name: str = DEFAULT_PRETRAINED, device: str | torch.device =
         "coarse_names": card.get("coarse_names"), "fine_to_coarse": card.get("fine_to_coarse"),
         "preprocess": {"config": card["preprocess"], "tensors": preprocess_tensors},
         "step": card["training"]["steps"], "val": card["metrics"].get("val") or {},
+        "temperature": (card.get("calibration") or {}).get("temperature", 1.0),
     }
     try:
         return trained_model_from_state(state, path, spec.weights_sha256, device, name=name)
