@@ -212,21 +212,21 @@ def run_cifarkit(row: str, budget: float, seed: int, data_dir: str | None, out: 
     if data_dir:
         overrides.append(f"data.data_dir={json.dumps(data_dir)}")
     results = train(load_config(recipe, overrides), log=log)
-    run_dir = out / "runs" / f"{row}-{budget:.0f}s-seed{seed}"
-    curve = [{"step": r["step"], "val_top1": r["val_top1"]} for r in _metrics(run_dir) if "val_top1" in r]
-    seconds_per_step = results["train_seconds"] / results["steps"]
-    for point in curve:
-        point["train_seconds"] = point["step"] * seconds_per_step
+    curve = validation_curve(out / "runs" / f"{row}-{budget:.0f}s-seed{seed}", results)
     return {"row": row, "recipe": recipe, "seed": seed, "test_top1": results["test"]["top1"],
             "test_tta_top1": (results.get("test_tta") or {}).get("top1"), "val_top1": results["val"]["top1"],
             "train_seconds": results["train_seconds"], "steps": results["steps"], "epochs": results["epochs"],
             "images_per_second": results["images_per_second"], "curve": curve}
 
 
-def _metrics(run_dir: Path) -> list[dict]:
+def validation_curve(run_dir: Path, results: dict) -> list[dict]:
+    """(step, training seconds, val top-1) at each validation pass of a cifarkit run, from its metrics.jsonl;
+    seconds are the run's mean seconds per step times the step (validation passes are not training time)."""
     from cifarkit.train.metrics import read_metrics
 
-    return read_metrics(run_dir)
+    seconds_per_step = results["train_seconds"] / results["steps"]
+    return [{"step": r["step"], "train_seconds": r["step"] * seconds_per_step, "val_top1": r["val/top1"]}
+            for r in read_metrics(run_dir) if "val/top1" in r]
 
 
 def time_to(curve: list[dict], target: float) -> float | None:
@@ -304,6 +304,9 @@ def main() -> None:
     rows: dict[str, list[dict]] = {}
     for r in record["runs"]:
         if r["budget"] == args.budget:
+            run_dir = out / "runs" / f"{r['row']}-{r['budget']:.0f}s-seed{r['seed']}"
+            if r["row"] in CIFARKIT_ROWS and not r["curve"] and (run_dir / "metrics.jsonl").is_file():
+                r["curve"] = validation_curve(run_dir, {"train_seconds": r["train_seconds"], "steps": r["steps"]})
             rows.setdefault(r["row"], []).append(r)
     print(f"\nCIFAR-100, {args.budget:.0f}s of training per run, single view, {info['cpu']}:")
     for line in summarize(rows):

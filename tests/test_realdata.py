@@ -126,7 +126,8 @@ def test_info_names_the_local_folder_as_the_source(real_cifar100, capsys):
 @pytest.mark.slow
 def test_the_seeds_network_at_a_tenth_of_its_width_learns_real_cifar100(real_cifar100, tmp_path):
     """The seed's recipe (ZCA, Keras L2, dropout schedule machinery) on a 10%-width elu_net_seed, 600 steps of
-    batch 100 on the first 20,000 training images: chance is 1%; a broken pipeline stays near it."""
+    batch 100 on the first 20,000 training images: chance is 1%; a broken pipeline stays near it. Measured:
+    test top-1 6.58%, val 6.45% (its learning rate stays at the seed's slow start for all 600 steps)."""
     from cifarkit.train import train
 
     config = load_config("elu-seed", [
@@ -134,4 +135,4 @@ def test_the_seeds_network_at_a_tenth_of_its_width_learns_real_cifar100(real_cif
         "model.kwargs.width=0.1", "model.kwargs.dropout=0.0", "optim.lr=0.03", "train.steps=600",
         "train.eval_every=300", f"train.out_dir={json.dumps(str(tmp_path))}", "train.run_name=r"])
     results = train(config, log=print)
-    assert results["test"]["top1"] > 0.05 and results["val"]["top1"] > 0.05
+    assert results["test"]["top1"] > 0.04 and results["val"]["top1"] > 0.04  # 4x chance
