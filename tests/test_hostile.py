@@ -410,9 +410,9 @@ def test_the_cell_limit_can_be_raised_on_purpose(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("optim.lr=1e300", "optim.lr must be above 0 and at most"),
-    ("optim.weight_decay=5", "optim.weight_decay must be in"),
-    ("train.batch_size=100000000", "train.batch_size must be in"),
+    ("optim.lr=1e300", "optim.lr must be > 0 and at most"),
+    ("optim.weight_decay=5", "optim.weight_decay must be >= 0 and < 1"),
+    ("train.batch_size=100000000", "train.batch_size must be >= 1 and < 1e+06"),
     ("schedule.dropout_events=[{step=10, set=[0.1, 0.2]}]", "has 7 dropout layers"),
 ])
 def test_absurd_values_are_refused_before_a_run_folder_exists(tmp_path, capsys, override, message):
@@ -432,11 +432,21 @@ def test_a_cache_dir_that_cannot_hold_a_download_is_one_line(tmp_path, monkeypat
 
 # -- experiments: tuning, storage, secrets ---------------------------------------------------------------------
 
-def test_tune_refuses_a_key_in_both_set_and_space(tmp_path, capsys):
-    assert main(["tune", "--recipe", "elu-seed", "--set", "optim.lr=0.1", "--space", "optim.lr=log:0.01:1",
-                 "--out-dir", str(tmp_path)]) == 1
-    assert "both with --set and with --space" in capsys.readouterr().err
-    assert not (tmp_path / "best.toml").exists() and not any(tmp_path.iterdir())
+def test_a_key_both_set_and_tuned_is_tuned_and_named_once(tmp_path):
+    """--set optim.lr=0.1 --space optim.lr=...: the trials and best.toml see the tuned value only (both at once
+    made best.toml invalid TOML after every trial had run)."""
+    from cifarkit.experiments.spec import recipe_text
+    from cifarkit.experiments.tune import plan_tuning
+
+    tuning = plan_tuning("elu-seed", ["optim.lr=0.1", "optim.momentum=0.8"], ["optim.lr=log:0.01:1"], 3,
+                         out_dir=str(tmp_path))
+    assert "optim.lr=0.1" not in tuning.base and "optim.momentum=0.8" in tuning.base
+    text = recipe_text("elu-seed", [*[b for b in tuning.base if b != "train.seeds=1"], "optim.lr=0.05"], "best")
+    path = tmp_path / "best.toml"
+    path.write_text(text)
+    from cifarkit.config import load_config
+
+    assert load_config(str(path)).optim.lr == 0.05
 
 
 def test_workers_sharing_a_study_sample_different_points():

@@ -210,7 +210,7 @@ def test_a_nonfinite_stop_never_saves_nonfinite_weights(tmp_path, fake_root):
     from cifarkit.train.loop import TrainingStopped
 
     # a learning rate this large makes the first update overflow the weights; the next loss is NaN
-    config = tiny_config(tmp_path, fake_root, "optim.lr=1e38", "train.steps=5", "train.eval_every=100",
+    config = tiny_config(tmp_path, fake_root, "optim.lr=1e30", "train.steps=5", "train.eval_every=100",
                          "train.checkpoint_every=1", "train.amp=off")
     with pytest.raises(TrainingStopped) as stopped:
         train(config, log=lambda _: None)

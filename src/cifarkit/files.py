@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -137,6 +138,9 @@ def replace_folder(staged: Path, target: Path, kind: str) -> None:
 # belongs is refused at once instead of hanging or reading without end, and a file larger than what its kind
 # can be is refused before it is read into memory.
 MiB = 1 << 20
+# errno -> what to tell the user when a file cannot be opened
+OPEN_ERRORS = {errno.ELOOP: "a loop of symbolic links", errno.EACCES: "permission denied (cannot read the file)",
+               errno.ENAMETOOLONG: "file name too long", errno.EIO: "input/output error reading the file"}
 
 
 def read_bounded(path: str | Path, limit: int, error: type[Exception] = OutputError, what: str = "file",
@@ -152,11 +156,11 @@ def read_bounded(path: str | Path, limit: int, error: type[Exception] = OutputEr
         # O_NONBLOCK: opening a FIFO with no writer returns at once (a plain open would wait for one forever)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise fail("does not exist") from None
+        raise fail("no such file" if name is not None else "does not exist") from None
     except IsADirectoryError:
         raise fail("is a folder, not a file") from None
     except OSError as e:
-        raise fail(f"cannot be read: {e.strerror or e}") from None
+        raise fail(OPEN_ERRORS.get(e.errno) or f"cannot be read: {e.strerror or e}") from None
     try:
         if (reason := _not_readable(os.fstat(fd), limit)) is not None:
             raise fail(reason)

@@ -7,7 +7,6 @@ resize the whole picture (no crop) to 32x32 with PIL's antialiased bilinear filt
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import warnings
@@ -17,15 +16,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifarkit.errors import ImageError
+from cifarkit.files import OPEN_ERRORS as OS_ERRORS  # other OS errors while decoding mean a damaged file
 from cifarkit.files import read_bounded
 
 SIZE = 32
 RESAMPLE = Image.Resampling.BILINEAR  # antialiased when shrinking: PIL widens the filter by the scale factor
 MAX_PIXELS = 40_000_000  # refuse larger pictures before decoding them (decompression bombs)
 MAX_FILE_BYTES = 256 << 20  # and larger files before reading them (a 40-megapixel TIFF is about 120 MB)
-# errno -> what to tell the user (other OS errors while decoding mean a damaged file)
-OS_ERRORS = {errno.ELOOP: "a loop of symbolic links", errno.EACCES: "permission denied (cannot read the file)",
-             errno.ENAMETOOLONG: "file name too long", errno.EIO: "input/output error reading the file"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 

@@ -92,8 +92,8 @@ def _scrub(text: str, url: str) -> str:
     return _mask_query_text(text.replace(url, masked(url)))
 
 
-def open_storage(url: str, heartbeat_seconds: int = HEARTBEAT_SECONDS, grace_seconds: int = GRACE_SECONDS,
-                 create: bool = True):
+def open_storage(url: str, heartbeat_seconds: int | None = HEARTBEAT_SECONDS,
+                 grace_seconds: int | None = GRACE_SECONDS, create: bool = True):
     """An Optuna RDBStorage with heartbeats, or an ExperimentError that names the URL and the cause. A database
     that holds other tables than Optuna's (another program's) is refused before anything is written to it;
     with `create=False` (reading a study back) a SQLite file that does not exist is an error, not a new one."""

@@ -62,11 +62,10 @@ def plan_tuning(recipe: str, sets: list[str], spaces: list[str], trials: int, ou
     if metric not in METRICS:
         raise ExperimentError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     dimensions = [parse_space(text) for text in spaces]
-    set_keys = {text.partition("=")[0].strip() for text in sets}
-    both = sorted(set_keys & {d.key for d in dimensions})
-    if both:
-        raise ExperimentError(f"{both[0]} is given both with --set and with --space; a tuned setting cannot also be "
-                              "fixed: drop one of them")
+    # A key both fixed (--set) and tuned (--space) is tuned: its --set value is dropped, so that trials and the
+    # written best.toml name it once (both at once made best.toml invalid TOML, after every trial had run).
+    tuned = {d.key for d in dimensions}
+    sets = [text for text in sets if text.partition("=")[0].strip() not in tuned]
     base = [*sets, "train.seeds=1"]
     config = load_config(recipe, base)
     check_space(recipe, base, dimensions)
@@ -126,7 +125,9 @@ def trial_seeded_tpe(seed: int):
 def open_tuning_study(tuning: Tuning):
     import optuna
 
-    storage = open_storage(tuning.storage_url)
+    # no heartbeats: tuning's trials are asked and told in one process (Optuna warns that heartbeats expect
+    # Study.optimize); a sweep's queue is what needs them
+    storage = open_storage(tuning.storage_url, heartbeat_seconds=None, grace_seconds=None)
     sampler = trial_seeded_tpe(tuning.sampler_seed)
     # a trial is pruned when its validation metric is worse than the median of earlier trials at the same step
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
@@ -248,7 +249,7 @@ def write_best(tuning: Tuning, study) -> dict:
                        f"validation {tuning.metric} {best.value:.4f}, validation top-1 "
                        f"{best.user_attrs.get('val_top1', 0):.4f}.")
     path = tuning.folder / "best.toml"
-    draft = tuning.folder / ".best.toml.draft"
+    draft = tuning.folder / ".best.draft.toml"
     atomic_write_text(draft, text)
     try:
         load_config(str(draft))  # the file must resolve as it is written, or it is not written at all

@@ -109,7 +109,8 @@ def make_run_dir(config: Config) -> Path:
         except FileExistsError:
             pass
         except NotADirectoryError:
-            raise ConfigError(f"{run_dir} is a file; choose another --run-name or --out-dir") from None
+            raise ConfigError(f"cannot create the run directory {run_dir}: a file is in the way; choose another "
+                              "--run-name or --out-dir") from None
         except OSError as e:
             raise ConfigError(f"cannot create the run directory {run_dir}: {e.strerror}; choose another with "
                               "--out-dir") from None
