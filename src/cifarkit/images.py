@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifarkit.errors import ImageError
-from cifarkit.files import OPEN_ERRORS as OS_ERRORS  # other OS errors while decoding mean a damaged file
 from cifarkit.files import read_bounded
 
 SIZE = 32
@@ -80,15 +79,7 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageError(f"{display_path(path)}: not an image file (or a format Pillow cannot read)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{display_path(path)}: refused as a possible decompression bomb ({e})") from None
-    except FileNotFoundError:
-        raise ImageError(f"{display_path(path)}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{display_path(path)}: is a folder") from None
-    except PermissionError:
-        raise ImageError(f"{display_path(path)}: permission denied (cannot read the file)") from None
-    except OSError as e:
-        if e.errno in OS_ERRORS:
-            raise ImageError(f"{display_path(path)}: {OS_ERRORS[e.errno]}") from None
+    except OSError as e:  # the bytes are in memory already: an OS error here is Pillow's "damaged file"
         raise ImageError(f"{display_path(path)}: truncated or corrupt image ({e})") from None
     except (SyntaxError, ValueError) as e:
         raise ImageError(f"{display_path(path)}: truncated or corrupt image ({e})") from None
