@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from cifarkit.errors import CifarkitError
-from cifarkit.files import atomic_write_bytes, check_writable_folder, read_bounded
+from cifarkit.files import atomic_write_bytes, check_writable_folder, read_json
 from cifarkit.images import SIZE
 from cifarkit.inference import TrainedModel, load_model
 
@@ -134,7 +134,10 @@ def _dataset_for_int8(trained: TrainedModel, data_dir: str | None):
 
 def _results_beside(checkpoint: Path) -> dict:
     path = checkpoint.parent / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.exists():
+        return {}
+    results = read_json(path, 16 << 20, ExportError, "the run's results")
+    return results if isinstance(results, dict) else {}
 
 
 QUANTIZATIONS = ("int8",)
@@ -153,8 +156,8 @@ def _check_overwritable_export(out: Path) -> None:
     previous = None
     if metadata_path.is_file():
         try:
-            previous = json.loads(read_bounded(metadata_path, 16 << 20).decode())
-        except (CifarkitError, UnicodeDecodeError, ValueError):
+            previous = read_json(metadata_path, 16 << 20)
+        except CifarkitError:
             previous = None
     is_export = isinstance(previous, dict) and previous.get("format") == "cifarkit-onnx"
     if not is_export or (out.exists() and previous.get("model_file") != out.name):
