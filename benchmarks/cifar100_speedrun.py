@@ -334,4 +334,9 @@ def ceiling_line(row: str, images_per_second: float) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from cifarkit.errors import CifarkitError
+
+    try:
+        main()
+    except CifarkitError as e:  # a missing dataset, a bad --set: one line, as the CLI says it
+        raise SystemExit(f"cifar100_speedrun: error: {e}") from None

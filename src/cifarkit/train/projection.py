@@ -120,18 +120,26 @@ def project(config: Config, device: torch.device, steps: int = 5) -> Projection:
     from cifarkit.data import get_spec
     from cifarkit.models import create_model
     from cifarkit.train.device import device_name_of
+    from cifarkit.train.loop import plan_steps
 
-    num_classes = get_spec(config.data.dataset).num_classes
-    times = time_training_steps(config, device, steps, num_classes=num_classes)
-    model = create_model(config.model.name, num_classes, **config.model.kwargs).to(device)
-    total_steps = config.train.steps
-    return Projection(config.recipe, total_steps, config.train.batch_size, statistics.median(times),
-                      device_name_of(device), multiply_adds_per_image(model, device))
+    spec = get_spec(config.data.dataset)
+    times = time_training_steps(config, device, steps, num_classes=spec.num_classes)
+    model = create_model(config.model.name, spec.num_classes, **config.model.kwargs).to(device)
+    step_seconds = statistics.median(times)
+    if config.train.budget_seconds:  # the run plans its steps to fill the budget
+        total_steps = max(1, int(config.train.budget_seconds / step_seconds))
+    else:  # as the training loop plans them: epochs over the training split, else train.steps
+        val = spec.default_val_per_class if config.data.val_per_class is None else config.data.val_per_class
+        images = min(config.data.train_subset or spec.train_size, spec.train_size) - val * spec.num_classes
+        total_steps = plan_steps(config.train, max(1, images // config.train.batch_size))
+    return Projection(config.recipe, total_steps, config.train.batch_size, step_seconds, device_name_of(device),
+                      multiply_adds_per_image(model, device))
 
 
 def describe(p: Projection) -> str:
+    gpu = f"{p.h200_hours * 60:,.1f} min" if p.h200_hours * 60 >= 1 else f"{p.h200_hours * 3600:,.1f} s of compute"
     return (f"{p.recipe}: {p.steps:,} steps of batch {p.batch_size} x {p.step_seconds:.2f} s measured here "
             f"({p.images_per_second:.0f} images/s on {p.device}) = {p.hours_here:,.1f} h; on one H200 about "
-            f"{p.h200_hours * 60:,.1f} min ({p.macs_per_image / 1e6:,.1f} M multiply-adds per image at "
+            f"{gpu} ({p.macs_per_image / 1e6:,.1f} M multiply-adds per image at "
             f"{CONV_TRAINING_UTILISATION:.0%} of its {H200_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16, a stated rate, "
             "not a measurement)")
