@@ -143,6 +143,14 @@ def _config(args):
     return load_config(args.recipe or DEFAULT_RECIPE, overrides)
 
 
+def _projection(config) -> str:
+    """`config`'s projected run time on its device, from a few of its own training steps timed here."""
+    from cifarkit.train.device import resolve_device
+    from cifarkit.train.projection import describe, project
+
+    return describe(project(config, resolve_device(config.train.device)))
+
+
 @command
 def cmd_train(args) -> int:
     from cifarkit.train import distributed, resume, train_seeds
@@ -172,21 +180,16 @@ def cmd_train(args) -> int:
             print(json.dumps(config.to_dict(), indent=2))
             return 0
         if args.project:
-            from cifarkit.train.device import resolve_device
-            from cifarkit.train.projection import describe, project
-
-            print(describe(project(config, resolve_device(config.train.device))))
+            print(_projection(config))
             return 0
         train_seeds(config)
         if args.then_project:
             from cifarkit.config import load_config
-            from cifarkit.train.device import resolve_device
-            from cifarkit.train.projection import describe, project
 
             target = load_config(args.then_project, [f"train.device={json.dumps(config.train.device)}",
                                                      f"data.dataset={json.dumps(config.data.dataset)}"])
             print(f"\nnext: the seed's full recipe, `cifarkit train --recipe {args.then_project}`, measured here:\n"
-                  + describe(project(target, resolve_device(target.train.device))))
+                  + _projection(target))
         return 0
     finally:
         distributed.cleanup()

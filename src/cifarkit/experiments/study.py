@@ -11,6 +11,7 @@ a dead one does not wait for the heartbeat to go stale: it sees that the process
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import threading
@@ -188,6 +189,7 @@ def _lost_table_creation_race(error: Exception) -> bool:
     return any(words in text for words in ("already exists", "duplicate key", "unique constraint"))
 
 
+@functools.cache  # fixed for the life of a process; read once, not per lost-trial check
 def _pid_namespace() -> str:
     """What makes a process id meaningful: this boot of this kernel and this PID namespace. Containers share
     host names and reuse PIDs; two workers judge each other's PIDs only when this matches."""
