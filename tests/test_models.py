@@ -110,3 +110,52 @@ def test_every_model_runs_forward_and_backward(name):
     assert out.shape == (2, 10)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", ["elu11_paper", "elu_net_seed", "elu_net_paper"])
+@pytest.mark.parametrize("activation", ["elu", "relu", "leaky_relu", "srelu"])
+@pytest.mark.parametrize("batchnorm", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_fast_forward_pass_computes_the_layer_by_layer_network(name, activation, batchnorm, channels_last):
+    """EluNet.forward (odd kernels padded by the convolution, pooling before a monotone activation) against
+    the network as first written (reference_forward): equal outputs and gradients, training mode (dropout
+    included: the same random masks), in either memory format."""
+    import copy
+
+    from cifarkit.models.elu_net import reference_forward
+
+    torch.manual_seed(0)
+    fast = create_model(name, 100, width=0.1, activation=activation, batchnorm=batchnorm)
+    reference = copy.deepcopy(fast)
+    x = torch.randn(6, 3, 32, 32)
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    outputs = []
+    for forward in (fast, lambda batch: reference_forward(reference, batch)):
+        torch.manual_seed(1)
+        out = forward(x)
+        (out.square().sum() + out[:, 0].sum()).backward()
+        outputs.append(out)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    # Gradients agree to float rounding: the two run different convolution kernels (own padding against a
+    # padded copy), which sum in another order. Scaled by the largest gradient, because a convolution bias
+    # followed by batch normalization has a true gradient of zero and only rounding noise to compare.
+    scale = max(p.grad.abs().max() for p in reference.parameters())
+    for (key, a), b in zip(fast.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5 * float(scale), msg=key)
+
+
+def test_pooling_runs_first_only_for_activations_that_commute_with_max_and_no_one_watches():
+    from cifarkit.models.activations import commutes_with_max
+
+    assert commutes_with_max("elu") and commutes_with_max("relu") and commutes_with_max("leaky_relu", 0.1)
+    assert not commutes_with_max("srelu") and not commutes_with_max("gelu") and not commutes_with_max("elu", -1)
+    net = create_model("elu11_paper", 100, width=0.1)
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.shape[-1]))
+             for m in net.modules() if isinstance(m, nn.ELU)]
+    net(torch.randn(2, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    assert seen[0] == 40  # a watched activation sees the full 40x40 map, not the pooled 20x20 one

@@ -38,6 +38,22 @@ ACTIVATIONS: dict[str, tuple[Callable[[float | None], nn.Module], float | None]]
 ACTIVATION_TYPES = (nn.ELU, nn.ReLU, nn.LeakyReLU, ShiftedReLU, nn.GELU, nn.SiLU)
 
 
+# Activations that commute with max-pooling, pool(f(x)) == f(pool(x)), gradients included: non-decreasing, and
+# where flat, flat with zero gradient (ReLU's zero part, its kink included). Not SReLU: clamp_min passes the
+# gradient at exactly -1, so a window tied at -1 after the activation would route it differently. Not GELU/SiLU
+# (not monotone). name -> whether it commutes, given its parameter (ELU's alpha, the leaky slope: >= 0 / > 0).
+COMMUTES_WITH_MAX: dict[str, Callable[[float], bool]] = {
+    "elu": lambda alpha: alpha > 0,
+    "relu": lambda _: True,
+    "leaky_relu": lambda slope: slope > 0,
+}
+
+
+def commutes_with_max(name: str, param: float | None = None) -> bool:
+    check = COMMUTES_WITH_MAX.get(name)
+    return check is not None and check(ACTIVATIONS[name][1] if param is None else float(param))
+
+
 def make_activation(name: str, param: float | None = None) -> nn.Module:
     try:
         build, default = ACTIVATIONS[name]

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarkit.models.activations import ActivationName, make_activation
+from cifarkit.models.activations import ACTIVATION_TYPES, ActivationName, commutes_with_max, make_activation
 from cifarkit.models.registry import register_model
 
 # (out_channels, kernel_size) per convolution, per stack.
@@ -57,16 +58,38 @@ ELU11_DROPOUT = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.0)  # on the last layer of each
 
 
 class SameConv2d(nn.Conv2d):
-    """Stride-1 convolution with Keras "same" padding: for even kernels the extra pixel goes bottom/right."""
+    """Stride-1 convolution with Keras "same" padding: for even kernels the extra pixel goes bottom/right.
+
+    Odd kernels pad symmetrically, which the convolution does itself (no padded copy of the input); only the
+    2x2 kernels need an explicit bottom/right `F.pad`."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
-        super().__init__(in_channels, out_channels, kernel_size)
         before = (kernel_size - 1) // 2
         after = kernel_size - 1 - before
+        super().__init__(in_channels, out_channels, kernel_size, padding=before if before == after else 0)
         self.same_pad = (before, after, before, after)  # F.pad order: left, right, top, bottom
+        self.pads_itself = before == after
 
     def forward(self, x):
-        return super().forward(F.pad(x, self.same_pad))
+        return super().forward(x if self.pads_itself else F.pad(x, self.same_pad))
+
+
+def _observed(module: nn.Module | None) -> bool:
+    """A layer something watches (a forward hook: the activation probe, a summary): it runs on its full input,
+    in its place, so that the watcher sees the output the layer-by-layer network has."""
+    return module is not None and bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def reference_forward(net: EluNet, x: torch.Tensor) -> torch.Tensor:
+    """The network as first written: every layer in order, each convolution after an explicit "same" `F.pad`.
+    `EluNet.forward` must compute the same function (tests/test_models.py); benchmarks/elu_throughput.py
+    measures the two against each other."""
+    for layer in net.features:
+        if isinstance(layer, SameConv2d):
+            x = F.conv2d(F.pad(x, layer.same_pad), layer.weight, layer.bias)
+        else:
+            x = layer(x)
+    return net.classifier(net.flatten(x))
 
 
 def keras_init_(model: nn.Module) -> nn.Module:
@@ -128,6 +151,11 @@ class EluNet(nn.Module):
             self.dropouts.append(dropout_layer)
             layers.append(dropout_layer)
         self.features = nn.Sequential(*layers)
+        # activations directly followed by a max-pooling that the forward pass may run pool-first
+        self._pool_first = frozenset(
+            i for i in range(len(layers) - 1)
+            if isinstance(layers[i + 1], nn.MaxPool2d) and commutes_with_max(activation, activation_param)
+            and isinstance(layers[i], ACTIVATION_TYPES))
         self.flatten = nn.Flatten()
         self.classifier = nn.Identity() if conv_head else nn.Linear(channels, num_classes)
         keras_init_(self)
@@ -140,7 +168,20 @@ class EluNet(nn.Module):
         return [layer.p for layer in self.dropouts]
 
     def forward(self, x):
-        return self.classifier(self.flatten(self.features(x)))
+        layers = self.features
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            pool = layers[i + 1] if i + 1 < len(layers) else None
+            if i in self._pool_first and not (_observed(layer) or _observed(pool)):
+                # max-pooling commutes with a non-decreasing activation: pooling first applies the
+                # activation (forward and backward) to a quarter of the values, with the same result
+                x = layer(pool(x))
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
+        return self.classifier(self.flatten(x))
 
 
 def _check_activation(activation: str = "elu", activation_param: float | None = None, **_) -> None:

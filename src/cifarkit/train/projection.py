@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from cifarkit.config import Config
 
@@ -84,8 +86,18 @@ def matmul_flops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: 
 
 
 def time_training_steps(config: Config, device: torch.device, steps: int = 5, warmup: int = 2,
-                        num_classes: int = 100) -> list[float]:
+                        num_classes: int = 100, model: nn.Module | None = None) -> list[float]:
     """Seconds of each of `steps` full training steps of `config` (after `warmup` untimed ones)."""
+    step = training_step(config, device, num_classes, model)
+    times = [step() for _ in range(warmup + steps)]
+    return times[warmup:]
+
+
+def training_step(config: Config, device: torch.device, num_classes: int = 100,
+                  model: nn.Module | None = None) -> Callable[[], float]:
+    """A function that runs one full training step of `config` and returns its seconds: the recipe's model
+    (or `model`: a benchmark's reference implementation of the same network), optimizer, batch size,
+    augmentation, autocast and memory format, on synthetic resident data, timed after synchronising."""
     from cifarkit.data.loader import DeviceLoader
     from cifarkit.data.preprocess import Preprocess
     from cifarkit.models import create_model
@@ -93,27 +105,30 @@ def time_training_steps(config: Config, device: torch.device, steps: int = 5, wa
     from cifarkit.train.optim import build_optimizer
 
     batch = config.train.batch_size
-    model = create_model(config.model.name, num_classes, **config.model.kwargs).to(device)
+    memory_format = torch.channels_last if config.model.channels_last else torch.contiguous_format
+    model = (model or create_model(config.model.name, num_classes, **config.model.kwargs)).to(device)
+    model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(model, config.optim)
     images = torch.randint(0, 256, (max(batch * 2, 256), 3, 32, 32), dtype=torch.uint8, device=device)
     labels = torch.randint(0, num_classes, (images.shape[0],), device=device)
     # an unfitted Preprocess costs what a fitted one does (ZCA: one 3072x3072 matmul per batch)
     loader = DeviceLoader(images, labels, batch, Preprocess(config.preprocess).to(device), config.augment)
     dtype = autocast_dtype(config.train.amp, device)
-    times = []
-    for i in range(warmup + steps):
+
+    def step() -> float:
         synchronize(device)
         started = time.perf_counter()
         x, y = loader.next_batch()
+        x = x.contiguous(memory_format=memory_format)
         with autocast(device, dtype):
             loss = F.cross_entropy(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - started)
-    return times
+        return time.perf_counter() - started
+
+    return step
 
 
 def project(config: Config, device: torch.device, steps: int = 5) -> Projection:
