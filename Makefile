@@ -20,10 +20,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# ONNXRUNTIME_NODE_INSTALL=skip: onnxruntime-node bundles its CPU binaries; without it, its install script
-# downloads CUDA files from outside the npm registry.
-web/node_modules/.installed: web/package.json web/package-lock.json web/packages/classify/package.json
-	cd web && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund
+# web/.npmrc keeps onnxruntime-node's install script from downloading CUDA files from outside the npm registry.
+web/node_modules/.installed: web/package.json web/package-lock.json web/packages/classify/package.json web/.npmrc
+	cd web && npm ci --no-audit --no-fund
 	touch $@
 
 # The TypeScript library (web/packages/classify: build, golden vectors and Node.js tests) and the browser page

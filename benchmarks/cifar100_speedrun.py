@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarkit.config import load_config
+from cifarkit.device import autocast, choose_autocast, cpu_bf16_flags
 from cifarkit.files import atomic_write_text
 from cifarkit.models.resnet import BasicBlock  # the anchor's block is the standard one, exactly
 from cifarkit.train import train
-from cifarkit.train.device import autocast, choose_autocast, cpu_bf16_flags
 from cifarkit.train.loop import prepare_data
 
 # cifarkit rows: the recipe and what changes for the benchmark (its budget comes from --budget)
@@ -222,7 +222,7 @@ def run_cifarkit(row: str, budget: float, seed: int, data_dir: str | None, out: 
 def validation_curve(run_dir: Path, results: dict) -> list[dict]:
     """(step, training seconds, val top-1) at each validation pass of a cifarkit run, from its metrics.jsonl;
     seconds are the run's mean seconds per step times the step (validation passes are not training time)."""
-    from cifarkit.train.metrics import read_metrics
+    from cifarkit.runlog import read_metrics
 
     seconds_per_step = results["train_seconds"] / results["steps"]
     return [{"step": r["step"], "train_seconds": r["step"] * seconds_per_step, "val_top1": r["val/top1"]}

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from cifarkit.config import load_config
+from cifarkit.device import choose_autocast, resolve_device, synchronize
 from cifarkit.models import create_model
-from cifarkit.train.device import choose_autocast, resolve_device, synchronize
-from cifarkit.train.optim import build_optimizer
+from cifarkit.optim import build_optimizer
 
 
 def step_times(model, optimizer, x, y, device, dtype, steps: int, smoothing: float) -> list[float]:

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from cifarkit.config import load_config
+from cifarkit.device import autocast_dtype, cpu_bf16_flags, resolve_device
 from cifarkit.models import create_model
 from cifarkit.models.elu_net import reference_forward
-from cifarkit.train.device import autocast_dtype, cpu_bf16_flags, resolve_device
 from cifarkit.train.projection import Projection, matmul_flops, multiply_adds_per_image, training_step
 
 

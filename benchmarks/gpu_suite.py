@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from elu_throughput import measure  # noqa: E402
 
 from cifarkit.config import load_config  # noqa: E402
+from cifarkit.device import device_name_of, resolve_device  # noqa: E402
 from cifarkit.experiments.sweep import PreparedCache  # noqa: E402
 from cifarkit.train import train  # noqa: E402
-from cifarkit.train.device import device_name_of, resolve_device  # noqa: E402
 from cifarkit.train.loop import summarize_runs  # noqa: E402
 
 

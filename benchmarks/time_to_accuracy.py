@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from cifarkit.config import load_config
+from cifarkit.device import device_name_of, resolve_device, synchronize
 from cifarkit.train import train_seeds
-from cifarkit.train.device import device_name_of, resolve_device, synchronize
 from cifarkit.train.loop import prepare_data
 
 

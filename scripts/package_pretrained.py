@@ -94,7 +94,7 @@ def _logits_and_labels(name: str, data_dir: str, split: str):
 
     from cifarkit.data import load_dataset, split_for
     from cifarkit.data.loader import to_device_images
-    from cifarkit.inference import load_model
+    from cifarkit.pretrained import load_model
     from cifarkit.tta import predict_logits
 
     trained = load_model(name)

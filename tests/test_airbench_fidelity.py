@@ -10,12 +10,12 @@ import torch
 
 from cifarkit.config import load_config
 from cifarkit.data.loader import AugmentConfig, DeviceLoader
+from cifarkit.device import choose_autocast, cpu_bf16_flags
 from cifarkit.models import create_model
+from cifarkit.optim import build_optimizer, parameter_groups
+from cifarkit.schedules import lr_at
 from cifarkit.train.averaging import WeightAverager
-from cifarkit.train.device import choose_autocast, cpu_bf16_flags
 from cifarkit.train.metrics import TTA_MODES, predict_logits
-from cifarkit.train.optim import build_optimizer, parameter_groups
-from cifarkit.train.schedules import lr_at
 
 INTEL_AMX = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 OLD_X86 = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n"

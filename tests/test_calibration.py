@@ -21,7 +21,7 @@ def test_the_fit_recovers_the_temperature_the_labels_were_drawn_with():
 
 
 def test_a_models_temperature_divides_its_logits(trained_run):
-    from cifarkit.inference import load_model
+    from cifarkit.pretrained import load_model
     from cifarkit.tta import predict_logits
 
     trained = load_model(trained_run)
@@ -36,7 +36,7 @@ def test_the_export_bakes_the_temperature_into_the_graph(trained_run, tmp_path):
     pytest.importorskip("onnxruntime")
     from cifarkit.checkpoints import load_checkpoint
     from cifarkit.export import export_onnx, run_onnx
-    from cifarkit.inference import load_model
+    from cifarkit.pretrained import load_model
 
     state = load_checkpoint(trained_run / "best.pt")
     state["temperature"] = 3.0

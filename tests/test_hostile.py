@@ -177,7 +177,7 @@ def test_export_never_overwrites_a_file_that_is_not_its_own(trained_run, tmp_pat
 
 
 def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
-    from cifarkit.train.metrics import read_metrics
+    from cifarkit.runlog import read_metrics
 
     (tmp_path / "metrics.jsonl").write_text('{"step": 10, "val_loss": 2.0}\n{"step": 20, "val_lo')
     warnings = []
@@ -189,12 +189,12 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
 
 
 def test_a_full_disk_during_a_run_is_one_line_that_says_resume(fake_root, tmp_path, monkeypatch, capsys):
-    from cifarkit.train import metrics
+    from cifarkit import runlog
 
     def full(self, step, scalars):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r" / "metrics.jsonl"))
 
-    monkeypatch.setattr(metrics.MetricsLog, "log", full)
+    monkeypatch.setattr(runlog.MetricsLog, "log", full)
     code = main(["train", "--recipe", "elu-seed", "--dataset", "cifar10", "--data-dir", str(fake_root),
                  "--out-dir", str(tmp_path), "--run-name", "r", "--device", "cpu", "--steps", "4",
                  "--set", "model.kwargs.width=0.05", "--set", "train.batch_size=50",
@@ -272,7 +272,7 @@ def test_crafted_checkpoint_fields_are_refused_by_name(trained_run, tmp_path, fi
     import torch
 
     from cifarkit.checkpoints import load_checkpoint
-    from cifarkit.inference import load_model
+    from cifarkit.pretrained import load_model
 
     state = load_checkpoint(trained_run / "best.pt")
     state[field] = value

@@ -118,8 +118,8 @@ def test_defaults_build_the_same_network_and_weights(name):
 
 
 def test_elu11_recipe_follows_the_paper():
-    from cifarkit.train.optim import build_optimizer
-    from cifarkit.train.schedules import lr_at
+    from cifarkit.optim import build_optimizer
+    from cifarkit.schedules import lr_at
 
     config = load_config("elu11-paper")
     assert (config.model.name, config.train.batch_size, config.train.steps) == ("elu11_paper", 100, 165_000)

@@ -8,8 +8,8 @@ from torch import nn
 
 from cifarkit.config import load_config
 from cifarkit.errors import ConfigError
-from cifarkit.train.optim import build_optimizer, parameter_groups
-from cifarkit.train.schedules import dropout_at, lr_at, validate_dropout_events
+from cifarkit.optim import build_optimizer, parameter_groups
+from cifarkit.schedules import dropout_at, lr_at, validate_dropout_events
 
 SEED = load_config("elu-seed")
 INITIAL = [0.5] * 7
@@ -92,7 +92,7 @@ def test_l2_in_the_loss_gives_the_same_gradient_as_weight_decay():
 
 
 def test_learning_rate_scaling_with_the_global_batch():
-    from cifarkit.train.optim import scaled_lr
+    from cifarkit.optim import scaled_lr
 
     base = load_config("elu-seed", ["optim.lr=0.1", "optim.base_batch_size=128"]).optim
     assert scaled_lr(base, 512) == pytest.approx(0.1)  # "none" by default: the lr is taken as given
@@ -100,5 +100,5 @@ def test_learning_rate_scaling_with_the_global_batch():
     assert scaled_lr(linear, 512) == pytest.approx(0.4)
     root = load_config("elu-seed", ["optim.lr=0.1", "optim.base_batch_size=128", "optim.lr_scaling=sqrt"]).optim
     assert scaled_lr(root, 512) == pytest.approx(0.2)
-    with pytest.raises(ConfigError, match="lr_scaling"):
-        scaled_lr(load_config("elu-seed", ["optim.lr_scaling=cubic"]).optim, 100)
+    with pytest.raises(ConfigError, match="lr_scaling"):  # refused when the config is loaded
+        load_config("elu-seed", ["optim.lr_scaling=cubic"])

@@ -145,7 +145,7 @@ def _config(args):
 
 def _projection(config) -> str:
     """`config`'s projected run time on its device, from a few of its own training steps timed here."""
-    from cifarkit.train.device import resolve_device
+    from cifarkit.device import resolve_device
     from cifarkit.train.projection import describe, project
 
     return describe(project(config, resolve_device(config.train.device)))

@@ -18,7 +18,12 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from cifarkit.data.loader import AugmentConfig
 from cifarkit.data.preprocess import PreprocessConfig
+from cifarkit.data.specs import DATASETS
+from cifarkit.device import check_device_name
 from cifarkit.errors import ConfigError
+from cifarkit.models.registry import check_model_options, dropout_layers
+from cifarkit.optim import OPTIMIZERS
+from cifarkit.schedules import LR_SCHEDULES, check_dropout_events
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,7 +52,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "sgd"  # see cifarkit.train.optim.OPTIMIZERS
+    name: str = "sgd"  # see cifarkit.optim.OPTIMIZERS
     lr: float = 0.01
     momentum: float = 0.9
     nesterov: bool = False
@@ -64,14 +69,14 @@ class OptimConfig:
     base_batch_size: int | None = None
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
     # optim.name = "muon": the filters' learning rate and momentum (Nesterov); optim.lr, momentum and the
-    # decays above then apply to the other parameters, trained by SGD (see cifarkit.train.muon)
+    # decays above then apply to the other parameters, trained by SGD (see cifarkit.optim.muon)
     muon_lr: float = 0.24
     muon_momentum: float = 0.6
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    lr: str = "step"  # see cifarkit.train.schedules.LR_SCHEDULES
+    lr: str = "step"  # see cifarkit.schedules.LR_SCHEDULES
     milestones: list[int] = field(default_factory=list)  # "step": multiply by gamma at each of these steps
     gamma: float = 0.1
     # "step" with factors: after the k-th milestone the lr is lr_factors[k-1] x the base (instead of gamma**k)
@@ -380,12 +385,6 @@ RANGES: dict[str, Callable[[Any], str | None]] = {
 
 def _check_registries(config: Config) -> None:
     """Names that must exist in a registry, and options that the chosen model must take."""
-    from cifarkit.data.specs import DATASETS
-    from cifarkit.models.registry import check_model_options
-    from cifarkit.train.device import check_device_name
-    from cifarkit.train.optim import OPTIMIZERS
-    from cifarkit.train.schedules import LR_SCHEDULES, check_dropout_events
-
     for where, value, registry in (("data.dataset", config.data.dataset, DATASETS),
                                    ("optim.name", config.optim.name, OPTIMIZERS),
                                    ("schedule.lr", config.schedule.lr, LR_SCHEDULES)):
@@ -405,8 +404,6 @@ def _check_registries(config: Config) -> None:
 
 
 def _check_dropout_layers(config: Config) -> None:
-    from cifarkit.models.registry import dropout_layers
-
     events = config.schedule.dropout_events
     if not events:
         return
@@ -420,7 +417,7 @@ def _check_dropout_layers(config: Config) -> None:
                               f"rates; model {config.model.name!r} has {layers} dropout layers (one per stack)")
 
 
-# Checked with the config (before any run folder exists) and again where the optimizer is built.
+# Checked with the config, before any run folder exists (the optimizer's builder trusts a loaded config).
 MUON_L2_MESSAGE = ("optim.name = \"muon\" keeps filters at a fixed norm instead of decaying them; use "
                    "optim.weight_decay / optim.norm_weight_decay for the SGD-trained parameters, not optim.l2")
 

@@ -26,7 +26,8 @@ from cifarkit.files import (
     make_staging_folder,
     replace_folder,
 )
-from cifarkit.inference import TrainedModel, load_model
+from cifarkit.inference import TrainedModel
+from cifarkit.pretrained import load_model
 
 SPLITS = ("val", "test")
 

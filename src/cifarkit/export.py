@@ -26,7 +26,8 @@ from torch import nn
 from cifarkit.errors import CifarkitError
 from cifarkit.files import atomic_write_bytes, check_writable_folder, read_json
 from cifarkit.images import SIZE
-from cifarkit.inference import TrainedModel, load_model
+from cifarkit.inference import TrainedModel
+from cifarkit.pretrained import load_model
 
 TOLERANCE = 1e-4
 

@@ -50,7 +50,8 @@ class TrainedModel:
 
     def predict(self, pictures, top_k: int = 5, tta: bool | str = False) -> list[list[dict]]:
         """Ranked [{"label", "score"}] (best first) for each picture: file paths, PIL images, or uint8 arrays
-        (one HxWx3 picture or a batch NxHxWx3, any size: each is resized as `cifarkit predict` does)."""
+        (one HxWx3 picture or a batch NxHxWx3, any size: each is resized as `cifarkit predict` does). Models
+        with superclasses (CIFAR-100) add each class's "superclass"."""
         from cifarkit.images import as_model_pixels
 
         several = isinstance(pictures, (list, tuple)) or (isinstance(pictures, np.ndarray) and pictures.ndim == 4)
@@ -58,8 +59,21 @@ class TrainedModel:
         if not batch:
             return []
         indices, values, _ = predict_arrays(self, np.stack(batch), top_k, tta)
-        return [[{"label": self.class_names[i], "score": float(p)} for i, p in zip(row_i, row_p, strict=True)]
+        return [[self._ranked(i, p) for i, p in zip(row_i, row_p, strict=True)]
                 for row_i, row_p in zip(indices.tolist(), values.tolist(), strict=True)]
+
+    def superclass_of(self, index: int) -> str | None:
+        """The superclass of class `index`, for models that have them (CIFAR-100); None otherwise."""
+        if self.fine_to_coarse is None or not self.coarse_names:
+            return None
+        return self.coarse_names[self.fine_to_coarse[index]]
+
+    def _ranked(self, index: int, probability: float) -> dict:
+        item = {"label": self.class_names[index], "score": float(probability)}
+        superclass = self.superclass_of(index)
+        if superclass is not None:
+            item["superclass"] = superclass
+        return item
 
 
 def predict_arrays(trained: TrainedModel, images_nhwc: np.ndarray, top_k: int = 5, tta: bool = False):
@@ -71,21 +85,6 @@ def predict_arrays(trained: TrainedModel, images_nhwc: np.ndarray, top_k: int = 
     return top.indices.numpy(), top.values.numpy(), probabilities.numpy()
 
 
-def load_model(model: str | Path | None = None, device: str | torch.device = "cpu") -> TrainedModel:
-    """What `--model` names: a shipped pretrained model (None: the default one), a run directory (its best
-    checkpoint) or a checkpoint file. A path that exists wins over a pretrained name."""
-    from cifarkit.pretrained import DEFAULT_PRETRAINED, PRETRAINED, load_pretrained
-
-    if model is None:
-        return load_pretrained(DEFAULT_PRETRAINED, device)
-    if not Path(model).exists():
-        if str(model) in PRETRAINED:
-            return load_pretrained(str(model), device)
-        raise CheckpointError(f"{model} is neither a shipped model ({', '.join(PRETRAINED)}; see `cifarkit models`) "
-                              "nor an existing run directory or checkpoint file")
-    return load_trained_model(model, device)
-
-
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     checkpoint = resolve_checkpoint(path)
     return trained_model_from_state(load_checkpoint(checkpoint), checkpoint, file_sha256(checkpoint), device)
@@ -94,7 +93,7 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
 def trained_model_from_state(state: dict, source: Path, sha256: str, device: str | torch.device = "cpu",
                              name: str | None = None) -> TrainedModel:
     """A TrainedModel from checkpoint-shaped data (a training checkpoint, or a shipped pretrained model)."""
-    from cifarkit.train.device import resolve_device
+    from cifarkit.device import resolve_device
 
     device = resolve_device(device) if isinstance(device, str) else device  # a bad name is a one-line error
     check_payload(state, source, FOR_USE)

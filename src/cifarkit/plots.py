@@ -70,7 +70,7 @@ CURVE_PANELS = (
 def training_curves(run_dir: Path, out: Path | None = None) -> Path:
     """Training curves from RUN_DIR/metrics.jsonl: loss, top-1, top-5, learning rate, dropout rates."""
     from cifarkit.errors import CifarkitError
-    from cifarkit.train.metrics import read_metrics
+    from cifarkit.runlog import read_metrics
 
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():

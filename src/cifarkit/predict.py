@@ -17,7 +17,8 @@ import numpy as np
 
 from cifarkit.errors import ImageError
 from cifarkit.images import display_path, expand_paths, load_image
-from cifarkit.inference import TrainedModel, load_model, predict_arrays
+from cifarkit.inference import TrainedModel, predict_arrays
+from cifarkit.pretrained import load_model
 from cifarkit.text import csv_cell, printable
 
 
@@ -56,8 +57,7 @@ def iter_predictions(model: str | Path | None, paths: list[str | Path], top_k: i
             for row, i in enumerate(ok):
                 results[i].classes = [(trained.class_names[c], float(p))
                                       for c, p in zip(indices[row], values[row], strict=True)]
-                if trained.fine_to_coarse is not None and trained.coarse_names:
-                    results[i].superclass = trained.coarse_names[trained.fine_to_coarse[indices[row][0]]]
+                results[i].superclass = trained.superclass_of(indices[row][0])
         yield from results
 
 

@@ -18,8 +18,8 @@ from cifarkit.errors import CifarkitError
 from cifarkit.experiments.stats import describe, paired_tests
 from cifarkit.experiments.sweep import MAX_CELLS, MAX_SEEDS
 from cifarkit.files import atomic_write_text, finite, read_json
+from cifarkit.runlog import read_metrics
 from cifarkit.text import csv_cell
-from cifarkit.train.metrics import read_metrics
 
 # (key in the report, where it is in results.json, label)
 FIGURES = (("test_top1", ("test", "top1"), "test top-1"), ("test_loss", ("test", "loss"), "test loss"),

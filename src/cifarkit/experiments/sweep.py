@@ -162,7 +162,7 @@ class PreparedCache:
         self.key, self.value = None, None
 
     def get(self, config: Config, log):
-        from cifarkit.train.device import resolve_device
+        from cifarkit.device import resolve_device
         from cifarkit.train.loop import prepare_data
 
         device = resolve_device(config.train.device)

@@ -23,6 +23,7 @@ import torch
 
 from cifarkit.errors import CheckpointError, CifarkitError
 from cifarkit.files import read_bounded
+from cifarkit.inference import TrainedModel, load_trained_model, trained_model_from_state
 
 
 class PretrainedError(CifarkitError):
@@ -92,7 +93,6 @@ def load_pretrained(name: str = DEFAULT_PRETRAINED, device: str | torch.device =
     """The shipped model `name` as a `TrainedModel` (the same object a checkpoint gives), sha256-verified."""
     from safetensors.torch import load as load_safetensors
 
-    from cifarkit.inference import trained_model_from_state
 
     spec = _spec(name)
     card = read_card(name)
@@ -165,3 +165,16 @@ register_pretrained(PretrainedSpec(
     card_sha256="7313843373ae3651e032ed4fe3b68f8b55675788fd851a8ddf56176d1790ecf0",
     description="airbench94's network and recipe (fast10), CIFAR-10, 30 CPU-minutes",
 ))
+
+
+def load_model(model: str | Path | None = None, device: str | torch.device = "cpu") -> TrainedModel:
+    """What `--model` names: a shipped pretrained model (None: the default one), a run directory (its best
+    checkpoint) or a checkpoint file. A path that exists wins over a pretrained name."""
+    if model is None:
+        return load_pretrained(DEFAULT_PRETRAINED, device)
+    if not Path(model).exists():
+        if str(model) in PRETRAINED:
+            return load_pretrained(str(model), device)
+        raise CheckpointError(f"{model} is neither a shipped model ({', '.join(PRETRAINED)}; see `cifarkit models`) "
+                              "nor an existing run directory or checkpoint file")
+    return load_trained_model(model, device)

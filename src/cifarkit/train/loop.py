@@ -33,18 +33,19 @@ from cifarkit.config import Config, apply_overrides, config_from_dict
 from cifarkit.data import CifarData, Split, load_dataset, split_for
 from cifarkit.data.loader import DeviceLoader, eval_batches, to_device_images
 from cifarkit.data.preprocess import Preprocess
+from cifarkit.device import autocast, choose_autocast, device_name_of, resolve_device, synchronize
 from cifarkit.errors import CheckpointError, CifarkitError, ConfigError
 from cifarkit.files import atomic_write_bytes, atomic_write_text
 from cifarkit.models import create_model
+from cifarkit.optim import build_optimizer, scaled_lr, set_lr
+from cifarkit.runlog import MetricsLog
+from cifarkit.schedules import dropout_at, lr_at, validate_dropout_events
 from cifarkit.train import distributed
 from cifarkit.train.averaging import WeightAverager
 from cifarkit.train.checkpoint import CheckpointStore, load_checkpoint
-from cifarkit.train.device import autocast, choose_autocast, device_name_of, resolve_device, synchronize
 from cifarkit.train.guard import UpdateGuard, ensure_momentum_buffers
-from cifarkit.train.metrics import Accumulator, MetricsLog, evaluate_batches
-from cifarkit.train.optim import build_optimizer, scaled_lr, set_lr
+from cifarkit.train.metrics import Accumulator, evaluate_batches
 from cifarkit.train.probe import PROBE_IMAGES, ActivationProbe
-from cifarkit.train.schedules import dropout_at, lr_at, validate_dropout_events
 
 
 def _log(line: str) -> None:

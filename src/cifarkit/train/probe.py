@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cifarkit.device import autocast
 from cifarkit.models.activations import ACTIVATION_TYPES
-from cifarkit.train.device import autocast
 
 PROBE_IMAGES = 500
 

@@ -100,9 +100,9 @@ def training_step(config: Config, device: torch.device, num_classes: int = 100,
     augmentation, autocast and memory format, on synthetic resident data, timed after synchronising."""
     from cifarkit.data.loader import DeviceLoader
     from cifarkit.data.preprocess import Preprocess
+    from cifarkit.device import autocast, autocast_dtype, synchronize
     from cifarkit.models import create_model
-    from cifarkit.train.device import autocast, autocast_dtype, synchronize
-    from cifarkit.train.optim import build_optimizer
+    from cifarkit.optim import build_optimizer
 
     batch = config.train.batch_size
     memory_format = torch.channels_last if config.model.channels_last else torch.contiguous_format
@@ -133,8 +133,8 @@ def training_step(config: Config, device: torch.device, num_classes: int = 100,
 
 def project(config: Config, device: torch.device, steps: int = 5) -> Projection:
     from cifarkit.data import get_spec
+    from cifarkit.device import device_name_of
     from cifarkit.models import create_model
-    from cifarkit.train.device import device_name_of
     from cifarkit.train.loop import plan_steps
 
     spec = get_spec(config.data.dataset)

@@ -8,10 +8,10 @@
  */
 import * as ort from "onnxruntime-web";
 import {
-  checkModelBytes, checkModelInfo, checkSession, checkSize, Classifier, DEFAULT_BATCH, isRawPixels, ModelLoadError,
-  NotAnImageError, rawToRGBA, type ModelInfo, type RawPixels,
+  checkSize, Classifier, isRawPixels, ModelLoadError, NotAnImageError, openClassifier, parseModelInfo, rawToRGBA,
+  type LoadOptions, type OrtModule, type RawPixels,
 } from "./core.js";
-import { SIZE, type RGBAImage } from "./preprocess.js";
+import type { RGBAImage } from "./preprocess.js";
 
 export * from "./core.js";
 export { SIZE, toModelPixels, type RGBAImage } from "./preprocess.js";
@@ -20,17 +20,6 @@ export { SIZE, toModelPixels, type RGBAImage } from "./preprocess.js";
 export type BrowserImageInput = Blob | HTMLImageElement | HTMLCanvasElement | OffscreenCanvas | ImageBitmap |
   ImageData | string | URL | RawPixels;
 export type BrowserClassifier = Classifier<BrowserImageInput>;
-
-export interface LoadOptions {
-  /** model.json's contents (default: fetched from beside the model; required when the model is bytes) */
-  info?: ModelInfo;
-  /** pictures per ONNX Runtime call (default 64) */
-  batchSize?: number;
-  /** where onnxruntime-web's .wasm files are served from (default: onnxruntime-web's own choice) */
-  wasmPaths?: string;
-  /** "webgpu" and/or "wasm", tried in order (default: WebGPU where present, then WebAssembly) */
-  executionProviders?: string[];
-}
 
 /** The model that ships with the package, next to this module. (Built from a variable, so that bundlers do
  * not copy the model into every app that imports the library: an app that wants it passes its own URL.) */
@@ -113,43 +102,18 @@ export async function loadClassifier(model: string | URL | Uint8Array | ArrayBuf
   const isUrl = typeof model === "string" || model instanceof URL;
   const url = isUrl ? new URL(String(model), globalThis.document?.baseURI ?? globalThis.location?.href).href : "";
   const where = isUrl ? url : "the model bytes";
-  let info = options.info;
   const [bytes, fetchedInfo] = await Promise.all([
     isUrl ? fetchBytes(url) : Promise.resolve(new Uint8Array(model as Uint8Array | ArrayBuffer)),
-    info || !isUrl ? Promise.resolve(null) : fetchBytes(url.replace(/(\.onnx)?(\?.*)?$/, ".json$2")),
+    options.info || !isUrl ? Promise.resolve(null) : fetchBytes(url.replace(/(\.onnx)?(\?.*)?$/, ".json$2")),
   ]);
+  let info: unknown = options.info;
+  const infoWhere = info ? "options.info" : `the metadata beside ${where}`;
   if (!info) {
     if (!fetchedInfo) throw new ModelLoadError("a model given as bytes needs its metadata: loadClassifier(bytes, { info })");
-    try {
-      info = JSON.parse(new TextDecoder().decode(fetchedInfo)) as ModelInfo;
-    } catch {
-      throw new ModelLoadError(`the metadata beside ${where} is not JSON (it should be cifarkit's model.json)`);
-    }
+    info = parseModelInfo(new TextDecoder().decode(fetchedInfo), infoWhere);
   }
-  info = checkModelInfo(info, `the metadata of ${where}`);
-  await checkModelBytes(bytes, info, where);
   const hasGpu = typeof navigator !== "undefined" && "gpu" in navigator;
-  const backends = options.executionProviders ?? (hasGpu ? ["webgpu", "wasm"] : ["wasm"]);
-  let lastError: unknown = null;
-  for (const backend of backends) {
-    try {
-      const session = await ort.InferenceSession.create(bytes, { executionProviders: [backend] });
-      await checkSession(session, where, info, makeTensor);
-      return new Classifier<BrowserImageInput>({
-        session,
-        tensor: makeTensor,
-        decode: decodeImage,
-        backend,
-      }, info, options.batchSize ?? DEFAULT_BATCH);
-    } catch (error) {
-      if (error instanceof ModelLoadError) throw error;
-      lastError = error;
-    }
-  }
-  throw new ModelLoadError(`${where} could not be loaded by ONNX Runtime (${String(lastError)})`, { cause: lastError });
-}
-
-/** A batch of prepared pictures as the model's input: uint8, NHWC. */
-function makeTensor(pixels: Uint8Array, batch: number): ort.Tensor {
-  return new ort.Tensor("uint8", pixels, [batch, SIZE, SIZE, 3]);
+  return openClassifier<BrowserImageInput>({ bytes, where, info, infoWhere, ort: ort as unknown as OrtModule,
+                                             backends: hasGpu ? ["webgpu", "wasm"] : ["wasm"], decode: decodeImage },
+                                           options);
 }

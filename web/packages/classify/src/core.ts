@@ -132,6 +132,77 @@ export async function checkSession(session: InferenceSession, where: string, inf
   }
 }
 
+/** How to open a model, on either platform (each option says where it applies). */
+export interface LoadOptions {
+  /** model.json's contents (default: read or fetched from beside the model; required when the model is bytes) */
+  info?: ModelInfo;
+  /** pictures per ONNX Runtime call (default 64) */
+  batchSize?: number;
+  /** execution providers, tried in order (browsers: default WebGPU where present, then "wasm"; Node.js: "cpu"
+   * with onnxruntime-node, "wasm" with onnxruntime-web) */
+  executionProviders?: string[];
+  /** Node.js: ONNX Runtime threads within an operator (default: ONNX Runtime's choice; 1 for WebAssembly) */
+  threads?: number;
+  /** Node.js: which ONNX Runtime runs the model. Default: onnxruntime-node (native) where it is installed, else
+   * onnxruntime-web (WebAssembly, installed with this package: no install script, no download) */
+  runtime?: "onnxruntime-node" | "onnxruntime-web";
+  /** browsers: where onnxruntime-web's .wasm files are served from (default: onnxruntime-web's own choice) */
+  wasmPaths?: string;
+}
+
+/** The part of an ONNX Runtime module (onnxruntime-node or onnxruntime-web) a classifier uses. */
+export interface OrtModule {
+  InferenceSession: { create(model: Uint8Array, options?: InferenceSession.SessionOptions): Promise<InferenceSession> };
+  Tensor: new (type: "uint8", data: Uint8Array, dims: readonly number[]) => Tensor;
+}
+
+/** What a loader has found before opening a model: its bytes, its metadata, and its platform's runtime. */
+export interface ModelSource<Input> {
+  bytes: Uint8Array;
+  /** the model, as error messages name it (a path, a URL, "the model bytes") */
+  where: string;
+  info: unknown;
+  /** the metadata, as error messages name it */
+  infoWhere: string;
+  ort: OrtModule;
+  /** execution providers to try, in order, unless `options.executionProviders` names others */
+  backends: string[];
+  decode: (input: Input) => Promise<RGBAImage>;
+  sessionOptions?: InferenceSession.SessionOptions;
+}
+
+/** The one way a model is opened, on every platform: metadata and integrity checks, then a session on the
+ * first execution provider that loads it and passes the probe (checkSession). */
+export async function openClassifier<Input>(source: ModelSource<Input>, options: LoadOptions = {}): Promise<Classifier<Input>> {
+  const { bytes, where, ort } = source;
+  const info = checkModelInfo(source.info, source.infoWhere);
+  await checkModelBytes(bytes, info, where);
+  const tensor = (pixels: Uint8Array, batch: number): Tensor => new ort.Tensor("uint8", pixels, [batch, SIZE, SIZE, 3]);
+  let lastError: unknown = null;
+  for (const backend of options.executionProviders ?? source.backends) {
+    try {
+      const session = await ort.InferenceSession.create(bytes, { ...source.sessionOptions, executionProviders: [backend] });
+      await checkSession(session, where, info, tensor);
+      return new Classifier<Input>({ session, tensor, decode: source.decode, backend }, info,
+                                   options.batchSize ?? DEFAULT_BATCH);
+    } catch (error) {
+      if (error instanceof ModelLoadError) throw error;
+      lastError = error;
+    }
+  }
+  throw new ModelLoadError(`${where} is not an ONNX model ONNX Runtime can load (${String(lastError).split("\n")[0]})`,
+                           { cause: lastError });
+}
+
+/** model.json's text as metadata (a clear error when it is not JSON). */
+export function parseModelInfo(text: string, where: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new ModelLoadError(`${where} is not JSON (it should be the model.json that \`cifarkit export\` wrote)`);
+  }
+}
+
 /** What a platform gives the classifier: a session, a way to make input tensors, and a decoder. */
 export interface Runtime<Input> {
   session: InferenceSession;

@@ -1,5 +1,6 @@
 /**
- * @cifarkit/classify for Node.js: ONNX Runtime (onnxruntime-node, CPU) and sharp for decoding.
+ * @cifarkit/classify for Node.js: ONNX Runtime (onnxruntime-node where installed, else onnxruntime-web's
+ * WebAssembly build) and sharp for decoding.
  *
  *   import { loadClassifier } from "@cifarkit/classify";
  *   const classifier = await loadClassifier();                      // the shipped CIFAR-10 model
@@ -8,13 +9,13 @@
 import { constants } from "node:fs";
 import { open } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
-import * as ort from "onnxruntime-node";
+import type { InferenceSession } from "onnxruntime-common";
 import sharp from "sharp";
 import {
-  checkModelBytes, checkModelInfo, checkSession, checkSize, Classifier, DEFAULT_BATCH, ImageTooLargeError,
-  isRawPixels, MAX_PIXELS, ModelLoadError, NotAnImageError, rawToRGBA, type ModelInfo, type RawPixels,
+  checkSize, Classifier, ImageTooLargeError, isRawPixels, MAX_PIXELS, ModelLoadError, NotAnImageError, openClassifier,
+  parseModelInfo, rawToRGBA, type LoadOptions, type OrtModule, type RawPixels,
 } from "./core.js";
-import { SIZE, type RGBAImage } from "./preprocess.js";
+import type { RGBAImage } from "./preprocess.js";
 
 export * from "./core.js";
 export { SIZE, toModelPixels, type RGBAImage } from "./preprocess.js";
@@ -22,15 +23,6 @@ export { SIZE, toModelPixels, type RGBAImage } from "./preprocess.js";
 /** A file path, the bytes of an encoded picture (PNG, JPEG, WebP, GIF, TIFF, AVIF...), or decoded pixels. */
 export type NodeImageInput = string | URL | Buffer | Uint8Array | ArrayBuffer | RawPixels;
 export type NodeClassifier = Classifier<NodeImageInput>;
-
-export interface LoadOptions {
-  /** model.json's contents (default: read from beside the model file; required when the model is bytes) */
-  info?: ModelInfo;
-  /** pictures per ONNX Runtime call (default 64) */
-  batchSize?: number;
-  /** ONNX Runtime threads within an operator (default: ONNX Runtime's choice) */
-  threads?: number;
-}
 
 /** The model that ships with the package: cifarkit's airbench-cifar10 export. */
 export const DEFAULT_MODEL = fileURLToPath(new URL("../model/model.onnx", import.meta.url));
@@ -164,6 +156,28 @@ export async function decodeImage(input: NodeImageInput): Promise<RGBAImage> {
   }
 }
 
+/** The ONNX Runtime that runs models in Node.js: onnxruntime-node (native, faster) where it is installed,
+ * else onnxruntime-web's WebAssembly build, which this package installs (no install script, nothing
+ * downloaded from outside the npm registry). `options.runtime` picks one. */
+async function nodeRuntime(options: LoadOptions): Promise<{ ort: OrtModule; backends: string[];
+                                                           session: InferenceSession.SessionOptions }> {
+  const threads = options.threads ? { intraOpNumThreads: options.threads } : {};
+  if (options.runtime !== "onnxruntime-web") {
+    try {
+      const ort = (await import("onnxruntime-node")) as unknown as OrtModule;
+      return { ort, backends: ["cpu"], session: threads };
+    } catch (error) {
+      if (options.runtime === "onnxruntime-node") {
+        throw new ModelLoadError("onnxruntime-node is not installed or does not load here (npm install " +
+          `onnxruntime-node --onnxruntime-node-install=skip): ${String(error).split("\n")[0]}`, { cause: error });
+      }
+    }
+  }
+  const web = await import("onnxruntime-web");
+  web.env.wasm.numThreads = options.threads ?? 1; // one thread unless asked: no worker threads left running
+  return { ort: web as unknown as OrtModule, backends: ["wasm"], session: {} };
+}
+
 /** Open a model: a path or file: URL to model.onnx (model.json beside it), or its bytes with `options.info`.
  * No argument: the model that ships with the package. */
 export async function loadClassifier(model: string | URL | Uint8Array | ArrayBuffer = DEFAULT_MODEL,
@@ -171,41 +185,14 @@ export async function loadClassifier(model: string | URL | Uint8Array | ArrayBuf
   const isPath = typeof model === "string" || model instanceof URL;
   const where = isPath ? String(model) : "the model bytes";
   const bytes = isPath ? await readInput(model, "model") : new Uint8Array(model);
-  let info = options.info;
+  let info: unknown = options.info;
+  let infoWhere = "options.info";
   if (!info) {
     if (!isPath) throw new ModelLoadError("a model given as bytes needs its metadata: loadClassifier(bytes, { info })");
-    const jsonPath = String(model instanceof URL ? fileURLToPath(model) : model).replace(/(\.onnx)?$/, ".json");
-    const text = new TextDecoder().decode(await readInput(jsonPath, "model"));
-    try {
-      info = JSON.parse(text) as ModelInfo;
-    } catch {
-      throw new ModelLoadError(`${jsonPath} is not JSON (it should be the model.json that \`cifarkit export\` wrote)`);
-    }
-    info = checkModelInfo(info, jsonPath);
-  } else {
-    info = checkModelInfo(info, "options.info");
+    infoWhere = String(model instanceof URL ? fileURLToPath(model) : model).replace(/(\.onnx)?$/, ".json");
+    info = parseModelInfo(new TextDecoder().decode(await readInput(infoWhere, "model")), infoWhere);
   }
-  await checkModelBytes(bytes, info, where);
-  let session: ort.InferenceSession;
-  try {
-    session = await ort.InferenceSession.create(bytes, {
-      executionProviders: ["cpu"],
-      ...(options.threads ? { intraOpNumThreads: options.threads } : {}),
-    });
-  } catch (error) {
-    throw new ModelLoadError(`${where} is not an ONNX model ONNX Runtime can load (${String(error).split("\n")[0]})`,
-                             { cause: error });
-  }
-  await checkSession(session, where, info, makeTensor);
-  return new Classifier<NodeImageInput>({
-    session,
-    tensor: makeTensor,
-    decode: decodeImage,
-    backend: "cpu",
-  }, info, options.batchSize ?? DEFAULT_BATCH);
-}
-
-/** A batch of prepared pictures as the model's input: uint8, NHWC. */
-function makeTensor(pixels: Uint8Array, batch: number): ort.Tensor {
-  return new ort.Tensor("uint8", pixels, [batch, SIZE, SIZE, 3]);
+  const runtime = await nodeRuntime(options);
+  return openClassifier<NodeImageInput>({ bytes, where, info, infoWhere, ort: runtime.ort, backends: runtime.backends,
+                                          decode: decodeImage, sessionOptions: runtime.session }, options);
 }

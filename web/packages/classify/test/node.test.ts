@@ -58,6 +58,25 @@ describe("the shipped model", () => {
   });
 });
 
+describe("the two ONNX Runtimes of Node.js", () => {
+  it("uses onnxruntime-node where it is installed, and onnxruntime-web's WebAssembly gives the same answers", async () => {
+    expect(classifier.backend).toBe("cpu"); // onnxruntime-node is a dev dependency here
+    const wasm = await loadClassifier(DEFAULT_MODEL, { runtime: "onnxruntime-web" });
+    try {
+      expect(wasm.backend).toBe("wasm");
+      const pictures = [photo, join(golden, "rgba-80x96.png"), join(golden, "grey-64x40.png")];
+      const native = await classifier.classify(pictures, { topK: 5 });
+      const web = await wasm.classify(pictures, { topK: 5 });
+      for (const [a, b] of native.map((n, i) => [n, web[i]!] as const)) {
+        expect(b.map((c) => c.label)).toEqual(a.map((c) => c.label));
+        b.forEach((c, i) => expect(Math.abs(c.score - a[i]!.score)).toBeLessThan(1e-4));
+      }
+    } finally {
+      await wasm.dispose();
+    }
+  });
+});
+
 let truncatedJpeg: Uint8Array;
 beforeAll(async () => {
   const jpeg = await sharp(photo).jpeg({ quality: 90 }).toBuffer();

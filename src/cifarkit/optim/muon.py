@@ -27,7 +27,7 @@ def newton_schulz_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16
     if device.type == "cpu":
-        from cifarkit.train.device import cpu_bf16_flags
+        from cifarkit.device import cpu_bf16_flags
 
         return torch.bfloat16 if cpu_bf16_flags() else torch.float32
     return torch.float32

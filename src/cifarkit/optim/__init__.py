@@ -1,15 +1,21 @@
-"""Optimizers (a registry: SGD, and Muon for filters with SGD for the rest) and their parameter groups."""
+"""Optimizers (a registry: SGD, and Muon for filters with SGD for the rest) and their parameter groups.
+
+Below `cifarkit.config`, which checks names and combinations against this registry when a config is loaded:
+the builders here take an already validated `OptimConfig` and check nothing again.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from cifarkit.config import MUON_L2_MESSAGE
-from cifarkit.errors import ConfigError
-from cifarkit.train.muon import MuonSGD, newton_schulz_dtype
+from cifarkit.optim.muon import MuonSGD, newton_schulz_dtype
+
+if TYPE_CHECKING:
+    from cifarkit.config import OptimConfig
 
 
 def _trainable_parameters(model: nn.Module):
@@ -53,7 +59,7 @@ def parameter_groups(model: nn.Module, l2: float, l2_first_layer: float | None, 
     return [g for g in groups if g["params"]]
 
 
-def muon_parameter_groups(model: nn.Module, config, batch_size: int | None) -> list[dict]:
+def muon_parameter_groups(model: nn.Module, config: OptimConfig, batch_size: int | None) -> list[dict]:
     """airbench94_muon's split: every trainable 4-D filter bank takes Muon steps at `optim.muon_lr` (not scaled
     with the batch: a Muon step has a fixed size whatever the gradient's scale); other kernels (the linear head)
     take SGD at `optim.lr` with `optim.weight_decay`; biases, normalization parameters and the whitening bias
@@ -77,42 +83,33 @@ def muon_parameter_groups(model: nn.Module, config, batch_size: int | None) -> l
     return [g for g in groups if g["params"]]
 
 
-def _sgd(model: nn.Module, c, batch_size: int | None) -> torch.optim.Optimizer:
+def _sgd(model: nn.Module, c: OptimConfig, batch_size: int | None) -> torch.optim.Optimizer:
     groups = parameter_groups(model, c.l2, c.l2_first_layer, c.weight_decay, c.norm_lr_scale, c.norm_weight_decay)
     return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
 
 
-def _muon(model: nn.Module, c, batch_size: int | None) -> torch.optim.Optimizer:
-    if c.l2 or c.l2_first_layer:
-        raise ConfigError(MUON_L2_MESSAGE)
+def _muon(model: nn.Module, c: OptimConfig, batch_size: int | None) -> torch.optim.Optimizer:
     device = next(model.parameters()).device
     return MuonSGD(muon_parameter_groups(model, c, batch_size), lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
                    ns_dtype=newton_schulz_dtype(device))
 
 
 # name -> builder(model, optim config, global batch size) -> optimizer
-OPTIMIZERS: dict[str, Callable] = {"sgd": _sgd, "muon": _muon}
+OPTIMIZERS: dict[str, Callable[[nn.Module, OptimConfig, int | None], torch.optim.Optimizer]] = {
+    "sgd": _sgd, "muon": _muon}
 
 
-def build_optimizer(model: nn.Module, config, batch_size: int | None = None) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: OptimConfig, batch_size: int | None = None) -> torch.optim.Optimizer:
     """`batch_size` (the global batch) lets a builder undo the batch scaling of optim.lr where a rate must not
     follow it (Muon's filters)."""
-    try:
-        make = OPTIMIZERS[config.name]
-    except KeyError:
-        raise ConfigError(f"unknown optim.name {config.name!r}; choose one of: {', '.join(OPTIMIZERS)}") from None
-    if config.nesterov and config.momentum <= 0:
-        raise ConfigError("optim.nesterov needs optim.momentum > 0")
-    return make(model, config, batch_size)
+    return OPTIMIZERS[config.name](model, config, batch_size)
 
 
 LR_SCALING = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": lambda ratio: ratio**0.5}
 
 
-def scaled_lr(config, batch_size: int) -> float:
+def scaled_lr(config: OptimConfig, batch_size: int) -> float:
     """optim.lr, scaled for a global batch that differs from optim.base_batch_size by optim.lr_scaling."""
-    if config.lr_scaling not in LR_SCALING:
-        raise ConfigError(f"optim.lr_scaling must be one of {', '.join(LR_SCALING)}, got {config.lr_scaling!r}")
     if config.base_batch_size is None:
         return config.lr
     return config.lr * LR_SCALING[config.lr_scaling](batch_size / config.base_batch_size)

@@ -1,49 +1,54 @@
 """Schedules as pure functions of the optimizer step (0-based: step s is the (s+1)-th update).
 
 `lr_at(step, base_lr, total_steps, config)` and `dropout_at(step, initial, events)` hold no state, so resume
-needs only the step counter, and each boundary is a unit test.
+needs only the step counter, and each boundary is a unit test. Below `cifarkit.config`, which checks the
+schedule's name and its dropout events (check_dropout_events, here) when a config is loaded.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from cifarkit.errors import ConfigError
 
+if TYPE_CHECKING:
+    from cifarkit.config import ScheduleConfig
 
-def _step(progress_step: int, total: int, c) -> float:
+
+def _step(progress_step: int, total: int, c: ScheduleConfig) -> float:
     passed = sum(progress_step >= m for m in c.milestones)
-    factors = getattr(c, "lr_factors", None)
+    factors = c.lr_factors
     if factors:
         return factors[passed - 1] if passed else 1.0
     return c.gamma ** passed
 
 
-def _constant(step: int, total: int, c) -> float:
+def _constant(step: int, total: int, c: ScheduleConfig) -> float:
     return 1.0
 
 
-def warmup_steps(total: int, c) -> int:
+def warmup_steps(total: int, c: ScheduleConfig) -> int:
     return c.warmup_steps or int(c.warmup_fraction * total)  # floor, as airbench94
 
 
-def _progress_after_warmup(step: int, total: int, c) -> float:
+def _progress_after_warmup(step: int, total: int, c: ScheduleConfig) -> float:
     warmup = warmup_steps(total, c)
     return min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
 
 
-def _cosine(step: int, total: int, c) -> float:
+def _cosine(step: int, total: int, c: ScheduleConfig) -> float:
     t = _progress_after_warmup(step, total, c)
     return c.final_lr_fraction + (1 - c.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _linear(step: int, total: int, c) -> float:
+def _linear(step: int, total: int, c: ScheduleConfig) -> float:
     return 1.0 + (c.final_lr_fraction - 1.0) * _progress_after_warmup(step, total, c)
 
 
 # name -> multiplier of the base learning rate at a step (after warm-up).
-LR_SCHEDULES: dict[str, Callable[[int, int, object], float]] = {
+LR_SCHEDULES: dict[str, Callable[[int, int, ScheduleConfig], float]] = {
     "step": _step,
     "constant": _constant,
     "cosine": _cosine,
@@ -51,15 +56,11 @@ LR_SCHEDULES: dict[str, Callable[[int, int, object], float]] = {
 }
 
 
-def lr_at(step: int, base_lr: float, total_steps: int, config) -> float:
-    try:
-        shape = LR_SCHEDULES[config.lr]
-    except KeyError:
-        raise ConfigError(f"unknown schedule.lr {config.lr!r}; choose one of: {', '.join(LR_SCHEDULES)}") from None
-    return base_lr * warmup_ramp(step, total_steps, config) * shape(step, total_steps, config)
+def lr_at(step: int, base_lr: float, total_steps: int, config: ScheduleConfig) -> float:
+    return base_lr * warmup_ramp(step, total_steps, config) * LR_SCHEDULES[config.lr](step, total_steps, config)
 
 
-def warmup_ramp(step: int, total_steps: int, config) -> float:
+def warmup_ramp(step: int, total_steps: int, config: ScheduleConfig) -> float:
     """The warm-up multiplier: from `warmup_start_fraction` at step 0 up to 1 at the end of the warm-up
     (airbench94: 0.2 + 0.8 * step / warmup); without a start fraction, (step + 1) / warmup."""
     warmup = warmup_steps(total_steps, config)

@@ -1,0 +1,119 @@
+"""The package's layering, read from its imports: no import cycle, and no module importing one above it.
+
+Every `import cifarkit...` counts, at the top of a module or inside a function (a lazy import still ties the
+two modules together); only imports under `if TYPE_CHECKING:` are left out (they never run).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cifarkit"
+
+
+def _module_names() -> dict[str, Path]:
+    names = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return names
+
+
+MODULES = _module_names()
+
+
+def _owner(name: str) -> str:
+    """The module a dotted name lives in (cifarkit.optim.OPTIMIZERS -> cifarkit.optim)."""
+    while name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "cifarkit":
+            submodules = {f"{node.module}.{a.name}" for a in node.names} & MODULES.keys()
+            # `from cifarkit.train import distributed` imports the submodule (its package runs first anyway)
+            found.update(submodules if len(submodules) == len(node.names) else {_owner(node.module), *submodules})
+        elif isinstance(node, ast.Import):
+            found.update(_owner(a.name) for a in node.names if a.name.split(".")[0] == "cifarkit")
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _ancestors(name: str) -> set[str]:
+    """The packages a module lives in: Python runs them before it, so importing one is no edge of its own."""
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
+GRAPH = {name: _imports(ast.parse(path.read_text())) - _ancestors(name) for name, path in MODULES.items()}
+
+
+def _reachable(start: str) -> set[str]:
+    seen, stack = set(), [start]
+    while stack:
+        for dep in GRAPH[stack.pop()]:
+            if dep not in seen:
+                seen.add(dep)
+                stack.append(dep)
+    return seen
+
+
+def test_there_is_no_import_cycle():
+    cycles = sorted(name for name in GRAPH if name in _reachable(name))
+    assert not cycles, f"modules on an import cycle: {cycles}"
+
+
+def _below(module: str, forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(dep for dep in _reachable(module) if dep.startswith(forbidden))
+
+
+ABOVE_DATA_AND_MODELS = ("cifarkit.config", "cifarkit.train", "cifarkit.experiments", "cifarkit.inference",
+                         "cifarkit.pretrained", "cifarkit.evaluate", "cifarkit.predict", "cifarkit.export",
+                         "cifarkit.serve", "cifarkit.cli", "cifarkit.optim", "cifarkit.schedules")
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(("cifarkit.data", "cifarkit.models"))))
+def test_data_and_models_import_nothing_above_them(module):
+    assert not _below(module, ABOVE_DATA_AND_MODELS)
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("cifarkit.train")))
+def test_training_does_not_import_the_experiments(module):
+    assert not _below(module, ("cifarkit.experiments", "cifarkit.cli"))
+
+
+@pytest.mark.parametrize("module", ["cifarkit.inference", "cifarkit.pretrained", "cifarkit.predict",
+                                    "cifarkit.evaluate", "cifarkit.export", "cifarkit.serve", "cifarkit.images"])
+def test_using_a_model_imports_no_training_module(module):
+    assert not _below(module, ("cifarkit.train", "cifarkit.experiments", "cifarkit.cli"))
+
+
+@pytest.mark.parametrize("module", ["cifarkit.optim", "cifarkit.optim.muon", "cifarkit.schedules", "cifarkit.device"])
+def test_the_registries_config_checks_against_sit_below_it(module):
+    assert not _below(module, ("cifarkit.config", "cifarkit.train"))
+
+
+def test_the_graph_was_read():
+    """A guard for the tests above: the reader finds the imports it should, lazy ones included."""
+    assert "cifarkit.optim" in GRAPH["cifarkit.config"]
+    assert "cifarkit.train.loop" in _reachable("cifarkit.cli")
+    assert "cifarkit.pretrained" in _reachable("cifarkit.predict")
