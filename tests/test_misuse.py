@@ -179,7 +179,7 @@ def test_resume_refuses_what_it_would_ignore(tmp_path, fake_root, capsys):
     run = str(tmp_path / "run")
     config_before = (tmp_path / "run" / "config.json").read_text()
     for extra, message in ((["--steps", "5"], "--steps cannot be used with --resume"),
-                           (["--device", "cpu"], "--device cannot be used with --resume"),
+                           (["--out-dir", "elsewhere"], "--out-dir cannot be used with --resume"),
                            (["--recipe", "fast10"], "--recipe cannot be used with --resume"),
                            (["--set", "train.batch_size=7"], "--set train.batch_size cannot change when resuming"),
                            (["--set", "model.name=airbench"], "--set model.name cannot change when resuming")):
@@ -187,6 +187,9 @@ def test_resume_refuses_what_it_would_ignore(tmp_path, fake_root, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "run" / "config.json").read_text() == config_before
+    # --device says how the run goes on, as --set train.device does: both are accepted
+    assert main(["train", "--resume", run, "--device", "cpu"]) == 0
+    assert main(["train", "--resume", run, "--set", "train.device=\"cpu\""]) == 0
 
 
 # -- checkpoints ------------------------------------------------------------------------------------------------

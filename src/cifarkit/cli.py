@@ -127,9 +127,8 @@ def cmd_show(args) -> int:
     return 0
 
 
-def _config(args):
-    from cifarkit.config import DEFAULT_RECIPE, load_config
-
+def _overrides(args) -> list[str]:
+    """`--set` values, then the flags that stand for settings (a flag the command lacks counts as unset)."""
     overrides = list(args.set or [])
     for flag, key in (("device", "train.device"), ("out_dir", "train.out_dir"), ("data_dir", "data.data_dir"),
                       ("dataset", "data.dataset"), ("steps", "train.steps"), ("run_name", "train.run_name")):
@@ -140,7 +139,13 @@ def _config(args):
         overrides.append("train.epochs=0")  # --steps counts steps, whatever epochs the recipe names
     if getattr(args, "no_download", False):
         overrides.append("data.download=false")
-    return load_config(args.recipe or DEFAULT_RECIPE, overrides)
+    return overrides
+
+
+def _config(args):
+    from cifarkit.config import DEFAULT_RECIPE, load_config
+
+    return load_config(args.recipe or DEFAULT_RECIPE, _overrides(args))
 
 
 def _projection(config) -> str:
@@ -157,23 +162,20 @@ def cmd_train(args) -> int:
 
     try:
         if args.resume:
+            from cifarkit.config import RESUMABLE_SETTINGS
+
             ignored = [flag for flag, value in (("--recipe", args.recipe), ("--dataset", args.dataset),
-                                                ("--device", args.device), ("--steps", args.steps),
-                                                ("--out-dir", args.out_dir), ("--run-name", args.run_name),
+                                                ("--steps", args.steps), ("--out-dir", args.out_dir),
+                                                ("--run-name", args.run_name),
                                                 ("--print-config", args.print_config or None),
                                                 ("--project", args.project or None),
                                                 ("--then-project", args.then_project))
                        if value is not None]
             if ignored:
                 raise CifarkitError(f"{ignored[0]} cannot be used with --resume: a resumed run keeps its own settings "
-                                    "(only --data-dir, --no-download and --set of train.skip_nonfinite, "
-                                    "train.checkpoint_every, train.checkpoint_minutes or train.keep_checkpoints)")
-            overrides = list(args.set or [])
-            if args.data_dir is not None:
-                overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
-            if args.no_download:
-                overrides.append("data.download=false")
-            resume(args.resume, overrides)
+                                    "(only --device, --data-dir, --no-download and --set of "
+                                    f"{', '.join(RESUMABLE_SETTINGS)})")
+            resume(args.resume, _overrides(args))
             return 0
         config = _config(args)
         if args.print_config:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from cifarkit.data.loader import AugmentConfig
 from cifarkit.data.preprocess import PreprocessConfig
@@ -32,12 +33,18 @@ else:  # pragma: no cover
 
 DEFAULT_RECIPE = "elu-seed"
 
+# What a setting is, beyond its value (dataclass field metadata). Unmarked settings say what a run computes.
+WHERE = {"role": "where"}  # where the run lives (its folder): fixed for the run's life
+KEPT = {"role": "kept"}  # how it runs and is kept (device, data location, checkpoints): may change on resume
+RECOVERY = {"role": "recovery"}  # changes the computation only when a step goes wrong: may change on resume
+
 
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "cifar100"  # "cifar100" | "cifar10"
-    data_dir: str | None = None  # extracted folder or .tar.gz; else $CIFARKIT_DATA_DIR, the cache, a download
-    download: bool = True
+    # extracted folder or .tar.gz; else $CIFARKIT_DATA_DIR, the cache, a download
+    data_dir: str | None = field(default=None, metadata=KEPT)
+    download: bool = field(default=True, metadata=KEPT)
     val_per_class: int | None = None  # held-out validation images per class; None: 50 (CIFAR-100), 500 (CIFAR-10)
     split_seed: int = 0
     train_subset: int | None = None  # use only the first N training images (quick experiments, tests)
@@ -98,10 +105,10 @@ class TrainConfig:
     eval_every: int = 500  # steps between validation passes, metrics lines and checkpoints
     eval_batch_size: int = 500
     seed: int = 0
-    device: str = "auto"  # "auto" (CUDA, then MPS, then CPU) | "cuda" | "cuda:1" | "mps" | "cpu"
+    device: str = field(default="auto", metadata=KEPT)  # "auto" (CUDA, MPS, CPU) | "cuda" | "cuda:1" | "mps" | "cpu"
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16, else off
-    out_dir: str = "runs"
-    run_name: str | None = None  # default: <recipe>-<date>-<time>
+    out_dir: str = field(default="runs", metadata=WHERE)
+    run_name: str | None = field(default=None, metadata=WHERE)  # default: <recipe>-<date>-<time>
     seeds: int = 1  # train this many seeds (seed, seed+1, ...) and report mean and standard deviation
     compile: bool = False  # torch.compile the model (optional; everything works without it)
     tta: bool = False  # also report flip test-time augmentation (separately from single-view accuracy)
@@ -112,10 +119,11 @@ class TrainConfig:
     ema_ramp_power: float = 0.0  # decay at step s is ema_decay * (s / total) ** power: no averaging early on
     lookahead: bool = False
     # Never lose a run: a checkpoint at every evaluation, and also every N steps and/or T minutes.
-    checkpoint_every: int | None = None
-    checkpoint_minutes: float | None = 10.0
-    keep_checkpoints: int = 3  # newest step checkpoints kept (best.pt is kept regardless)
-    skip_nonfinite: bool = False  # skip steps whose loss is NaN/inf instead of stopping the run
+    checkpoint_every: int | None = field(default=None, metadata=KEPT)
+    checkpoint_minutes: float | None = field(default=10.0, metadata=KEPT)
+    keep_checkpoints: int = field(default=3, metadata=KEPT)  # newest step checkpoints kept (best.pt is kept regardless)
+    # skip steps whose loss is NaN/inf instead of stopping the run
+    skip_nonfinite: bool = field(default=False, metadata=RECOVERY)
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-reproducible resume on CPU)
     sync_batchnorm: bool = False  # with several processes: BatchNorm statistics over the global batch
     # at every evaluation: each activation layer's mean activation on a fixed batch (the ELU paper's Figure 2a),
@@ -137,6 +145,20 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def settings_with(*roles: dict) -> tuple[str, ...]:
+    """The dotted keys ("train.device") of the settings marked with one of `roles` (WHERE, KEPT, RECOVERY)."""
+    wanted = {role["role"] for role in roles}
+    return tuple(f"{section.name}.{f.name}" for section in dataclasses.fields(Config)
+                 if dataclasses.is_dataclass(section.default_factory)
+                 for f in dataclasses.fields(section.default_factory) if f.metadata.get("role") in wanted)
+
+
+# Where and how a run is kept, not what it computes: sweep workers may differ in them, fingerprints leave them out.
+PLACE_SETTINGS = settings_with(WHERE, KEPT)
+# What `cifarkit train --resume` may change: how the run goes on, never what it computed or where it lives.
+RESUMABLE_SETTINGS = settings_with(KEPT, RECOVERY)
 
 
 def _build(cls, values: dict[str, Any], where: str):
@@ -187,6 +209,30 @@ def _literal_choices(hint: Any) -> tuple | None:
     return None
 
 
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    """(the type without None, whether None is allowed): `int | None` -> (int, True); `list[float]` -> (list[float],
+    False)."""
+    if get_origin(hint) in (Union, types.UnionType):
+        arms = [arm for arm in get_args(hint) if arm is not type(None)]
+        return (arms[0] if len(arms) == 1 else hint), len(arms) < len(get_args(hint))  # several arms: unchecked
+    return hint, False
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# a setting's type -> (does the value have it, what the error says it should be)
+_TYPE_CHECKS: dict[type, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (_is_number, "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    list: (lambda v: isinstance(v, list), "a list"),
+    dict: (lambda v: isinstance(v, dict), "a table"),
+}
+
+
 def _check_type(value: Any, hint: Any, where: str) -> Any:
     choices = _literal_choices(hint)
     if choices is not None:
@@ -198,33 +244,22 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         if plain not in choices:
             raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}; got {plain!r}")
         return plain
-    text = str(hint)
-    if isinstance(value, Override):
-        value = value.value if isinstance(value.value, str) or not text.startswith("str") else value.raw
+    base, optional = _unwrap_optional(hint)
+    kind = get_origin(base) or base  # list[float] -> list
+    if isinstance(value, Override):  # a text setting takes the text as written (run_name=nan stays "nan")
+        value = value.raw if kind is str and not isinstance(value.value, str) else value.value
     value = _plain(value)
     if value is None:
-        if "None" not in text:
+        if not optional:
             raise ConfigError(f"{where} cannot be empty")
         return value
-    if hint is bool or text.startswith("bool"):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} should be true or false, got {value!r}")
-    elif hint is int or text.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} should be an integer, got {value!r}")
-    elif hint is float or text.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} should be a number, got {value!r}")
+    check = _TYPE_CHECKS.get(kind)
+    if check is not None and not check[0](value):
+        raise ConfigError(f"{where} should be {check[1]}, got {value!r}")
+    if kind is float:
         value = float(value)
         if not math.isfinite(value):
             raise ConfigError(f"{where} must be a finite number, got {value}")
-    elif hint is str or text.startswith("str"):
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} should be a string, got {value!r}")
-    elif text.startswith("list") and not isinstance(value, list):
-        raise ConfigError(f"{where} should be a list, got {value!r}")
-    elif text.startswith("dict") and not isinstance(value, dict):
-        raise ConfigError(f"{where} should be a table, got {value!r}")
     return value
 
 

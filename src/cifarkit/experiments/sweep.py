@@ -19,22 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifarkit.config import Config
+from cifarkit.config import PLACE_SETTINGS, Config
 from cifarkit.experiments.spec import Axis, Variant, grid, parse_vary, resolve_variants
 from cifarkit.experiments.study import ExperimentError, default_storage, masked, open_storage, requeue, run_queue
 from cifarkit.files import atomic_write_text
-
-# Settings that say where and how a run is kept, not what it computes: workers may differ in them.
-PLACE_SETTINGS = {("train", "device"), ("train", "out_dir"), ("train", "run_name"), ("data", "data_dir"),
-                  ("data", "download"), ("train", "checkpoint_every"), ("train", "checkpoint_minutes"),
-                  ("train", "keep_checkpoints")}
 
 
 def fingerprint(configs: list[Config], extra: object) -> str:
     """A hash of what the experiment computes: every config (without PLACE_SETTINGS) and `extra`."""
     def computed(config: Config) -> dict:
         values = config.to_dict()
-        for section, key in PLACE_SETTINGS:
+        for setting in PLACE_SETTINGS:  # workers may differ in where and how their runs are kept
+            section, key = setting.split(".")
             values[section].pop(key, None)
         return values
 

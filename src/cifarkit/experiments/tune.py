@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifarkit.config import load_config
+from cifarkit.config import PLACE_SETTINGS, load_config, parse_override
 from cifarkit.errors import CifarkitError
 from cifarkit.experiments.spec import Dimension, check_space, parse_space, recipe_text
 from cifarkit.experiments.study import ExperimentError, default_storage, masked, open_storage, storage_errors
@@ -241,8 +241,8 @@ def write_best(tuning: Tuning, study) -> dict:
                               "see the trial messages above") from None
     recipe_ref = str(Path(tuning.recipe).resolve()) if tuning.recipe.endswith(".toml") else tuning.recipe
     # the values tuned and the recipe's other --set values; not where or how long each trial ran
-    kept = [s for s in tuning.base if s != "train.seeds=1" and not s.startswith(
-        ("train.device=", "data.data_dir=", "train.budget_seconds="))]
+    left_out = {*PLACE_SETTINGS, "train.budget_seconds"}
+    kept = [s for s in tuning.base if s != "train.seeds=1" and ".".join(parse_override(s)[0]) not in left_out]
     chosen = best_overrides(tuning, best)
     text = recipe_text(recipe_ref, [*kept, *chosen],
                        f"Tuned by `cifarkit tune` (study {tuning.name}, trial {best.number} of {len(study.trials)}):\n"

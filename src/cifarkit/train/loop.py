@@ -657,13 +657,8 @@ def train(config: Config, log: Callable[[str], None] = _log, prepared: PreparedD
     return Trainer(config, log, prepared, on_validation=on_validation).fit(evaluate_test)
 
 
-# What `--resume --set` may change: how the run is kept and where its data is, never what it computes.
-RESUMABLE_SETTINGS = ("train.skip_nonfinite", "train.checkpoint_every", "train.checkpoint_minutes", "train.device",
-                      "train.keep_checkpoints", "data.data_dir", "data.download")
-
-
 def check_resume_overrides(overrides: list[str]) -> None:
-    from cifarkit.config import parse_override
+    from cifarkit.config import RESUMABLE_SETTINGS, parse_override
 
     for text in overrides:
         key = ".".join(parse_override(text)[0])
