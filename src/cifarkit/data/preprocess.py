@@ -31,7 +31,6 @@ class PreprocessConfig:
     gcn_std_floor: float = 1e-7  # avoids dividing flat images by zero
 
 
-NORMALIZATIONS = ("zca", "meanstd", "none")  # the values of PreprocessConfig.normalize
 
 
 class Preprocess(nn.Module):
@@ -40,8 +39,6 @@ class Preprocess(nn.Module):
     def __init__(self, config: PreprocessConfig | None = None):
         super().__init__()
         self.config = config or PreprocessConfig()
-        if self.config.normalize not in NORMALIZATIONS:
-            raise ConfigError(f"preprocess.normalize must be one of {NORMALIZATIONS}, got {self.config.normalize!r}")
         if self.config.gcn_scale and not self.config.gcn:
             raise ConfigError("preprocess.gcn_scale needs preprocess.gcn = true")
         # Buffers of the right shape, so a fitted state dict loads into a fresh instance.

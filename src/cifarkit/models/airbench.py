@@ -63,8 +63,6 @@ class AirbenchNet(nn.Module):
                  bn_momentum: float = 0.6, scaling_factor: float = 1 / 9, whiten_kernel: int = 2,
                  whiten_bias_epochs: int = 3, final_pool: str = "airbench", head_std: float | None = None):
         super().__init__()
-        if final_pool not in FINAL_POOLS:
-            raise ValueError(f"final_pool must be one of {', '.join(FINAL_POOLS)}, got {final_pool!r}")
         whiten_width = 2 * 3 * whiten_kernel**2
         self.whiten = nn.Conv2d(3, whiten_width, whiten_kernel, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
@@ -112,14 +110,11 @@ def _check_options(widths=(64, 256, 256), head_std: float | None = None, **_) ->
         raise ValueError(f"head_std must be positive, got {head_std!r}")
 
 
-@register_model
+@register_model(check_options=_check_options)
 def airbench(num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256), bn_momentum: float = 0.6,
              scaling_factor: float = 1 / 9, whiten_kernel: int = 2, whiten_bias_epochs: int = 3,
              final_pool: Literal["airbench", "global"] = "airbench", head_std: float | None = None) -> AirbenchNet:
     """airbench94-sized network (about 2M parameters)."""
-    _check_options(widths, head_std)
     return AirbenchNet(num_classes, tuple(widths), bn_momentum, scaling_factor, whiten_kernel, whiten_bias_epochs,
                        final_pool, head_std)
 
-
-airbench.check_options = _check_options

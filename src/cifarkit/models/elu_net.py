@@ -188,34 +188,30 @@ def _check_activation(activation: str = "elu", activation_param: float | None = 
     make_activation(activation, activation_param)
 
 
-@register_model
-def elu_net_seed(num_classes: int = 100, dropout: float | Sequence[float] = 0.5, width: float = 1.0,
-                 input_pad: int = 4, activation: ActivationName = "elu", activation_param: float | None = None,
-                 batchnorm: bool = False) -> EluNet:
-    """The seed tutorial's network: ELU at the end of each stack only (42,607,204 parameters at 100 classes)."""
-    return EluNet(SEED_STACKS, num_classes, False, dropout, width, input_pad, activation, activation_param,
-                  batchnorm)
+def _variant(name: str, doc: str, stacks, elu_after_every_conv: bool, conv_head: bool = False,
+             default_dropout: float | Sequence[float] = 0.5):
+    """A registered builder of one EluNet variant; all variants take the same options (one signature)."""
+
+    def build(num_classes: int = 100, dropout: float | Sequence[float] = default_dropout, width: float = 1.0,
+              input_pad: int = 4, activation: ActivationName = "elu", activation_param: float | None = None,
+              batchnorm: bool = False) -> EluNet:
+        return EluNet(stacks, num_classes, elu_after_every_conv, dropout, width, input_pad, activation,
+                      activation_param, batchnorm, conv_head=conv_head)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    # the activation is checked when the config is loaded; one dropout layer per stack (the output stack of
+    # the 11-layer net included) is what schedule.dropout_events sets
+    return register_model(build, check_options=_check_activation, dropout_layers=len(stacks) + conv_head)
 
 
-@register_model
-def elu_net_paper(num_classes: int = 100, dropout: float | Sequence[float] = 0.5, width: float = 1.0,
-                  input_pad: int = 4, activation: ActivationName = "elu", activation_param: float | None = None,
-                  batchnorm: bool = False) -> EluNet:
-    """The paper's network: ELU after every convolution, 1x1 first conv in stack 3 (39,330,404 parameters)."""
-    return EluNet(PAPER_STACKS, num_classes, True, dropout, width, input_pad, activation, activation_param,
-                  batchnorm)
-
-
-@register_model
-def elu11_paper(num_classes: int = 100, dropout: float | Sequence[float] = ELU11_DROPOUT, width: float = 1.0,
-                input_pad: int = 4, activation: ActivationName = "elu", activation_param: float | None = None,
-                batchnorm: bool = False) -> EluNet:
-    """The paper's 11-layer comparison network (1,669,028 parameters at 100 classes; `width` scales every layer
-    but the output)."""
-    return EluNet(ELU11_STACKS, num_classes, True, dropout, width, input_pad, activation, activation_param,
-                  batchnorm, conv_head=True)
-
-
-for _builder, _stacks in ((elu_net_seed, SEED_STACKS), (elu_net_paper, PAPER_STACKS), (elu11_paper, ELU11_STACKS)):
-    _builder.check_options = _check_activation  # checked when the config is loaded, before anything is built
-    _builder.dropout_layers = len(_stacks)  # one per stack: what schedule.dropout_events must set
+elu_net_seed = _variant(
+    "elu_net_seed", "The seed tutorial's network: ELU at the end of each stack only (42,607,204 parameters at 100 "
+    "classes).", SEED_STACKS, elu_after_every_conv=False)
+elu_net_paper = _variant(
+    "elu_net_paper", "The paper's network: ELU after every convolution, 1x1 first conv in stack 3 (39,330,404 "
+    "parameters).", PAPER_STACKS, elu_after_every_conv=True)
+elu11_paper = _variant(
+    "elu11_paper", "The paper's 11-layer comparison network (1,669,028 parameters at 100 classes; `width` scales "
+    "every layer but the output).", ELU11_STACKS, elu_after_every_conv=True, conv_head=True,
+    default_dropout=ELU11_DROPOUT)

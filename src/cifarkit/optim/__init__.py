@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from cifarkit.models.protocol import HasKernelLikeParameters
 from cifarkit.optim.muon import MuonSGD, newton_schulz_dtype
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def parameter_groups(model: nn.Module, l2: float, l2_first_layer: float | None, 
     parameters get `norm_weight_decay` and a learning rate scaled by `norm_lr_scale` (`lr_scale` in the group).
     A model may name parameters to treat as kernels anyway in `kernel_like_parameters` (airbench's whitening
     bias trains at the base rate with the kernels' decay). Frozen parameters are left out."""
-    kernel_like = set(getattr(model, "kernel_like_parameters", ()))
+    kernel_like = set(model.kernel_like_parameters if isinstance(model, HasKernelLikeParameters) else ())
     first, kernels, others = [], [], []
     seen_kernel = False  # the first trainable conv kernel, before any other kernel, is "first"
     for full_name, module, param in _trainable_parameters(model):

@@ -37,6 +37,7 @@ from cifarkit.device import autocast, choose_autocast, device_name_of, resolve_d
 from cifarkit.errors import CheckpointError, CifarkitError, ConfigError
 from cifarkit.files import atomic_write_bytes, atomic_write_text
 from cifarkit.models import create_model
+from cifarkit.models.protocol import FreezesParameters, HasDropoutSchedule, InitFromData
 from cifarkit.optim import build_optimizer, scaled_lr, set_lr
 from cifarkit.runlog import MetricsLog
 from cifarkit.schedules import dropout_at, lr_at, validate_dropout_events
@@ -167,7 +168,7 @@ def plan_steps(t, steps_per_epoch: int) -> int:
 
 def build_model(config: Config, prepared: PreparedData, device: torch.device) -> torch.nn.Module:
     model = create_model(config.model.name, prepared.data.spec.num_classes, **config.model.kwargs).to(device)
-    if hasattr(model, "init_from_data"):  # e.g. airbench's patch-whitening first convolution
+    if isinstance(model, InitFromData):  # e.g. airbench's patch-whitening first convolution
         pick = torch.randperm(len(prepared.train_x), generator=torch.Generator().manual_seed(0))[:5000]
         model.init_from_data(prepared.preprocess(prepared.train_x[pick.to(device)]))
     if config.model.channels_last:
@@ -296,7 +297,7 @@ class Trainer:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if self.dist.rank:
             torch.manual_seed(t.seed + 1000 * self.dist.rank)  # each rank its own dropout masks
-        self.initial_dropout = self.model.dropout_rates() if hasattr(self.model, "dropout_rates") else []
+        self.initial_dropout = self.model.dropout_rates() if isinstance(self.model, HasDropoutSchedule) else []
         validate_dropout_events(config.schedule.dropout_events, len(self.initial_dropout))
         self.optimizer = build_optimizer(self.model, config.optim, t.batch_size)
         ensure_momentum_buffers(self.optimizer)
@@ -458,7 +459,7 @@ class Trainer:
 
     def frozen_parameters(self, step: int) -> list[torch.nn.Parameter]:
         """The model's parameters frozen at this step's epoch (e.g. airbench's whitening bias after 3 epochs)."""
-        if not hasattr(self.model, "frozen_parameters"):
+        if not isinstance(self.model, FreezesParameters):
             return []
         return self.model.frozen_parameters(step // len(self.loader))
 
