@@ -196,6 +196,11 @@ def test_onnx_export_matches_pytorch_on_real_images(trained_run, tmp_path):
     info = json.loads((tmp_path / "model.json").read_text())
     assert info["classes"] == trained.class_names and info["source_checkpoint_sha256"] == trained.sha256
     assert info["input"]["dtype"] == "uint8" and info["test"]["top1"] == results_test_top1(trained_run)
+    from cifarkit.export_metadata import EXPORT_VERSION, export_schema, schema_problems
+
+    assert info["version"] == EXPORT_VERSION and schema_problems(info, export_schema()) == []
+    assert schema_problems({**info, "version": 2, "classes": []}, export_schema()) == [
+        "metadata.version must be 1, got 2", "metadata.classes needs at least 1 items"]
 
 
 def test_export_cli_and_bad_output_name(trained_run, tmp_path, capsys):

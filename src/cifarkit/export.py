@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cifarkit.errors import CifarkitError
+from cifarkit.export_metadata import EXPORT_FORMAT, EXPORT_VERSION, export_schema, schema_problems
 from cifarkit.files import atomic_write_bytes, check_writable_folder, read_json
 from cifarkit.images import SIZE
 from cifarkit.inference import TrainedModel
@@ -160,7 +161,7 @@ def _check_overwritable_export(out: Path) -> None:
             previous = read_json(metadata_path, 16 << 20)
         except CifarkitError:
             previous = None
-    is_export = isinstance(previous, dict) and previous.get("format") == "cifarkit-onnx"
+    is_export = isinstance(previous, dict) and previous.get("format") == EXPORT_FORMAT
     if not is_export or (out.exists() and previous.get("model_file") != out.name):
         clobbered = metadata_path if metadata_path.exists() and not is_export else out
         raise ExportError(f"{clobbered} exists and is not a cifarkit ONNX export beside {out.name}; it is never "
@@ -219,7 +220,8 @@ def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np
         else:
             results = _results_beside(trained.checkpoint)
         metadata = {
-            "format": "cifarkit-onnx",
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
             "model": trained.config.model.name,
             "dataset": trained.config.data.dataset,
             "classes": trained.class_names,
@@ -254,6 +256,9 @@ def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np
             staged = quantized
         metadata["model_file"] = out.name
         metadata["model_sha256"] = hashlib.sha256(staged.read_bytes()).hexdigest()
+        problems = schema_problems(metadata, export_schema())
+        if problems:  # a bug here, never the user's: the published contract would be broken
+            raise ExportError(f"the metadata does not follow export-metadata.schema.json: {problems[0]}")
         # the metadata first, then the model: a reader that finds OUT finds its own metadata beside it
         atomic_write_bytes(out.with_suffix(".json"), (json.dumps(metadata, indent=2) + "\n").encode())
         atomic_write_bytes(out, staged.read_bytes())

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarkit.checkpoints import FOR_USE, check_payload, file_sha256, load_checkpoint, resolve_checkpoint
+from cifarkit.bundle import ModelBundle
+from cifarkit.checkpoints import file_sha256, load_checkpoint, resolve_checkpoint
 from cifarkit.config import Config, config_from_dict
 from cifarkit.data.preprocess import Preprocess
 from cifarkit.errors import CheckpointError, CifarkitError
@@ -87,28 +88,28 @@ def predict_arrays(trained: TrainedModel, images_nhwc: np.ndarray, top_k: int = 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     checkpoint = resolve_checkpoint(path)
-    return trained_model_from_state(load_checkpoint(checkpoint), checkpoint, file_sha256(checkpoint), device)
+    bundle = ModelBundle.from_state(load_checkpoint(checkpoint), checkpoint)
+    return trained_model_from_bundle(bundle, checkpoint, file_sha256(checkpoint), device)
 
 
-def trained_model_from_state(state: dict, source: Path, sha256: str, device: str | torch.device = "cpu",
-                             name: str | None = None) -> TrainedModel:
-    """A TrainedModel from checkpoint-shaped data (a training checkpoint, or a shipped pretrained model)."""
+def trained_model_from_bundle(bundle: ModelBundle, source: Path, sha256: str, device: str | torch.device = "cpu",
+                              name: str | None = None) -> TrainedModel:
+    """A TrainedModel from a bundle (a training checkpoint's, or a shipped pretrained model's)."""
     from cifarkit.device import resolve_device
 
     device = resolve_device(device) if isinstance(device, str) else device  # a bad name is a one-line error
-    check_payload(state, source, FOR_USE)
     try:
-        config = config_from_dict(state["config"])
-        model = create_model(config.model.name, len(state["class_names"]), **config.model.kwargs)
-        model.load_state_dict(state["model"])
-        preprocess = Preprocess.from_state(state["preprocess"])
+        config = config_from_dict(bundle.config)
+        model = create_model(config.model.name, len(bundle.class_names), **config.model.kwargs)
+        model.load_state_dict(bundle.model)
+        preprocess = Preprocess.from_state(bundle.preprocess)
     except (KeyError, RuntimeError, TypeError, ValueError, CifarkitError) as e:
         raise CheckpointError(f"{source} does not match the model its config names ({e})") from None
     model.to(device).eval()
     preprocess.to(device)
     return TrainedModel(
-        model=model, preprocess=preprocess, config=config, class_names=list(state["class_names"]),
-        coarse_names=list(state.get("coarse_names") or []), fine_to_coarse=state.get("fine_to_coarse"),
-        checkpoint=source, sha256=sha256, step=int(state["step"]), val=dict(state.get("val") or {}),
-        name=name or str(source), pretrained=name is not None, temperature=float(state.get("temperature", 1.0)),
+        model=model, preprocess=preprocess, config=config, class_names=bundle.class_names,
+        coarse_names=bundle.coarse_names, fine_to_coarse=bundle.fine_to_coarse, checkpoint=source, sha256=sha256,
+        step=bundle.step, val=bundle.val, name=name or str(source), pretrained=name is not None,
+        temperature=bundle.temperature,
     )

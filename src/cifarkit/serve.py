@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from cifarkit.errors import CifarkitError
+from cifarkit.export_metadata import EXPORT_FORMAT, version_problem
 from cifarkit.files import read_json
 
 MAX_SAMPLES = 500
@@ -80,8 +81,9 @@ def check_model_json(metadata, path: Path) -> dict:
         return isinstance(value, list) and len(value) > 0 and all(isinstance(n, str) for n in value)
 
     problem = ("it is not a JSON object" if not isinstance(metadata, dict)
-               else "it is not a cifarkit export (no \"format\": \"cifarkit-onnx\")"
-               if metadata.get("format") != "cifarkit-onnx"
+               else f"it is not a cifarkit export (no \"format\": \"{EXPORT_FORMAT}\")"
+               if metadata.get("format") != EXPORT_FORMAT
+               else version_problem(metadata) if version_problem(metadata)
                else "its \"classes\" is not a list of names" if not names(metadata.get("classes"))
                else "its \"dataset\" is not a name" if not isinstance(metadata.get("dataset"), str)
                else None)

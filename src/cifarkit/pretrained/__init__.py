@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
+from cifarkit.bundle import ModelBundle
 from cifarkit.errors import CheckpointError, CifarkitError
 from cifarkit.files import read_bounded
-from cifarkit.inference import TrainedModel, load_trained_model, trained_model_from_state
+from cifarkit.inference import TrainedModel, load_trained_model, trained_model_from_bundle
 
 
 class PretrainedError(CifarkitError):
@@ -101,15 +102,15 @@ def load_pretrained(name: str = DEFAULT_PRETRAINED, device: str | torch.device =
     model_state = {k.removeprefix("model."): v.float() if v.is_floating_point() else v
                    for k, v in tensors.items() if k.startswith("model.")}
     preprocess_tensors = {k.removeprefix("preprocess."): v for k, v in tensors.items() if k.startswith("preprocess.")}
-    state = {
-        "config": card["config"], "model": model_state, "class_names": card["class_names"],
-        "coarse_names": card.get("coarse_names"), "fine_to_coarse": card.get("fine_to_coarse"),
-        "preprocess": {"config": card["preprocess"], "tensors": preprocess_tensors},
-        "step": card["training"]["steps"], "val": card["metrics"].get("val") or {},
-        "temperature": (card.get("calibration") or {}).get("temperature", 1.0),
-    }
     try:
-        return trained_model_from_state(state, path, spec.weights_sha256, device, name=name)
+        bundle = ModelBundle.from_state({
+            "config": card["config"], "model": model_state, "class_names": card["class_names"],
+            "coarse_names": card.get("coarse_names"), "fine_to_coarse": card.get("fine_to_coarse"),
+            "preprocess": {"config": card["preprocess"], "tensors": preprocess_tensors},
+            "step": card["training"]["steps"], "val": card["metrics"].get("val") or {},
+            "temperature": (card.get("calibration") or {}).get("temperature", 1.0),
+        }, path)
+        return trained_model_from_bundle(bundle, path, spec.weights_sha256, device, name=name)
     except CheckpointError as e:
         raise PretrainedError(f"pretrained model {name!r} does not load: {e}") from None
 
@@ -136,16 +137,15 @@ def package_checkpoint(checkpoint: str | Path, out_dir: str | Path, name: str, c
     from cifarkit.checkpoints import load_checkpoint
     from cifarkit.files import atomic_write_bytes
 
-    state = load_checkpoint(checkpoint)
-    tensors = {f"model.{k}": (v.half() if v.is_floating_point() else v).contiguous()
-               for k, v in state["model"].items()}
-    tensors.update({f"preprocess.{k}": v.contiguous() for k, v in state["preprocess"]["tensors"].items()})
+    bundle = ModelBundle.from_state(load_checkpoint(checkpoint), checkpoint)
+    tensors = {f"model.{k}": (v.half() if v.is_floating_point() else v).contiguous() for k, v in bundle.model.items()}
+    tensors.update({f"preprocess.{k}": v.contiguous() for k, v in bundle.preprocess["tensors"].items()})
     weights = save_safetensors(tensors, metadata={"format": "cifarkit-pretrained", "name": name})
     card = {
-        "name": name, "format": "cifarkit-pretrained", "config": state["config"],
-        "class_names": state["class_names"], "coarse_names": state.get("coarse_names"),
-        "fine_to_coarse": state.get("fine_to_coarse"), "preprocess": state["preprocess"]["config"],
-        "parameters": int(sum(v.numel() for k, v in state["model"].items()
+        "name": name, "format": "cifarkit-pretrained", "config": bundle.config,
+        "class_names": bundle.class_names, "coarse_names": bundle.coarse_names,
+        "fine_to_coarse": bundle.fine_to_coarse, "preprocess": bundle.preprocess["config"],
+        "parameters": int(sum(v.numel() for k, v in bundle.model.items()
                               if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))),
         "weights": {"file": f"{name}.safetensors", "dtype": "float16", "sha256": hashlib.sha256(weights).hexdigest(),
                     "bytes": len(weights)},

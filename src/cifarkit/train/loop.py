@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from cifarkit.bundle import ModelBundle
 from cifarkit.checkpoints import FOR_RESUME, check_payload
 from cifarkit.config import Config, apply_overrides, config_from_dict
 from cifarkit.data import CifarData, Split, load_dataset, split_for
@@ -349,26 +350,27 @@ class Trainer:
         return self.averager.average if self.averager is not None else self.model
 
     def payload(self, val: dict | None) -> dict:
+        """A checkpoint: the model bundle (what using the model needs) and what resuming needs besides."""
         data = self.prepared.data
+        bundle = ModelBundle(
+            config=self.config.to_dict(), step=self.step,
+            model=self.eval_model().state_dict(),  # the weights that are validated and used afterwards
+            preprocess=self.prepared.preprocess.to_state(), class_names=data.class_names,
+            coarse_names=data.coarse_names,
+            fine_to_coarse=None if data.fine_to_coarse is None else data.fine_to_coarse.tolist(), val=val or {})
         return {
-            "config": self.config.to_dict(),
-            "step": self.step,
+            **bundle.to_state(),
+            "val": val,  # None before any validation pass (the bundle reads it as {})
             "total_steps": self.total_steps,
-            "model": self.eval_model().state_dict(),  # the weights that are validated and used afterwards
             "train_model": self.model.state_dict() if self.averager is not None else None,
-            "preprocess": self.prepared.preprocess.to_state(),
             "optimizer": self.optimizer.state_dict(),
             "loader": self.loader.state_dict(),
             "train_accumulator": {"sums": self.train_acc.sums.cpu(), "count": self.train_acc.count},
             "rng": rng_state(),
-            "val": val,
             "best_val_loss": self.best_val_loss,
             "best_step": self.best_step,
             "skipped_steps": self.skipped_steps,
             "train_seconds": self.train_seconds,
-            "class_names": data.class_names,
-            "coarse_names": data.coarse_names,
-            "fine_to_coarse": None if data.fine_to_coarse is None else data.fine_to_coarse.tolist(),
         }
 
     def _restore(self, state: dict) -> None:

@@ -24,19 +24,48 @@ export class ImageTooLargeError extends CifarkitError {}
 /** The model is missing, damaged, or not a cifarkit export. */
 export class ModelLoadError extends CifarkitError {}
 
-/** model.json, as `cifarkit export` writes it beside model.onnx. */
-export interface ModelInfo {
-  format: string;
+/** The metadata version this library reads (export-metadata.schema.json's "version"). */
+export const MODEL_INFO_VERSION = 1;
+
+/** model.json, as `cifarkit export` writes it beside model.onnx: the fields of export-metadata.schema.json
+ * (cifarkit's published contract; test/schema.test.ts checks the two agree). */
+export interface ModelInfoFields {
+  format: "cifarkit-onnx";
+  /** absent in exports from before the field existed: version 1 */
+  version?: number;
   model: string;
   dataset: string;
   classes: string[];
   superclasses: string[] | null;
   fine_to_coarse: number[] | null;
+  input?: { name: string; dtype: string; shape: (string | number)[]; layout: string; channels: string;
+            range: number[]; resize?: string };
+  output?: { name: string; dtype: string; shape: (string | number)[] };
+  preprocess?: Record<string, unknown>;
+  /** baked into the model: its probabilities are softmax(logits / temperature) */
+  temperature?: number;
+  source_checkpoint?: string;
+  source_checkpoint_sha256?: string;
+  step?: number;
+  val?: { top1?: number; [key: string]: unknown } | null;
+  test?: { top1?: number; [key: string]: unknown } | null;
+  parity?: Record<string, unknown>;
+  quantization?: Record<string, unknown>;
+  model_file?: string;
   model_sha256?: string;
-  val?: { top1?: number } | null;
-  test?: { top1?: number } | null;
-  [key: string]: unknown;
 }
+export type ModelInfo = ModelInfoFields & { [key: string]: unknown };
+
+/** Every field ModelInfoFields declares (the schema test compares them with the schema's properties). */
+export const MODEL_INFO_FIELDS = [
+  "format", "version", "model", "dataset", "classes", "superclasses", "fine_to_coarse", "input", "output",
+  "preprocess", "temperature", "source_checkpoint", "source_checkpoint_sha256", "step", "val", "test", "parity",
+  "quantization", "model_file", "model_sha256",
+] as const satisfies readonly (keyof ModelInfoFields)[];
+// ...and none is left out of the list: a field added to the interface alone fails to compile here
+type UnlistedField = Exclude<keyof ModelInfoFields, (typeof MODEL_INFO_FIELDS)[number]>;
+const everyFieldListed: [UnlistedField] extends [never] ? true : never = true;
+void everyFieldListed;
 
 /** One ranked class: best first. `superclass` is there for models that have them (CIFAR-100). */
 export interface Classification {
@@ -97,13 +126,18 @@ export function rawToRGBA(raw: RawPixels): RGBAImage {
   return { width, height, data: out };
 }
 
-/** model.json must be a cifarkit export that names its classes. */
+/** model.json must be a cifarkit export of a version this library reads, that names its classes. */
 export function checkModelInfo(info: unknown, where: string): ModelInfo {
   const value = info as Partial<ModelInfo> | null;
   if (typeof value !== "object" || value === null || value.format !== "cifarkit-onnx" ||
       !Array.isArray(value.classes) || value.classes.length === 0) {
     throw new ModelLoadError(`${where} is not the metadata of a cifarkit export (make one with ` +
       "`cifarkit export --onnx model.onnx`)");
+  }
+  const version = value.version ?? 1;
+  if (version !== MODEL_INFO_VERSION) {
+    throw new ModelLoadError(`${where}: its metadata version is ${JSON.stringify(version)} and this library reads ` +
+      `version ${MODEL_INFO_VERSION}; export the model with a matching cifarkit, or upgrade @cifarkit/classify`);
   }
   return value as ModelInfo;
 }

@@ -1,0 +1,29 @@
+/** The model metadata contract: cifarkit's published JSON schema (src/cifarkit/export-metadata.schema.json)
+ * against this library's ModelInfo, and the version check. */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { checkModelInfo, MODEL_INFO_FIELDS, MODEL_INFO_VERSION, ModelLoadError } from "../src/core.js";
+
+const schema = JSON.parse(readFileSync(join(__dirname, "../../../../src/cifarkit/export-metadata.schema.json"), "utf8"));
+const shipped = JSON.parse(readFileSync(join(__dirname, "../model/model.json"), "utf8"));
+
+describe("export-metadata.schema.json", () => {
+  it("declares exactly the fields ModelInfo declares, and the version this library reads", () => {
+    expect([...MODEL_INFO_FIELDS].sort()).toEqual(Object.keys(schema.properties).sort());
+    expect(schema.properties.version.const).toBe(MODEL_INFO_VERSION);
+    expect(schema.properties.format.const).toBe("cifarkit-onnx");
+  });
+
+  it("the shipped model.json has every field the schema requires", () => {
+    for (const field of schema.required as string[]) expect(shipped).toHaveProperty(field);
+    expect(checkModelInfo(shipped, "model.json")).toBe(shipped);
+  });
+
+  it("refuses a version it does not read, with what to do", () => {
+    expect(() => checkModelInfo({ ...shipped, version: 2 }, "model.json")).toThrow(ModelLoadError);
+    expect(() => checkModelInfo({ ...shipped, version: 2 }, "model.json")).toThrow(/version 2 .* reads version 1/);
+    const { version: _, ...older } = shipped; // an export from before the field existed: version 1
+    expect(checkModelInfo(older, "model.json")).toBe(older);
+  });
+});
