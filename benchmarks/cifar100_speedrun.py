@@ -43,7 +43,7 @@ from cifarkit.device import autocast, choose_autocast, cpu_bf16_flags
 from cifarkit.files import atomic_write_text
 from cifarkit.models.resnet import BasicBlock  # the anchor's block is the standard one, exactly
 from cifarkit.train import train
-from cifarkit.train.loop import prepare_data
+from cifarkit.train.setup import prepare_data
 
 # cifarkit rows: the recipe and what changes for the benchmark (its budget comes from --budget)
 CIFARKIT_ROWS = {

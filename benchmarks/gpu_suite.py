@@ -36,8 +36,9 @@ from elu_throughput import measure  # noqa: E402
 from cifarkit.config import load_config  # noqa: E402
 from cifarkit.device import device_name_of, resolve_device  # noqa: E402
 from cifarkit.experiments.sweep import PreparedCache  # noqa: E402
+from cifarkit.stats import mean_std_text  # noqa: E402
 from cifarkit.train import train  # noqa: E402
-from cifarkit.train.loop import summarize_runs  # noqa: E402
+from cifarkit.train.results import summarize_runs  # noqa: E402
 
 
 class Suite:
@@ -82,7 +83,7 @@ def fast_section(suite: Suite, args, device, recipe: str, seconds: float, cache:
         summary = summarize_runs(runs)
         suite.save(recipe, {**summary, "epochs": runs[0]["epochs"], "steps": runs[0]["steps"]})
     top1 = summary["test_top1"]
-    suite.log(f"{recipe}: {top1['n']} seeds | test top1 {top1['mean']:.4f} +- {top1['std']:.4f} | "
+    suite.log(f"{recipe}: {top1['n']} seeds | test top1 {mean_std_text(top1)} | "
               f"train {summary['train_seconds']['mean']:.2f}s per seed (warm-up run {warmup['train_seconds']:.2f}s) "
               f"| {summary['images_per_second']['mean']:.0f} images/s")
 

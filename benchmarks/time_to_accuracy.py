@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from cifarkit.config import load_config
 from cifarkit.device import device_name_of, resolve_device, synchronize
+from cifarkit.stats import mean_std_text
 from cifarkit.train import train_seeds
-from cifarkit.train.loop import prepare_data
+from cifarkit.train.setup import prepare_data
 
 
 class PerImageDataset(torch.utils.data.Dataset):
@@ -124,10 +125,10 @@ def main() -> None:
     report = {"recipe": args.recipe, "device": device_name_of(device), "torch": torch.__version__,
               "seeds": args.seeds, "budget_seconds": args.budget_seconds, "cifarkit": summary}
     top1 = summary["test_top1"]
-    line = f"{args.recipe}: test top1 {top1['mean']:.4f} +- {top1['std']:.4f} over {args.seeds} seed(s)"
+    line = f"{args.recipe}: test top1 {mean_std_text(top1)} over {args.seeds} seed(s)"
     for key, label in (("test_tta_top1", "flip TTA"), ("test_tta_translate_top1", "flip+translate TTA")):
         if key in summary:
-            line += f" | {label} {summary[key]['mean']:.4f} +- {summary[key]['std']:.4f}"
+            line += f" | {label} {mean_std_text(summary[key])}"
     line += (f" | {summary['train_seconds']['mean']:.1f}s training ({summary['wall_seconds']['mean']:.1f}s with "
              f"validation passes) per seed | {summary['images_per_second']['mean']:.0f} images/s")
     print(line, flush=True)

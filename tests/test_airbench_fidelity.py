@@ -137,7 +137,7 @@ def test_no_validation_split_trains_on_everything_and_keeps_the_last_weights(tmp
     assert results["selection"].startswith("last weights (no validation split")
     assert not (tmp_path / "run" / "best.pt").exists() and math.isfinite(results["test"]["top1"])
     assert all("val/loss" not in json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open())
-    from cifarkit.train.loop import summarize_runs
+    from cifarkit.train.results import summarize_runs
 
     summary = summarize_runs([results, results])
     assert "val_top1" not in summary and json.dumps(summary, allow_nan=False)  # strict JSON, no NaN

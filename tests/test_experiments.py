@@ -17,7 +17,7 @@ import pytest
 
 from cifarkit.cli import main
 from cifarkit.experiments.spec import parse_space, parse_vary, recipe_text, split_top_level
-from cifarkit.experiments.stats import describe, paired_tests
+from cifarkit.stats import describe, paired_tests
 
 POSTGRES_ENV = "CIFARKIT_TEST_POSTGRES"
 
@@ -168,7 +168,7 @@ def test_same_seed_gives_same_initial_weights_across_variants(tmp_path, fake_roo
     for lr in ("0.1", "0.3"):
         config = load_config("elu-seed", [*QUICK, f"optim.lr={lr}", f"data.data_dir={json.dumps(str(fake_root))}",
                                           f"train.out_dir={json.dumps(str(tmp_path))}", f"train.run_name=lr{lr}"])
-        weights.append(Trainer(config, log=lambda _: None).model.state_dict())
+        weights.append(Trainer(config, log=lambda _: None).run.model.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 

@@ -207,7 +207,7 @@ def test_a_full_disk_during_a_run_is_one_line_that_says_resume(fake_root, tmp_pa
 
 def test_two_runs_claiming_one_folder_at_once_never_share_it(tmp_path):
     from cifarkit.config import load_config
-    from cifarkit.train.loop import make_run_dir
+    from cifarkit.train.setup import make_run_dir
 
     for trial in range(20):
         name = f"same-{trial}"

@@ -154,7 +154,7 @@ def test_reusing_a_run_name_is_refused_and_the_first_run_survives(tmp_path, fake
 
 
 def test_default_run_names_never_collide(tmp_path, fake_root):
-    from cifarkit.train.loop import make_run_dir
+    from cifarkit.train.setup import make_run_dir
 
     config = load_config("elu-seed", [f"train.out_dir={json.dumps(str(tmp_path))}"])
     first, second = make_run_dir(config), make_run_dir(config)
@@ -210,7 +210,7 @@ def test_a_checkpoint_saved_before_any_validation_is_usable(tmp_path, fake_root,
 
 
 def test_a_nonfinite_stop_never_saves_nonfinite_weights(tmp_path, fake_root):
-    from cifarkit.train.loop import TrainingStopped
+    from cifarkit.train.stopping import TrainingStopped
 
     # a learning rate this large makes the first update overflow the weights; the next loss is NaN
     config = tiny_config(tmp_path, fake_root, "optim.lr=1e30", "train.steps=5", "train.eval_every=100",

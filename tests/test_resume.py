@@ -21,7 +21,7 @@ from cifarkit.config import load_config
 from cifarkit.errors import CheckpointError, ConfigError
 from cifarkit.train import resume, train
 from cifarkit.train.checkpoint import CheckpointStore, load_checkpoint
-from cifarkit.train.loop import TrainingStopped
+from cifarkit.train.stopping import TrainingStopped
 
 STEPS = 60
 

@@ -171,7 +171,7 @@ def test_budget_mode_ends_the_schedule_within_the_budget(tmp_path, fake_root):
 
 def test_budget_planner_plans_from_the_measured_speed():
     """Pure arithmetic on injected times (no wall-clock assertion): 10 steps in 5 s, 100 s budget, 2% margin."""
-    from cifarkit.train.loop import BudgetPlanner
+    from cifarkit.train.clock import BudgetPlanner
 
     planner = BudgetPlanner(100.0, eval_every=20)
     planner.started -= 5.0  # as if 5 s had passed
@@ -192,12 +192,9 @@ def test_a_long_cpu_run_says_so_and_names_the_cpu_recipe(tmp_path, fake_root):
     train(config, log=lines.append)
     projection = [line for line in lines if line.startswith("projected:")]
     assert len(projection) == 1 and "more steps x" in projection[0]  # logged once, after 5 steps
-    from cifarkit.train.loop import Trainer
+    from cifarkit.train.loop import projection_line
 
-    trainer = Trainer.__new__(Trainer)  # the message alone, for a run of 165k steps at 6 s per step
-    trainer.total_steps, trainer.step, trainer.device = 165_000, 5, torch.device("cpu")
-    trainer.log = lines.append
-    trainer._log_projection(30.0, 5)
+    lines.append(projection_line(165_000 - 5, 6.0, torch.device("cpu")))  # the message alone: 165k steps at 6 s
     assert "275.0 h on cpu" in lines[-1] and "--recipe fast10-cpu" in lines[-1]
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from cifarkit.errors import CifarkitError
-from cifarkit.experiments.stats import describe, paired_tests
 from cifarkit.experiments.sweep import MAX_CELLS, MAX_SEEDS
 from cifarkit.files import atomic_write_text, finite, read_json
 from cifarkit.runlog import read_metrics
+from cifarkit.stats import describe, paired_tests
 from cifarkit.text import csv_cell
 
 # (key in the report, where it is in results.json, label)

@@ -159,7 +159,7 @@ class PreparedCache:
 
     def get(self, config: Config, log):
         from cifarkit.device import resolve_device
-        from cifarkit.train.loop import prepare_data
+        from cifarkit.train.setup import prepare_data
 
         device = resolve_device(config.train.device)
         key = json.dumps([dataclasses.asdict(config.data), dataclasses.asdict(config.preprocess), str(device)],
@@ -173,7 +173,8 @@ class PreparedCache:
 def run_cell(sweep: Sweep, variant: Variant, seed: int, cache: PreparedCache, log) -> dict:
     """Train the cell, continue it from its checkpoint, or read its results if it finished already."""
     from cifarkit.train.checkpoint import CheckpointStore
-    from cifarkit.train.loop import resume, train
+    from cifarkit.train.loop import train
+    from cifarkit.train.resuming import resume
 
     run_dir = sweep.run_dir(variant, seed)
     if (run_dir / "results.json").exists():
@@ -218,7 +219,7 @@ def retry_failed(study, log: Callable[[str], None] = print) -> int:
 def run_sweep(sweep: Sweep, log: Callable[[str], None] = print, retry: bool = False) -> dict[str, int]:
     """Work on the sweep's queue until every cell is done (by this worker or others); with `retry`, cells that
     failed are queued again first."""
-    from cifarkit.train.loop import TrainingInterrupted
+    from cifarkit.train.stopping import TrainingInterrupted
 
     study = open_study(sweep, log)
     if retry:

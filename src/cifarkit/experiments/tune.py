@@ -155,7 +155,8 @@ def run_tuning(tuning: Tuning, log: Callable[[str], None] = print) -> dict:
     """Run trials until the study holds `tuning.trials` finished (complete or pruned) ones; write best.toml."""
     import optuna
 
-    from cifarkit.train.loop import TrainingInterrupted, train
+    from cifarkit.train.loop import train
+    from cifarkit.train.stopping import TrainingInterrupted
 
     study = open_tuning_study(tuning)
     cache = PreparedCache()

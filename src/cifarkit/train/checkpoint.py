@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 from cifarkit.checkpoints import (  # noqa: F401  (re-exported: the training side's one import)
@@ -103,3 +104,19 @@ def _check_zip_crcs(path: Path) -> None:
         raise CheckpointError(f"{path} has no checksum file beside it and is not a whole zip file ({e})") from None
     if bad is not None:
         raise CheckpointError(f"{path} has no checksum file beside it and its entry {bad} fails its CRC check")
+
+
+class CheckpointCadence:
+    """When a run writes a checkpoint besides its validation passes: every `every` steps and/or every
+    `minutes` minutes (train.checkpoint_every / train.checkpoint_minutes), counted from the last one written."""
+
+    def __init__(self, every: int | None, minutes: float | None):
+        self.every, self.minutes = every, minutes
+        self.last_saved = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        return bool((self.every and step % self.every == 0) or (
+            self.minutes and time.monotonic() - self.last_saved > 60 * self.minutes))
+
+    def saved(self) -> None:
+        self.last_saved = time.monotonic()

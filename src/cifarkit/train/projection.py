@@ -135,7 +135,7 @@ def project(config: Config, device: torch.device, steps: int = 5) -> Projection:
     from cifarkit.data import get_spec
     from cifarkit.device import device_name_of
     from cifarkit.models import create_model
-    from cifarkit.train.loop import plan_steps
+    from cifarkit.train.setup import plan_steps
 
     spec = get_spec(config.data.dataset)
     times = time_training_steps(config, device, steps, num_classes=spec.num_classes)

@@ -1,6 +1,7 @@
-"""The statistics of a comparison over seeds: mean, standard deviation and a 95% t-interval per variant, and
-paired tests of a variant against a reference (Wilcoxon signed-rank, as in the ELU paper, with the paired
-t-test beside it). scipy does the tests; the interval is written out so that it can be checked by hand."""
+"""The statistics of runs over seeds: mean, standard deviation and a 95% t-interval (`describe`: a seed
+summary's figures and a comparison's variants), and paired tests of a variant against a reference (Wilcoxon
+signed-rank, as in the ELU paper, with the paired t-test beside it). scipy does the tests; the interval is
+written out so that it can be checked by hand. Below training and the experiments, which both use it."""
 
 from __future__ import annotations
 
@@ -47,3 +48,10 @@ def paired_tests(reference: list[float | None], other: list[float | None]) -> di
     if np.ptp(diff) > 0:
         out["t_p"] = float(stats.ttest_rel(b, a).pvalue)
     return out
+
+
+def mean_std_text(summary: dict, digits: int = 4) -> str:
+    """`describe`'s figures as text: "0.6523 +- 0.0030", or "0.6523 (1 run)" where there is no spread."""
+    if summary["std"] is None:
+        return f"{summary['mean']:.{digits}f} ({summary['n']} run)"
+    return f"{summary['mean']:.{digits}f} +- {summary['std']:.{digits}f}"

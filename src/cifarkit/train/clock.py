@@ -1,0 +1,105 @@
+"""A run's clock: the wall-clock budget (how many steps fit) and the training time (validation passes excluded,
+summed across resumes), in one object, so the loop only says when a step or a validation pass happens."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+
+from cifarkit.device import device_name_of
+
+
+class BudgetPlanner:
+    """Fits a run to a wall-clock budget (training plus validation passes). The number of steps is planned
+    after a few calibration steps and re-planned after every validation pass from the measured time per step
+    and per pass, so the learning-rate schedule still ends at its end instead of being cut short."""
+
+    CALIBRATION_STEPS = 10
+    MARGIN = 0.98
+
+    def __init__(self, budget_seconds: float | None, eval_every: int):
+        self.budget, self.eval_every = budget_seconds, eval_every
+        self.started = time.perf_counter()
+        self.eval_seconds, self.evals = 0.0, 0
+
+    def record_eval(self, seconds: float) -> None:
+        self.eval_seconds += seconds
+        self.evals += 1
+
+    def plan(self, done: int, total: int, just_evaluated: bool) -> int:
+        if self.budget is None:
+            return total
+        elapsed = time.perf_counter() - self.started
+        if elapsed > self.budget:
+            return done
+        if done != self.CALIBRATION_STEPS and not just_evaluated:
+            return total
+        per_step = (elapsed - self.eval_seconds) / done
+        per_eval = self.eval_seconds / self.evals if self.evals else 0.0
+        left = (self.MARGIN * self.budget - elapsed) / (per_step + per_eval / self.eval_every)
+        return max(done + 1, done + int(left))
+
+
+
+class RunClock:
+    """Training time and budget planning for one `fit`: `train_seconds` grows while training runs and stands
+    still inside `validation_pass()`; `bank()` brings it up to date (before every checkpoint)."""
+
+    def __init__(self, train_seconds: float, budget_seconds: float | None, eval_every: int):
+        self.train_seconds = train_seconds  # across resumes: the checkpoint's figure on resume
+        self.planner = BudgetPlanner(budget_seconds, eval_every)
+        self.started = self._banked_at = time.perf_counter()
+        self._in_validation = False
+
+    @property
+    def budget(self) -> float | None:
+        return self.planner.budget
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def bank(self) -> None:
+        """Add the training time since the last call (none inside a validation pass)."""
+        if self._in_validation:
+            return
+        now = time.perf_counter()
+        self.train_seconds += now - self._banked_at
+        self._banked_at = now
+
+    @contextmanager
+    def validation_pass(self):
+        """Time spent inside is not training time; the planner learns what a validation pass costs."""
+        self.bank()
+        self._in_validation, began = True, time.perf_counter()
+        try:
+            yield
+        finally:
+            self._in_validation, self._banked_at = False, time.perf_counter()
+            self.planner.record_eval(self._banked_at - began)
+
+    def plan(self, done: int, total: int, just_evaluated: bool) -> int:
+        return self.planner.plan(done, total, just_evaluated)
+
+
+def duration_text(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+PROJECTION_STEPS = 5  # steps timed before the projected duration of the run is logged
+CPU_RECIPE = "fast10-cpu"  # what a CPU user is pointed to when a recipe would take hours
+
+
+def projection_line(steps_left: int, seconds_per_step: float, device: torch.device) -> str:
+    """How long the rest of the run will take here; on a slow device, what to try instead."""
+    left = steps_left * seconds_per_step
+    line = (f"projected: {steps_left:,} more steps x {seconds_per_step:.2f}s = {duration_text(left)} on "
+            f"{device_name_of(device)}")
+    if left > 2 * 3600 and device.type != "cuda":
+        line += (f". That is more than two hours: this recipe is meant for a GPU. On a CPU, try "
+                 f"`cifarkit train --recipe {CPU_RECIPE}` (CIFAR-10 in 10 minutes), or set "
+                 "train.budget_seconds to fit this one to a wall-clock budget")
+    return line
