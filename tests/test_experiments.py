@@ -388,3 +388,29 @@ def test_a_trial_changes_state_for_exactly_one_claimant(tmp_path):
     assert not transition(study, trial_id, TrialState.WAITING, TrialState.RUNNING)  # the second claimant loses
     assert claim_waiting_trial(study) is None
     assert study.trials[0].state == TrialState.RUNNING and study.trials[0].datetime_start is not None
+
+
+def test_optuna_private_api_is_there(tmp_path):
+    """Every private Optuna attribute cifarkit uses (experiments/optuna_private.py), on a real SQLite study:
+    an Optuna release that moves one fails here, by name, instead of deep inside a sweep."""
+    import tomllib
+
+    import optuna
+
+    from cifarkit.experiments import optuna_private as private
+    from cifarkit.experiments.study import open_storage
+
+    study = optuna.create_study(study_name="probe", storage=open_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    study.enqueue_trial({"x": 1.0})
+    [frozen] = study.get_trials(deepcopy=False)
+    assert isinstance(private.trial_id(frozen), int) and isinstance(private.study_id(study), int)
+    assert hasattr(private.rdb_storage(study), "engine")
+    assert private.stale_trial_ids(study) == set()
+    assert {"trial_id", "state"} <= set(private.trial_table().__table__.columns.keys())
+    trial = private.trial_for(study, frozen)
+    assert isinstance(trial, optuna.trial.Trial) and private.trial_id(trial) == private.trial_id(frozen)
+    private.set_user_attr(study, trial, "worker", "probe")
+    assert private.frozen_trial(study, trial).user_attrs["worker"] == "probe"
+    assert private.storage(study).get_heartbeat_interval() is not None
+    pin = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert f"optuna{private.TESTED_OPTUNA}" in pin["project"]["dependencies"]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarkit.errors import CifarkitError
+from cifarkit.experiments import optuna_private
 
 
 class ExperimentError(CifarkitError):
@@ -255,29 +256,22 @@ def requeue(study, trial) -> None:
     study.enqueue_trial(params, user_attrs=attrs)
 
 
-def _backend(study):
-    """The study's RDBStorage (Optuna wraps it in a cache)."""
-    storage = study._storage
-    return getattr(storage, "_backend", storage)
-
-
 def transition(study, trial_id: int, before, after) -> bool:
     """Move a trial from state `before` to `after` in one conditional UPDATE: True for exactly one of several
     workers racing for it. (Optuna's own `set_trial_state_values` reads, then writes; SQLite ignores its
     SELECT ... FOR UPDATE, so two workers can both see a trial waiting and both take it.)"""
     import sqlalchemy
-    from optuna.storages._rdb import models
 
+    trials = optuna_private.trial_table()
     now = datetime.now()  # naive local time, as Optuna writes it
     values: dict[str, Any] = {"state": after}
     if after.name == "RUNNING":
         values["datetime_start"] = now
     elif after.is_finished():
         values["datetime_complete"] = now
-    statement = (sqlalchemy.update(models.TrialModel)
-                 .where(models.TrialModel.trial_id == trial_id, models.TrialModel.state == before)
+    statement = (sqlalchemy.update(trials).where(trials.trial_id == trial_id, trials.state == before)
                  .values(**values))
-    with _backend(study).engine.begin() as connection:
+    with optuna_private.rdb_storage(study).engine.begin() as connection:
         return connection.execute(statement).rowcount == 1
 
 
@@ -288,20 +282,19 @@ def fail_lost_trials(study) -> list[int]:
     import optuna
     from optuna.trial import TrialState
 
-    backend = _backend(study)
-    stale = set(backend._get_stale_trial_ids(study._study_id))  # the storage's own heartbeat query
+    stale = optuna_private.stale_trial_ids(study)  # the storage's own heartbeat query
     lost = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
-        if trial._trial_id in stale:
+        if optuna_private.trial_id(trial) in stale:
             why = "its heartbeat stopped"
         elif worker and worker != worker_name() and _process_is_gone(worker):
             why = f"worker {worker} is gone"
         else:
             continue
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # before: a finished trial takes
-            backend.set_trial_user_attr(trial._trial_id, "error", why)          # no attributes
-        if transition(study, trial._trial_id, TrialState.RUNNING, TrialState.FAIL):
+            optuna_private.set_user_attr(study, trial, "error", why)             # no attributes
+        if transition(study, optuna_private.trial_id(trial), TrialState.RUNNING, TrialState.FAIL):
             requeue(study, trial)
             lost.append(trial.number)
     return lost
@@ -309,14 +302,13 @@ def fail_lost_trials(study) -> list[int]:
 
 def claim_waiting_trial(study):
     """Atomically take the oldest waiting trial (RUNNING, with this worker's name), or None if none is left."""
-    import optuna
     from optuna.trial import TrialState
 
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if not transition(study, frozen._trial_id, TrialState.WAITING, TrialState.RUNNING):
+        if not transition(study, optuna_private.trial_id(frozen), TrialState.WAITING, TrialState.RUNNING):
             continue  # another worker took it
-        study._storage.set_trial_user_attr(frozen._trial_id, "worker", worker_name())
-        return optuna.trial.Trial(study, frozen._trial_id)
+        optuna_private.set_user_attr(study, frozen, "worker", worker_name())
+        return optuna_private.trial_for(study, frozen)
     return None
 
 
@@ -345,21 +337,21 @@ def run_queue(study, run_trial: Callable[[Any], float], log: Callable[[str], Non
             time.sleep(poll_seconds)
             continue
         waited = False
-        with heartbeat(study._storage, trial._trial_id):
+        with heartbeat(optuna_private.storage(study), optuna_private.trial_id(trial)):
             try:
                 value = run_trial(trial)
             except (KeyboardInterrupt, CifarkitError) as e:
                 interrupted = isinstance(e, KeyboardInterrupt) or is_interruption(e)
-                study._storage.set_trial_user_attr(trial._trial_id, "error", str(e) or type(e).__name__)
+                optuna_private.set_user_attr(study, trial, "error", str(e) or type(e).__name__)
                 study.tell(trial, state=TrialState.FAIL)
                 if interrupted:
-                    requeue(study, study._storage.get_trial(trial._trial_id))
+                    requeue(study, optuna_private.frozen_trial(study, trial))
                     raise
                 counts["failed"] += 1
                 log(f"trial {trial.number} failed: {e}")
                 continue
             except Exception as e:  # a bug, not a bad trial: record it, and stop this worker with its traceback
-                study._storage.set_trial_user_attr(trial._trial_id, "error", f"{type(e).__name__}: {e}")
+                optuna_private.set_user_attr(study, trial, "error", f"{type(e).__name__}: {e}")
                 study.tell(trial, state=TrialState.FAIL)
                 raise
         try:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cifarkit.config import PLACE_SETTINGS, load_config, parse_override
 from cifarkit.errors import CifarkitError
+from cifarkit.experiments import optuna_private
 from cifarkit.experiments.spec import Dimension, check_space, parse_space, recipe_text
 from cifarkit.experiments.study import ExperimentError, default_storage, masked, open_storage, storage_errors
 from cifarkit.experiments.sweep import PreparedCache, fingerprint
@@ -203,7 +204,7 @@ def run_tuning(tuning: Tuning, log: Callable[[str], None] = print) -> dict:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 continue
             except CifarkitError as e:  # a bad point (a non-finite loss...): recorded as failed, the study goes on
-                study._storage.set_trial_user_attr(trial._trial_id, "error", str(e))
+                optuna_private.set_user_attr(study, trial, "error", str(e))
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 log(f"trial {trial.number} failed: {e}")
                 continue
