@@ -13,18 +13,30 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from cifarkit.data.specs import DATASETS
 from cifarkit.errors import CifarkitError
 
+# command name -> its handler, and -> the function that adds its subparser and arguments (defined beside it)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+PARSERS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
 
 
-def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    COMMANDS[fn.__name__.removeprefix("cmd_").replace("_", "-")] = fn
-    return fn
+def command(arguments: Callable[[argparse._SubParsersAction], None]):
+    """Register `cmd_NAME` as `cifarkit NAME`, with `arguments(sub)` adding its subparser (in --help, commands
+    are listed in the order they are registered)."""
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        name = fn.__name__.removeprefix("cmd_").replace("_", "-")
+        COMMANDS[name], PARSERS[name] = fn, arguments
+        return fn
+
+    return register
+
+
+DATASET_CHOICES = list(DATASETS)  # every dataset the registry knows
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=["cifar100", "cifar10"], default="cifar100",
+    p.add_argument("--dataset", choices=DATASET_CHOICES, default="cifar100",
                    help="which dataset (default: %(default)s)")
     p.add_argument("--data-dir", metavar="PATH",
                    help="extracted dataset folder, a folder containing it, or the official .tar.gz "
@@ -69,7 +81,14 @@ def _load(args):
     return load_dataset(args.dataset, args.data_dir, download=not args.no_download)
 
 
-@command
+def _download_arguments(sub) -> None:
+    p = sub.add_parser("download", help="download and verify the official archive into the cache",
+                       description="Find the dataset (--data-dir, $CIFARKIT_DATA_DIR, the cache) or download "
+                                   "the official archive, verify its md5 and extract it safely.")
+    _data_args(p)
+
+
+@command(_download_arguments)
 def cmd_download(args) -> int:
     from cifarkit.data import get_spec, locate
 
@@ -78,7 +97,13 @@ def cmd_download(args) -> int:
     return 0
 
 
-@command
+def _info_arguments(sub) -> None:
+    p = sub.add_parser("info", help="shapes, images per class, class names, where the files were found")
+    _data_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+@command(_info_arguments)
 def cmd_info(args) -> int:
     import numpy as np
 
@@ -112,7 +137,17 @@ def cmd_info(args) -> int:
     return 0
 
 
-@command
+def _show_arguments(sub) -> None:
+    p = sub.add_parser("show", help="PNG grid of the first N images and a one-per-class sheet",
+                       description="Write two PNG files: the first N images with their class names (like the "
+                                   "seed's 4x4 plot) and one image of every class.")
+    _data_args(p)
+    p.add_argument("-n", "--count", type=int, default=16, help="images in the first grid (default: %(default)s)")
+    p.add_argument("--split", choices=["train", "test"], default="train", help="default: %(default)s")
+    p.add_argument("--out", default=".", help="folder for the PNG files (default: the current folder)")
+
+
+@command(_show_arguments)
 def cmd_show(args) -> int:
     from cifarkit.plots import first_images_sheet, one_per_class_sheet
 
@@ -156,7 +191,34 @@ def _projection(config) -> str:
     return describe(project(config, resolve_device(config.train.device)))
 
 
-@command
+def _train_arguments(sub) -> None:
+    p = sub.add_parser("train", help="train a recipe; writes a run directory",
+                       description="Train a recipe. The run directory holds config.json, TensorBoard events, "
+                                   "metrics.jsonl, best.pt (by validation loss), last.pt and results.json "
+                                   "(the test set, evaluated once at the end).")
+    p.add_argument("--recipe", help="built-in recipe name or a .toml path "
+                                    "(default: elu-seed; `cifarkit list` shows all)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.steps=200 --set optim.lr=0.05 (repeatable)")
+    p.add_argument("--dataset", choices=DATASET_CHOICES, help="override data.dataset")
+    p.add_argument("--data-dir", metavar="PATH", help="override data.data_dir (folder or .tar.gz)")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading the dataset")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--steps", type=int, help="train this many steps (overrides train.steps and train.epochs)")
+    p.add_argument("--out-dir", help="parent folder of run directories (default: runs)")
+    p.add_argument("--run-name", help="run directory name (default: RECIPE-DATE-TIME)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--project", action="store_true",
+                   help="time a few training steps here and print the projected time of the whole recipe; no run")
+    p.add_argument("--then-project", metavar="RECIPE",
+                   help="after training, print RECIPE's projected time on this machine (as --project does)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from its newest intact checkpoint (model, optimizer, "
+                        "schedules, data order, random generators); --set may change values, e.g. "
+                        "train.skip_nonfinite=true")
+
+
+@command(_train_arguments)
 def cmd_train(args) -> int:
     from cifarkit.train import distributed, resume, train_seeds
 
@@ -197,7 +259,13 @@ def cmd_train(args) -> int:
         distributed.cleanup()
 
 
-@command
+def _summary_arguments(sub) -> None:
+    p = sub.add_parser("summary", help="Keras-style layer summary of a registered model")
+    p.add_argument("--model", default="elu_net_seed", help="model name (default: %(default)s)")
+    p.add_argument("--dataset", choices=DATASET_CHOICES, default="cifar100")
+
+
+@command(_summary_arguments)
 def cmd_summary(args) -> int:
     from cifarkit.data import get_spec
     from cifarkit.models import create_model, format_summary, keras_summary
@@ -207,7 +275,11 @@ def cmd_summary(args) -> int:
     return 0
 
 
-@command
+def _list_arguments(sub) -> None:
+    sub.add_parser("list", help="built-in recipes and registered models")
+
+
+@command(_list_arguments)
 def cmd_list(args) -> int:
     from cifarkit.config import list_recipes, load_config
     from cifarkit.models import list_models
@@ -219,7 +291,20 @@ def cmd_list(args) -> int:
     return 0
 
 
-@command
+def _evaluate_arguments(sub) -> None:
+    p = sub.add_parser("evaluate", help="full report of a checkpoint on the validation or test split",
+                       description="Top-1/top-5/loss, per-class and superclass accuracy, confusion matrix (CSV, "
+                                   "PNG) and most-confused pairs, misclassified gallery, calibration (ECE, "
+                                   "reliability diagram); all in report.json with the checkpoint's hash.")
+    _add_model_option(p)
+    p.add_argument("--split", choices=["val", "test"], default="test", help="default: %(default)s")
+    p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/eval-SPLIT[-tta])")
+    p.add_argument("--data-dir", metavar="PATH", help="where the dataset is (default: as in training)")
+    p.add_argument("--device", default="cpu", help="default: %(default)s")
+
+
+@command(_evaluate_arguments)
 def cmd_evaluate(args) -> int:
     from cifarkit.evaluate import evaluate_checkpoint
 
@@ -239,7 +324,25 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-@command
+def _predict_arguments(sub) -> None:
+    from cifarkit.predict import FORMATS
+
+    p = sub.add_parser("predict", help="classify image files with a checkpoint",
+                       description="Classify pictures of any common format and size (resized to 32x32). A file "
+                                   "that cannot be read gets an error line; the others are still classified; "
+                                   "the exit status is 1 if any file failed.")
+    _add_model_option(p, positional=False)
+    p.add_argument("files", nargs="+", metavar="FILES_OR_DIRS",
+                   help="image files or folders of images (a checkpoint or run directory first still names the "
+                        "model, as in earlier versions)")
+    p.add_argument("-k", "--top-k", type=_positive_int, default=5,
+                   help="classes to show per image (default: %(default)s)")
+    p.add_argument("--format", choices=list(FORMATS), default="table", help="default: %(default)s")
+    p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
+    p.add_argument("--device", default="cpu", help="default: %(default)s")
+
+
+@command(_predict_arguments)
 def cmd_predict(args) -> int:
     from cifarkit.predict import iter_predictions, stream_lines
 
@@ -268,7 +371,21 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
-@command
+def _export_arguments(sub) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (pixels in, probabilities out), verified",
+                       description="Write an ONNX model taking uint8 RGB NHWC 32x32 pixels (dynamic batch) with "
+                                   "all preprocessing inside and probabilities out, plus its metadata named after "
+                                   "it (model.onnx -> model.json); ONNX Runtime must match PyTorch within 1e-4 "
+                                   "or nothing is written.")
+    _add_model_option(p)
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the model")
+    p.add_argument("--quantize", choices=["int8"],
+                   help="write a statically quantised int8 model (calibrated on training images); its test "
+                        "accuracy change is measured and printed (needs the dataset here)")
+    p.add_argument("--data-dir", metavar="PATH", help="where the model's dataset is (for --quantize)")
+
+
+@command(_export_arguments)
 def cmd_export(args) -> int:
     from cifarkit.export import export_onnx
 
@@ -284,7 +401,12 @@ def cmd_export(args) -> int:
     return 0
 
 
-@command
+def _models_arguments(sub) -> None:
+    p = sub.add_parser("models", help="the pretrained models that ship with cifarkit (accuracy, size)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+@command(_models_arguments)
 def cmd_models(args) -> int:
     from cifarkit.pretrained import list_pretrained
 
@@ -301,7 +423,13 @@ def cmd_models(args) -> int:
     return 0
 
 
-@command
+def _plot_arguments(sub) -> None:
+    p = sub.add_parser("plot", help="training curves (PNG) of a run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
+
+
+@command(_plot_arguments)
 def cmd_plot(args) -> int:
     from cifarkit.plots import training_curves
 
@@ -318,7 +446,42 @@ def _experiment_sets(args) -> list[str]:
     return sets
 
 
-@command
+def _experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", help="built-in recipe name or a .toml path (default: elu-seed)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a recipe value for every trial "
+                                                                       "(repeatable)")
+    p.add_argument("--budget-seconds", type=float, metavar="S", help="fit every trial to S seconds of training")
+    p.add_argument("--device", help="this worker's device: auto, cpu, cuda:N (one worker per GPU), mps")
+    p.add_argument("--data-dir", metavar="PATH", help="where the dataset is (this worker's copy)")
+    p.add_argument("--out-dir", default="runs", help="parent of the experiment folder (default: %(default)s)")
+    p.add_argument("--name", help="experiment (and study) name (default: RECIPE-KIND-HASH of the settings, so "
+                                  "the same command continues the same experiment)")
+    p.add_argument("--storage", metavar="URL", help="study database: sqlite:///FILE or postgresql://USER:PASS@"
+                                                    "HOST/DB shared by many machines (default: SQLite in the "
+                                                    "experiment folder)")
+
+
+def _sweep_arguments(sub) -> None:
+    p = sub.add_parser("sweep", help="a grid of settings x paired seeds, on an Optuna study (resumable, "
+                                     "many workers)",
+                       description="Train every --vary combination with --seeds paired seeds (seed i is the same "
+                                   "for every variant). Stop it any way and run the same command again: finished "
+                                   "trials are kept and a stopped one continues from its checkpoint. Several "
+                                   "workers (processes, or machines with --storage postgresql://...) share the "
+                                   "work and never run a trial twice.")
+    _experiment_args(p)
+    p.add_argument("--vary", action="append", metavar="KEY=V1,V2,...",
+                   help="a setting and its values (TOML, as in --set; '|' may separate values); repeatable: the "
+                        "grid is the product")
+    p.add_argument("--seeds", type=int, default=3, help="paired seeds per variant (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true", help="check everything and list the variants; run nothing")
+    p.add_argument("--max-cells", type=_positive_int, default=10_000,
+                   help="refuse a sweep of more variants x seeds than this (default: %(default)s)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="queue again the cells whose trials failed (give it to one worker only)")
+
+
+@command(_sweep_arguments)
 def cmd_sweep(args) -> int:
     from cifarkit.config import DEFAULT_RECIPE
     from cifarkit.experiments.report import report_sweep
@@ -342,7 +505,26 @@ def cmd_sweep(args) -> int:
     return 1 if counts["failed"] else 0
 
 
-@command
+def _tune_arguments(sub) -> None:
+    p = sub.add_parser("tune", help="tune a recipe with Optuna (TPE sampler, median pruner on validation loss)",
+                       description="Search --space with Optuna's TPE sampler; trials are pruned when their "
+                                   "validation loss (or error, --metric) falls behind the median. The test split is "
+                                   "never looked at (except once with --test-best). The best values are written as a "
+                                   "recipe that extends --recipe.")
+    _experiment_args(p)
+    p.add_argument("--space", action="append", metavar="KEY=RANGE",
+                   help="KEY=LOW:HIGH (uniform; integers if both are), KEY=log:LOW:HIGH or KEY=a|b|c; repeatable")
+    p.add_argument("--trials", type=int, default=20, help="finished trials in the study (default: %(default)s)")
+    p.add_argument("--sampler-seed", type=int, default=0, help="the TPE sampler's seed (default: %(default)s)")
+    p.add_argument("--metric", choices=["loss", "error"], default="loss",
+                   help="the validation metric the pruner sees and the objective minimises: loss, or error "
+                        "(1 - top-1; label smoothing raises the loss of equally accurate models) (default: "
+                        "%(default)s)")
+    p.add_argument("--test-best", action="store_true",
+                   help="at the end, evaluate the best trial's checkpoint on the test split (once)")
+
+
+@command(_tune_arguments)
 def cmd_tune(args) -> int:
     from cifarkit.config import DEFAULT_RECIPE
     from cifarkit.experiments.tune import plan_tuning, run_tuning, test_best, tuning_plots
@@ -362,7 +544,16 @@ def cmd_tune(args) -> int:
     return 0
 
 
-@command
+def _report_arguments(sub) -> None:
+    p = sub.add_parser("report", help="statistics, paired tests and plots of a sweep (or a tuning's plots)",
+                       description="Per variant: n, mean ± std and 95%% t-interval of test and validation top-1 "
+                                   "and loss; Wilcoxon signed-rank and paired t-tests against the first variant. "
+                                   "Writes FOLDER/report/summary.{md,csv,json}, curves.png and finals.png.")
+    p.add_argument("folder", metavar="SWEEP_OR_TUNE_DIR")
+    p.add_argument("--storage", metavar="URL", help="the study's URL, if it has a password (tuning plots)")
+
+
+@command(_report_arguments)
 def cmd_report(args) -> int:
     folder = Path(args.folder)
     if (folder / "tune.json").is_file():
@@ -380,7 +571,21 @@ def cmd_report(args) -> int:
     return 0
 
 
-@command
+def _serve_web_arguments(sub) -> None:
+    p = sub.add_parser("serve-web", help="serve the browser page with an exported model on this machine",
+                       description="Serve web/dist (build it with `npm run build` in web/) with an exported "
+                                   "model and sample test images, at http://127.0.0.1:PORT/.")
+    p.add_argument("--onnx", metavar="MODEL.onnx",
+                   help="from `cifarkit export` (its .json metadata beside it); default: the shipped model that "
+                        "the built page includes")
+    p.add_argument("--web-dir", default="web/dist", help="the built page (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="default: %(default)s (this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default: %(default)s; 0 picks a free port")
+    p.add_argument("--samples", type=int, default=24, help="sample test images in the gallery (default: %(default)s)")
+    p.add_argument("--data-dir", metavar="PATH", help="where the model's dataset is, for the sample gallery")
+
+
+@command(_serve_web_arguments)
 def cmd_serve_web(args) -> int:
     from cifarkit.serve import WebServer, is_loopback
 
@@ -407,165 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("download", help="download and verify the official archive into the cache",
-                       description="Find the dataset (--data-dir, $CIFARKIT_DATA_DIR, the cache) or download "
-                                   "the official archive, verify its md5 and extract it safely.")
-    _data_args(p)
-
-    p = sub.add_parser("info", help="shapes, images per class, class names, where the files were found")
-    _data_args(p)
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-
-    p = sub.add_parser("show", help="PNG grid of the first N images and a one-per-class sheet",
-                       description="Write two PNG files: the first N images with their class names (like the "
-                                   "seed's 4x4 plot) and one image of every class.")
-    _data_args(p)
-    p.add_argument("-n", "--count", type=int, default=16, help="images in the first grid (default: %(default)s)")
-    p.add_argument("--split", choices=["train", "test"], default="train", help="default: %(default)s")
-    p.add_argument("--out", default=".", help="folder for the PNG files (default: the current folder)")
-
-    p = sub.add_parser("train", help="train a recipe; writes a run directory",
-                       description="Train a recipe. The run directory holds config.json, TensorBoard events, "
-                                   "metrics.jsonl, best.pt (by validation loss), last.pt and results.json "
-                                   "(the test set, evaluated once at the end).")
-    p.add_argument("--recipe", help="built-in recipe name or a .toml path "
-                                    "(default: elu-seed; `cifarkit list` shows all)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set train.steps=200 --set optim.lr=0.05 (repeatable)")
-    p.add_argument("--dataset", choices=["cifar100", "cifar10"], help="override data.dataset")
-    p.add_argument("--data-dir", metavar="PATH", help="override data.data_dir (folder or .tar.gz)")
-    p.add_argument("--no-download", action="store_true", help="fail instead of downloading the dataset")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--steps", type=int, help="train this many steps (overrides train.steps and train.epochs)")
-    p.add_argument("--out-dir", help="parent folder of run directories (default: runs)")
-    p.add_argument("--run-name", help="run directory name (default: RECIPE-DATE-TIME)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--project", action="store_true",
-                   help="time a few training steps here and print the projected time of the whole recipe; no run")
-    p.add_argument("--then-project", metavar="RECIPE",
-                   help="after training, print RECIPE's projected time on this machine (as --project does)")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue an interrupted run from its newest intact checkpoint (model, optimizer, "
-                        "schedules, data order, random generators); --set may change values, e.g. "
-                        "train.skip_nonfinite=true")
-
-    p = sub.add_parser("summary", help="Keras-style layer summary of a registered model")
-    p.add_argument("--model", default="elu_net_seed", help="model name (default: %(default)s)")
-    p.add_argument("--dataset", choices=["cifar100", "cifar10"], default="cifar100")
-
-    sub.add_parser("list", help="built-in recipes and registered models")
-
-    p = sub.add_parser("evaluate", help="full report of a checkpoint on the validation or test split",
-                       description="Top-1/top-5/loss, per-class and superclass accuracy, confusion matrix (CSV, "
-                                   "PNG) and most-confused pairs, misclassified gallery, calibration (ECE, "
-                                   "reliability diagram); all in report.json with the checkpoint's hash.")
-    _add_model_option(p)
-    p.add_argument("--split", choices=["val", "test"], default="test", help="default: %(default)s")
-    p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
-    p.add_argument("--out", help="output folder (default: RUN_DIR/eval-SPLIT[-tta])")
-    p.add_argument("--data-dir", metavar="PATH", help="where the dataset is (default: as in training)")
-    p.add_argument("--device", default="cpu", help="default: %(default)s")
-
-    p = sub.add_parser("predict", help="classify image files with a checkpoint",
-                       description="Classify pictures of any common format and size (resized to 32x32). A file "
-                                   "that cannot be read gets an error line; the others are still classified; "
-                                   "the exit status is 1 if any file failed.")
-    _add_model_option(p, positional=False)
-    p.add_argument("files", nargs="+", metavar="FILES_OR_DIRS",
-                   help="image files or folders of images (a checkpoint or run directory first still names the "
-                        "model, as in earlier versions)")
-    p.add_argument("-k", "--top-k", type=_positive_int, default=5,
-                   help="classes to show per image (default: %(default)s)")
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="default: %(default)s")
-    p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
-    p.add_argument("--device", default="cpu", help="default: %(default)s")
-
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (pixels in, probabilities out), verified",
-                       description="Write an ONNX model taking uint8 RGB NHWC 32x32 pixels (dynamic batch) with "
-                                   "all preprocessing inside and probabilities out, plus its metadata named after "
-                                   "it (model.onnx -> model.json); ONNX Runtime must match PyTorch within 1e-4 "
-                                   "or nothing is written.")
-    _add_model_option(p)
-    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the model")
-    p.add_argument("--quantize", choices=["int8"],
-                   help="write a statically quantised int8 model (calibrated on training images); its test "
-                        "accuracy change is measured and printed (needs the dataset here)")
-    p.add_argument("--data-dir", metavar="PATH", help="where the model's dataset is (for --quantize)")
-
-    p = sub.add_parser("serve-web", help="serve the browser page with an exported model on this machine",
-                       description="Serve web/dist (build it with `npm run build` in web/) with an exported "
-                                   "model and sample test images, at http://127.0.0.1:PORT/.")
-    p.add_argument("--onnx", metavar="MODEL.onnx",
-                   help="from `cifarkit export` (its .json metadata beside it); default: the shipped model that "
-                        "the built page includes")
-    p.add_argument("--web-dir", default="web/dist", help="the built page (default: %(default)s)")
-    p.add_argument("--host", default="127.0.0.1", help="default: %(default)s (this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="default: %(default)s; 0 picks a free port")
-    p.add_argument("--samples", type=int, default=24, help="sample test images in the gallery (default: %(default)s)")
-    p.add_argument("--data-dir", metavar="PATH", help="where the model's dataset is, for the sample gallery")
-
-    p = sub.add_parser("models", help="the pretrained models that ship with cifarkit (accuracy, size)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-    def experiment_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--recipe", help="built-in recipe name or a .toml path (default: elu-seed)")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a recipe value for every trial "
-                                                                           "(repeatable)")
-        p.add_argument("--budget-seconds", type=float, metavar="S", help="fit every trial to S seconds of training")
-        p.add_argument("--device", help="this worker's device: auto, cpu, cuda:N (one worker per GPU), mps")
-        p.add_argument("--data-dir", metavar="PATH", help="where the dataset is (this worker's copy)")
-        p.add_argument("--out-dir", default="runs", help="parent of the experiment folder (default: %(default)s)")
-        p.add_argument("--name", help="experiment (and study) name (default: RECIPE-KIND-HASH of the settings, so "
-                                      "the same command continues the same experiment)")
-        p.add_argument("--storage", metavar="URL", help="study database: sqlite:///FILE or postgresql://USER:PASS@"
-                                                        "HOST/DB shared by many machines (default: SQLite in the "
-                                                        "experiment folder)")
-
-    p = sub.add_parser("sweep", help="a grid of settings x paired seeds, on an Optuna study (resumable, "
-                                     "many workers)",
-                       description="Train every --vary combination with --seeds paired seeds (seed i is the same "
-                                   "for every variant). Stop it any way and run the same command again: finished "
-                                   "trials are kept and a stopped one continues from its checkpoint. Several "
-                                   "workers (processes, or machines with --storage postgresql://...) share the "
-                                   "work and never run a trial twice.")
-    experiment_args(p)
-    p.add_argument("--vary", action="append", metavar="KEY=V1,V2,...",
-                   help="a setting and its values (TOML, as in --set; '|' may separate values); repeatable: the "
-                        "grid is the product")
-    p.add_argument("--seeds", type=int, default=3, help="paired seeds per variant (default: %(default)s)")
-    p.add_argument("--dry-run", action="store_true", help="check everything and list the variants; run nothing")
-    p.add_argument("--max-cells", type=_positive_int, default=10_000,
-                   help="refuse a sweep of more variants x seeds than this (default: %(default)s)")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="queue again the cells whose trials failed (give it to one worker only)")
-
-    p = sub.add_parser("tune", help="tune a recipe with Optuna (TPE sampler, median pruner on validation loss)",
-                       description="Search --space with Optuna's TPE sampler; trials are pruned when their "
-                                   "validation loss (or error, --metric) falls behind the median. The test split is "
-                                   "never looked at (except once with --test-best). The best values are written as a "
-                                   "recipe that extends --recipe.")
-    experiment_args(p)
-    p.add_argument("--space", action="append", metavar="KEY=RANGE",
-                   help="KEY=LOW:HIGH (uniform; integers if both are), KEY=log:LOW:HIGH or KEY=a|b|c; repeatable")
-    p.add_argument("--trials", type=int, default=20, help="finished trials in the study (default: %(default)s)")
-    p.add_argument("--sampler-seed", type=int, default=0, help="the TPE sampler's seed (default: %(default)s)")
-    p.add_argument("--metric", choices=["loss", "error"], default="loss",
-                   help="the validation metric the pruner sees and the objective minimises: loss, or error "
-                        "(1 - top-1; label smoothing raises the loss of equally accurate models) (default: "
-                        "%(default)s)")
-    p.add_argument("--test-best", action="store_true",
-                   help="at the end, evaluate the best trial's checkpoint on the test split (once)")
-
-    p = sub.add_parser("report", help="statistics, paired tests and plots of a sweep (or a tuning's plots)",
-                       description="Per variant: n, mean ± std and 95%% t-interval of test and validation top-1 "
-                                   "and loss; Wilcoxon signed-rank and paired t-tests against the first variant. "
-                                   "Writes FOLDER/report/summary.{md,csv,json}, curves.png and finals.png.")
-    p.add_argument("folder", metavar="SWEEP_OR_TUNE_DIR")
-    p.add_argument("--storage", metavar="URL", help="the study's URL, if it has a password (tuning plots)")
-
-    p = sub.add_parser("plot", help="training curves (PNG) of a run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
+    for add_parser in PARSERS.values():
+        add_parser(sub)
     return parser
 
 

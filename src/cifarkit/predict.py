@@ -10,16 +10,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cifarkit.errors import ImageError
 from cifarkit.images import display_path, expand_paths, load_image
-from cifarkit.inference import TrainedModel, predict_arrays
-from cifarkit.pretrained import load_model
 from cifarkit.text import csv_cell, printable
+
+if TYPE_CHECKING:
+    from cifarkit.inference import TrainedModel
 
 
 @dataclass
@@ -38,6 +41,9 @@ def iter_predictions(model: str | Path | None, paths: list[str | Path], top_k: i
     """Predictions in file order, yielded a batch at a time: the first results arrive after one batch, and
     memory stays that of one batch however many files there are.
     `model`: a pretrained name (None: the default), a run directory or a checkpoint file."""
+    from cifarkit.inference import predict_arrays  # here: the command line lists FORMATS without torch
+    from cifarkit.pretrained import load_model
+
     trained = trained or load_model(model, device)
     files = expand_paths(paths)
     for start in range(0, len(files), batch_size):
@@ -87,39 +93,46 @@ def _table_line(r: Prediction) -> str:
     return f"{printable(r.path)}: {top}" + (f"  [superclass: {r.superclass}]" if r.superclass else "")
 
 
-def stream_lines(results, fmt: str):
-    """Output lines for `results` (any iterable), each as soon as its prediction is known. Table and CSV
-    escape what could forge a line or run as a spreadsheet formula; JSON stays exact (its own escaping)."""
-    if fmt == "json":  # the text json.dumps(list, indent=2) gives, an element at a time
-        held = None
-        yield "["
-        for r in results:
-            if held is not None:
-                yield held + ","
-            held = "\n".join("  " + line for line in json.dumps(_as_json(r), indent=2).splitlines())
+def _json_lines(results: Iterable[Prediction]) -> Iterator[str]:
+    """The text json.dumps(list, indent=2) gives, an element at a time (JSON's own escaping)."""
+    held = None
+    yield "["
+    for r in results:
         if held is not None:
-            yield held
-        yield "]"
-        return
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "rank", "class", "probability", "superclass", "error"])
-        for r in results:
-            writer.writerows(_csv_rows(r))
-            yield buffer.getvalue().rstrip("\n")
-            buffer.seek(0)
-            buffer.truncate()
+            yield held + ","
+        held = "\n".join("  " + line for line in json.dumps(_as_json(r), indent=2).splitlines())
+    if held is not None:
+        yield held
+    yield "]"
+
+
+def _csv_lines(results: Iterable[Prediction]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "rank", "class", "probability", "superclass", "error"])
+    for r in results:
+        writer.writerows(_csv_rows(r))
         yield buffer.getvalue().rstrip("\n")
-        return
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue().rstrip("\n")
+
+
+def _table_lines(results: Iterable[Prediction]) -> Iterator[str]:
     for r in results:
         yield _table_line(r)
 
 
+# output format -> its lines; table and CSV escape what could forge a line or run as a spreadsheet formula
+FORMATS: dict[str, Callable[[Iterable[Prediction]], Iterator[str]]] = {
+    "table": _table_lines, "json": _json_lines, "csv": _csv_lines}
+
+
+def stream_lines(results: Iterable[Prediction], fmt: str) -> Iterator[str]:
+    """Output lines for `results` (any iterable) in format `fmt` (one of FORMATS), each as soon as its
+    prediction is known."""
+    return FORMATS[fmt](results)
+
+
 def format_predictions(results: list[Prediction], fmt: str) -> str:
     return "\n".join(line for line in stream_lines(results, fmt) if line)
-
-
-FORMATS = ("table", "json", "csv")
-
-
