@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarkit.config import load_config
-from cifarkit.device import autocast, choose_autocast, cpu_bf16_flags
+from cifarkit.device import autocast, choose_autocast, cpu_bf16_flags, describe_cpu
 from cifarkit.files import atomic_write_text
 from cifarkit.models.resnet import BasicBlock  # the anchor's block is the standard one, exactly
 from cifarkit.train import train
@@ -56,19 +55,7 @@ DEFAULT_ROWS = ("fast100-cpu", "airbench94_muon-100", "resnet-muon")
 
 
 def machine() -> dict:
-    flags = set()
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags.update(value.split())
-    except OSError:
-        pass
-    relevant = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return {"cpu": model, "flags": relevant, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    return describe_cpu()
 
 
 # -- the ResNet + Muon anchor, from its published recipe ---------------------------------------------------------

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from cifarkit.config import load_config
-from cifarkit.device import autocast_dtype, cpu_bf16_flags, resolve_device
+from cifarkit.device import autocast_dtype, describe_cpu, resolve_device
 from cifarkit.models import create_model
 from cifarkit.models.elu_net import reference_forward
 from cifarkit.train.projection import Projection, matmul_flops, multiply_adds_per_image, training_step
@@ -79,8 +79,9 @@ def main() -> None:
     if device.type == "cuda":
         name, flags = torch.cuda.get_device_name(device), []
     else:
-        name, flags = _cpu_model(), cpu_bf16_flags()
-    print(f"device: {name} | bf16 flags: {', '.join(flags) or 'none'} | torch {torch.__version__} | threads "
+        cpu = describe_cpu()
+        name, flags = cpu["cpu"], cpu["flags"]
+    print(f"device: {name} | flags: {', '.join(flags) or 'none'} | torch {torch.__version__} | threads "
           f"{torch.get_num_threads()} | batch {args.batch_size} | autocast {dtype or 'off'} | width {args.width}")
     peak = matmul_flops(dtype or torch.float32) if device.type == "cpu" else None
     if peak:
@@ -121,18 +122,6 @@ def main() -> None:
                                                       "threads": torch.get_num_threads(),
                                                       "batch_size": args.batch_size, "width": args.width,
                                                       "autocast": str(dtype), "rows": rows}, indent=2) + "\n")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo", errors="replace"):
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "cpu"
 
 
 if __name__ == "__main__":

@@ -34,9 +34,15 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="the exact command that trained the run")
     parser.add_argument("--provenance", default="", help="where the training data came from")
     parser.add_argument("--web-model", type=Path, default=ROOT / "web" / "public" / "model")
+    parser.add_argument("--hardware", help="JSON describing the machine that trained the run (default: this one, "
+                                           "from cifarkit.device.describe_cpu, when the run was on a CPU)")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="ship without a temperature (by default one is fitted on the validation split)")
     args = parser.parse_args()
+    if args.hardware is None:
+        from cifarkit.device import describe_cpu
+
+        args.hardware = json.dumps(describe_cpu())
 
     from cifarkit.evaluate import evaluate_checkpoint
     from cifarkit.pretrained import PRETRAINED, PretrainedSpec, package_checkpoint, shipped_file
@@ -48,6 +54,8 @@ def main() -> None:
                 "selection": results["selection"], "train_seconds": results["train_seconds"],
                 "wall_seconds": results["wall_seconds"], "device": results["device"], "torch": results["torch"],
                 "seed": results["seed"], "command": args.command}
+    if args.hardware:  # the machine the run trained on (a CPU run: its model name and flags)
+        training["hardware"] = json.loads(args.hardware)
     card_extra = {"description": args.description, "training": training,
                   "dataset": {"name": results["dataset"], "provenance": args.provenance},
                   "metrics": {"val": results["val"], "training_run_test": results["test"]}}
@@ -80,12 +88,28 @@ def main() -> None:
           f"register_pretrained(PretrainedSpec(\n    {args.name!r},\n    weights_sha256={spec.weights_sha256!r},\n"
           f"    card_sha256={spec.card_sha256!r},\n    description={args.description!r},\n))")
 
-    from cifarkit.export import export_onnx
+    from cifarkit.data import load_dataset
+    from cifarkit.export import export_onnx, onnx_top1
 
-    metadata = export_onnx(args.name, args.web_model / "model.onnx", data_dir=args.data_dir)
-    print(f"web model: {args.web_model / 'model.onnx'} ({(args.web_model / 'model.onnx').stat().st_size / 2**20:.1f} "
-          f"MB), parity {metadata['parity']['max_abs_difference']:.1e}; weights "
-          f"{card['weights']['bytes'] / 2**20:.1f} MB")
+    onnx = args.web_model / "model.onnx"
+    metadata = export_onnx(args.name, onnx, data_dir=args.data_dir)
+    data = load_dataset(card["config"]["data"]["dataset"], args.data_dir, download=False)
+    web = {"file": "web/public/model/model.onnx", "dtype": "float32", "bytes": onnx.stat().st_size,
+           "sha256": metadata["model_sha256"], "parity": metadata["parity"]["max_abs_difference"],
+           "test_top1": onnx_top1(onnx, data.test_images, data.test_labels)}
+    if web["bytes"] > WEB_MODEL_LIMIT:
+        raise SystemExit(f"the web model is {web['bytes'] / 2**20:.1f} MB, over the {WEB_MODEL_LIMIT / 2**20:.0f} MB a "
+                         "browser or an npm install should download; export it with --quantize int8")
+    card = package({**card_extra, "metrics": metrics, "web_model": web})
+    spec = PRETRAINED[args.name]
+    print(f"web model: {onnx} ({web['bytes'] / 2**20:.1f} MB), parity {web['parity']:.1e}, test top-1 "
+          f"{web['test_top1']:.4f} (PyTorch, shipped weights: {metrics['test']['top1']:.4f}); weights "
+          f"{card['weights']['bytes'] / 2**20:.1f} MB\nregistry line (final):\n"
+          f"register_pretrained(PretrainedSpec(\n    {args.name!r},\n    weights_sha256={spec.weights_sha256!r},\n"
+          f"    card_sha256={spec.card_sha256!r},\n    description={args.description!r},\n))")
+
+
+WEB_MODEL_LIMIT = 10 * 2**20  # what the page and @cifarkit/classify ship
 
 
 def _logits_and_labels(name: str, data_dir: str, split: str):

@@ -29,19 +29,22 @@ def node_classify(*args: str, cwd: Path = PACKAGE) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory) -> Path:
-    """Real CIFAR-10 test pictures where the copy is here (else generated ones), and photos of other sizes and
-    formats: JPEG, WebP, GIF, RGBA PNG with transparency, grey PNG, an EXIF-rotated JPEG."""
-    folder = tmp_path_factory.mktemp("pictures")
-    real = os.environ.get("CIFARKIT_TEST_CIFAR10")
-    rng = np.random.default_rng(5)
-    if real and Path(real).exists():
-        import pickle
+    """Real CIFAR-100 test pictures (the shipped model's dataset) where the copy is here, else real CIFAR-10
+    ones, else generated ones; and photos of other sizes and formats made from them: JPEG, WebP, GIF, RGBA PNG
+    with transparency, grey PNG, an EXIF-rotated JPEG."""
+    import pickle
 
-        with open(Path(real) / "cifar-10-batches-py" / "test_batch", "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        images = batch[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)[:24]
-    else:
-        images = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    folder = tmp_path_factory.mktemp("pictures")
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    for env, test_file in (("CIFARKIT_TEST_CIFAR100", "cifar-100-python/test"),
+                           ("CIFARKIT_TEST_CIFAR10", "cifar-10-batches-py/test_batch")):
+        real = os.environ.get(env)
+        if real and (Path(real) / test_file).is_file():
+            with open(Path(real) / test_file, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            images = batch[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)[:24]
+            break
     for i, image in enumerate(images[:16]):
         Image.fromarray(image).save(folder / f"test{i:02d}.png")
     photo = Image.fromarray(images[16]).resize((243, 181), Image.BICUBIC)
@@ -69,6 +72,7 @@ def test_node_library_matches_cifarkit_predict(pictures):
     for py, js in zip(python, node, strict=True):
         assert set(js) == set(py) == {"path", "error", "superclass", "top"}  # the same JSON shape
         assert [t["class"] for t in js["top"]] == [t["class"] for t in py["top"]], py["path"]
+        assert js["superclass"] == py["superclass"] and py["superclass"]  # the CIFAR-100 model has them
         for a, b in zip(py["top"], js["top"], strict=True):
             assert set(a) == set(b) == {"class", "probability"}
             assert abs(a["probability"] - b["probability"]) < 1e-4, py["path"]

@@ -97,6 +97,15 @@ def test_page_works_out_of_the_box_with_the_shipped_model(tmp_path):
         path = tmp_path / f"plain{i}.png"
         Image.new("RGB", (45 + 10 * i, 38), colour).save(path)
         pictures.append(path)
+    real = os.environ.get("CIFARKIT_TEST_CIFAR100")  # and real CIFAR-100 test pictures, the model's own kind
+    if real and (Path(real) / "cifar-100-python" / "test").is_file():
+        import pickle
+
+        with open(Path(real) / "cifar-100-python" / "test", "rb") as f:
+            images = pickle.load(f, encoding="bytes")[b"data"][:4].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(tmp_path / f"test{i}.png")
+            pictures.append(tmp_path / f"test{i}.png")
     with WebServer(None, WEB / "dist", port=0, samples=0) as web:
         thread = threading.Thread(target=web.serve_forever, daemon=True)
         thread.start()
@@ -111,5 +120,9 @@ def test_page_works_out_of_the_box_with_the_shipped_model(tmp_path):
     assert report["ready"] == "true" and not report["pageErrors"], report
     # the golden preprocessing vectors hold in Chromium too (the browser's decoder, the library's resampling)
     assert len(report["golden"]) >= 5 and all(diff in (0, 1) for diff in report["golden"].values()), report["golden"]
-    expected = {Path(p.path).name: p.classes[0][0] for p in predict_files(None, pictures)}
+    predictions = predict_files(None, pictures)
+    expected = {Path(p.path).name: p.classes[0][0] for p in predictions}
     assert {Path(r["file"]).name: r["top1"] for r in report["results"]} == expected
+    # the page shows the superclass of its answer, as `cifarkit predict` names it
+    assert {Path(r["file"]).name: r["superclass"] for r in report["results"]} == {
+        Path(p.path).name: f"superclass: {p.superclass}" for p in predictions}

@@ -65,6 +65,30 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
     return [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
 
 
+RELEVANT_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # what sets a CPU's training speed
+
+
+def describe_cpu(cpuinfo: str | None = None) -> dict:
+    """The CPU beside every figure measured on it: model name, the flags that set its training speed (vector
+    width, native bf16, AMX), torch's version and its thread count."""
+    import platform
+
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    model, flags = platform.processor() or platform.machine(), set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return {"cpu": model, "flags": [f for f in RELEVANT_CPU_FLAGS if f in flags], "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
 def choose_autocast(amp: str, device: torch.device, cpuinfo: str | None = None) -> tuple[torch.dtype | None, str]:
     """The autocast dtype for `train.amp` on `device`, and why (said in the run's first log line)."""
     if amp not in AMP_MODES:

@@ -39,6 +39,7 @@ async function upload(file) {
     status: document.getElementById("status")?.textContent ?? "",
     error: document.getElementById("status")?.dataset.kind === "error",
     rows: document.querySelectorAll("#results li").length,
+    superclass: document.getElementById("superclass")?.textContent || null,
   }));
 }
 

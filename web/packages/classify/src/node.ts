@@ -3,7 +3,7 @@
  * WebAssembly build) and sharp for decoding.
  *
  *   import { loadClassifier } from "@cifarkit/classify";
- *   const classifier = await loadClassifier();                      // the shipped CIFAR-10 model
+ *   const classifier = await loadClassifier();                      // the shipped CIFAR-100 model
  *   const results = await classifier.classify("cat.jpg", { topK: 5 });
  */
 import { constants } from "node:fs";
@@ -24,7 +24,7 @@ export { SIZE, toModelPixels, type RGBAImage } from "./preprocess.js";
 export type NodeImageInput = string | URL | Buffer | Uint8Array | ArrayBuffer | RawPixels;
 export type NodeClassifier = Classifier<NodeImageInput>;
 
-/** The model that ships with the package: cifarkit's airbench-cifar10 export. */
+/** The model that ships with the package: cifarkit's airbench-cifar100 export (100 classes, 20 superclasses). */
 export const DEFAULT_MODEL = fileURLToPath(new URL("../model/model.onnx", import.meta.url));
 
 const FILE_ERRORS: Record<string, string> = {

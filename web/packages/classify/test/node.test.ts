@@ -21,14 +21,18 @@ beforeAll(async () => {
 });
 
 describe("the shipped model", () => {
-  it("ranks the ten CIFAR-10 classes, best first", async () => {
-    const top = await classifier.classify(photo, { topK: 10 });
-    expect(top).toHaveLength(10);
+  it("ranks the 100 CIFAR-100 classes, best first, each with its superclass", async () => {
+    expect(classifier.labels).toHaveLength(100);
+    expect(classifier.info.dataset).toBe("cifar100");
+    const top = await classifier.classify(photo, { topK: 100 });
+    expect(top).toHaveLength(100);
     expect(new Set(top.map((c) => c.label))).toEqual(new Set(classifier.labels));
     expect(top.reduce((sum, c) => sum + c.score, 0)).toBeCloseTo(1, 4);
     for (let i = 1; i < top.length; i++) expect(top[i - 1]!.score).toBeGreaterThanOrEqual(top[i]!.score);
     expect(top[0]).toMatchObject({ label: classifier.labels[top[0]!.index] });
-    expect(top[0]!.superclass).toBeUndefined(); // CIFAR-10 has none
+    const { superclasses, fine_to_coarse: toCoarse } = classifier.info;
+    for (const c of top) expect(c.superclass).toBe(superclasses![toCoarse![c.index]!]);
+    expect(new Set(top.map((c) => c.superclass)).size).toBe(20);
   });
 
   it("gives the same answer for a path, a Buffer, a Uint8Array and raw pixels", async () => {
