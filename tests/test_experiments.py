@@ -393,9 +393,8 @@ def test_a_trial_changes_state_for_exactly_one_claimant(tmp_path):
 def test_optuna_private_api_is_there(tmp_path):
     """Every private Optuna attribute cifarkit uses (experiments/optuna_private.py), on a real SQLite study:
     an Optuna release that moves one fails here, by name, instead of deep inside a sweep."""
-    import tomllib
-
     import optuna
+    import tomllib
 
     from cifarkit.experiments import optuna_private as private
     from cifarkit.experiments.study import open_storage
