@@ -35,12 +35,12 @@ from cifarkit.train.probe import PROBE_IMAGES, ActivationProbe
 from cifarkit.train.results import test_once
 from cifarkit.train.setup import (
     PreparedData,
-    _log,
-    _progress_bar,
     check_disk_space,
     make_run_dir,
     plan_steps,
     prepare_data,
+    print_line,
+    progress_bar,
     rng_state,
     set_rng_state,
     set_up_process,
@@ -52,7 +52,7 @@ from cifarkit.train.stopping import StopRequests, TrainingInterrupted, TrainingS
 class Trainer:
     """One training run: its parts (`self.run`, built once) and its running state; `fit` trains it."""
 
-    def __init__(self, config: Config, log: Callable[[str], None] = _log, prepared: PreparedData | None = None,
+    def __init__(self, config: Config, log: Callable[[str], None] = print_line, prepared: PreparedData | None = None,
                  run_dir: Path | None = None, resume_from: dict | None = None,
                  on_validation: Callable[[int, dict], None] | None = None):
         t = self.t = config.train
@@ -288,7 +288,7 @@ class Trainer:
 
     def _fit(self, evaluate_test: bool) -> dict:
         t, device = self.t, self.run.device
-        bar = _progress_bar(None if t.budget_seconds else self.total_steps, self.step, self.run.dist.is_main)
+        bar = progress_bar(None if t.budget_seconds else self.total_steps, self.step, self.run.dist.is_main)
         clock = self.clock = RunClock(self.clock.train_seconds, self.clock.budget, t.eval_every)  # starts now
         cadence = CheckpointCadence(t.checkpoint_every, t.checkpoint_minutes)
         self.run.train_module.train()
@@ -333,7 +333,7 @@ class Trainer:
         return test_once(self, evaluate_test)
 
 
-def train(config: Config, log: Callable[[str], None] = _log, prepared: PreparedData | None = None,
+def train(config: Config, log: Callable[[str], None] = print_line, prepared: PreparedData | None = None,
           on_validation: Callable[[int, dict], None] | None = None, evaluate_test: bool = True) -> dict:
     """Run `config` to the end; returns the results that are also written to RUN_DIR/results.json."""
     return Trainer(config, log, prepared, on_validation=on_validation).fit(evaluate_test)

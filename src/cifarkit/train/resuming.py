@@ -11,7 +11,7 @@ from cifarkit.config import RESUMABLE_SETTINGS, apply_overrides, config_from_dic
 from cifarkit.errors import CheckpointError, ConfigError
 from cifarkit.train.checkpoint import CheckpointStore
 from cifarkit.train.loop import Trainer
-from cifarkit.train.setup import PreparedData, _log
+from cifarkit.train.setup import PreparedData, print_line
 
 
 def check_resume_overrides(overrides: list[str]) -> None:
@@ -23,7 +23,7 @@ def check_resume_overrides(overrides: list[str]) -> None:
                               "other values, start a new run")
 
 
-def resume(run_dir: str | Path, overrides: list[str] | None = None, log: Callable[[str], None] = _log,
+def resume(run_dir: str | Path, overrides: list[str] | None = None, log: Callable[[str], None] = print_line,
            prepared: PreparedData | None = None, on_validation: Callable[[int, dict], None] | None = None,
            evaluate_test: bool = True) -> dict:
     """Continue the run in `run_dir` from its newest intact checkpoint, exactly where it stopped."""

@@ -15,10 +15,10 @@ from cifarkit.stats import mean_std_text
 from cifarkit.train import distributed
 from cifarkit.train.loop import train
 from cifarkit.train.results import summarize_runs
-from cifarkit.train.setup import _log, make_run_dir, prepare_data
+from cifarkit.train.setup import make_run_dir, prepare_data, print_line
 
 
-def train_seeds(config: Config, log: Callable[[str], None] = _log) -> dict:
+def train_seeds(config: Config, log: Callable[[str], None] = print_line) -> dict:
     """Train `config.train.seeds` seeds (seed, seed+1, ...) on the same split. Always returns one shape: the
     summary of `summarize_runs` (n, mean, std, 95% interval and values of each figure), with every run's
     results under "runs". One seed trains in RUN_DIR itself; several go to RUN_DIR/seed<N>/ with

@@ -34,7 +34,8 @@ from cifarkit.train.averaging import WeightAverager
 from cifarkit.train.guard import ensure_momentum_buffers
 
 
-def _log(line: str) -> None:
+def print_line(line: str) -> None:
+    """The default log of a run: stdout."""
     print(line, flush=True)  # flushed: lines reach CI logs and pipes as they happen
 
 
@@ -52,7 +53,7 @@ class PreparedData:
         return to_device_images(self.data.test_images, device), torch.from_numpy(self.data.test_labels).to(device)
 
 
-def prepare_data(config: Config, device: torch.device, log: Callable[[str], None] = _log) -> PreparedData:
+def prepare_data(config: Config, device: torch.device, log: Callable[[str], None] = print_line) -> PreparedData:
     c = config.data
     data = load_dataset(c.dataset, c.data_dir, download=c.download)
     labels = data.train_labels
@@ -140,7 +141,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _progress_bar(total: int | None, initial: int, enabled: bool = True):
+def progress_bar(total: int | None, initial: int, enabled: bool = True):
     from tqdm import tqdm
 
     interactive = enabled and sys.stderr.isatty() and not os.environ.get("CI")
