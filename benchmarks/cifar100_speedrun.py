@@ -54,10 +54,6 @@ ANCHOR_ROWS = ("resnet-muon",)
 DEFAULT_ROWS = ("fast100-cpu", "airbench94_muon-100", "resnet-muon")
 
 
-def machine() -> dict:
-    return describe_cpu()
-
-
 # -- the ResNet + Muon anchor, from its published recipe ---------------------------------------------------------
 
 class SpeedrunResNet(nn.Module):
@@ -263,8 +259,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    record = json.loads(results_path.read_text()) if results_path.exists() else {"machine": machine(), "runs": []}
-    info = machine()
+    info = describe_cpu()
+    record = json.loads(results_path.read_text()) if results_path.exists() else {"machine": info, "runs": []}
     print(f"cpu: {info['cpu']} | flags: {' '.join(info['flags'])} | native bf16: "
           f"{', '.join(cpu_bf16_flags()) or 'no'} | torch {info['torch']} | threads {info['threads']}", flush=True)
     prepared = None

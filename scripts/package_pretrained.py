@@ -35,14 +35,10 @@ def main() -> None:
     parser.add_argument("--provenance", default="", help="where the training data came from")
     parser.add_argument("--web-model", type=Path, default=ROOT / "web" / "public" / "model")
     parser.add_argument("--hardware", help="JSON describing the machine that trained the run (default: this one, "
-                                           "from cifarkit.device.describe_cpu, when the run was on a CPU)")
+                                           "as cifarkit.device.describe_cpu describes it)")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="ship without a temperature (by default one is fitted on the validation split)")
     args = parser.parse_args()
-    if args.hardware is None:
-        from cifarkit.device import describe_cpu
-
-        args.hardware = json.dumps(describe_cpu())
 
     from cifarkit.evaluate import evaluate_checkpoint
     from cifarkit.pretrained import PRETRAINED, PretrainedSpec, package_checkpoint, shipped_file
@@ -54,8 +50,10 @@ def main() -> None:
                 "selection": results["selection"], "train_seconds": results["train_seconds"],
                 "wall_seconds": results["wall_seconds"], "device": results["device"], "torch": results["torch"],
                 "seed": results["seed"], "command": args.command}
-    if args.hardware:  # the machine the run trained on (a CPU run: its model name and flags)
-        training["hardware"] = json.loads(args.hardware)
+    from cifarkit.device import describe_cpu
+
+    # the machine the run trained on: given, or this one (its CPU model, flags, torch and threads)
+    training["hardware"] = json.loads(args.hardware) if args.hardware else describe_cpu()
     card_extra = {"description": args.description, "training": training,
                   "dataset": {"name": results["dataset"], "provenance": args.provenance},
                   "metrics": {"val": results["val"], "training_run_test": results["test"]}}

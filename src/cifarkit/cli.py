@@ -162,11 +162,15 @@ def cmd_show(args) -> int:
     return 0
 
 
+# the flags that stand for a setting (args attribute -> the setting)
+FLAG_SETTINGS = {"device": "train.device", "out_dir": "train.out_dir", "data_dir": "data.data_dir",
+                 "dataset": "data.dataset", "steps": "train.steps", "run_name": "train.run_name"}
+
+
 def _overrides(args) -> list[str]:
     """`--set` values, then the flags that stand for settings (a flag the command lacks counts as unset)."""
     overrides = list(args.set or [])
-    for flag, key in (("device", "train.device"), ("out_dir", "train.out_dir"), ("data_dir", "data.data_dir"),
-                      ("dataset", "data.dataset"), ("steps", "train.steps"), ("run_name", "train.run_name")):
+    for flag, key in FLAG_SETTINGS.items():
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
@@ -226,16 +230,16 @@ def cmd_train(args) -> int:
         if args.resume:
             from cifarkit.config import RESUMABLE_SETTINGS
 
-            ignored = [flag for flag, value in (("--recipe", args.recipe), ("--dataset", args.dataset),
-                                                ("--steps", args.steps), ("--out-dir", args.out_dir),
-                                                ("--run-name", args.run_name),
-                                                ("--print-config", args.print_config or None),
-                                                ("--project", args.project or None),
-                                                ("--then-project", args.then_project))
-                       if value is not None]
+            # a flag for a setting that may not change on resume, and the flags that start or describe a run
+            fixed = [flag for flag, key in FLAG_SETTINGS.items() if key not in RESUMABLE_SETTINGS]
+            given = [flag for flag in ("recipe", *fixed, "print_config", "project", "then_project")
+                     if getattr(args, flag) not in (None, False)]
+            ignored = [f"--{flag.replace('_', '-')}" for flag in given]
             if ignored:
+                allowed = [f"--{flag.replace('_', '-')}" for flag, key in FLAG_SETTINGS.items()
+                           if key in RESUMABLE_SETTINGS]
                 raise CifarkitError(f"{ignored[0]} cannot be used with --resume: a resumed run keeps its own settings "
-                                    "(only --device, --data-dir, --no-download and --set of "
+                                    f"(only {', '.join(allowed)}, --no-download and --set of "
                                     f"{', '.join(RESUMABLE_SETTINGS)})")
             resume(args.resume, _overrides(args))
             return 0

@@ -49,19 +49,28 @@ AMP_MODES = ("auto", "bf16", "off")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
-def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
-    """The native-bf16 feature flags this CPU reports (empty where it has none, or where the OS does not say:
-    then bf16 is not assumed)."""
+def _read_cpuinfo(cpuinfo: str | None) -> tuple[str | None, set[str]]:
+    """(model name, feature flags) from /proc/cpuinfo's text (read here when None; empty where the OS does not
+    say)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
         except OSError:
-            return []
-    flags: set[str] = set()
+            cpuinfo = ""
+    model, flags = None, set()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() in ("flags", "Features"):
             flags.update(value.split())
+    return model, flags
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The native-bf16 feature flags this CPU reports (empty where it has none, or where the OS does not say:
+    then bf16 is not assumed)."""
+    flags = _read_cpuinfo(cpuinfo)[1]
     return [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
 
 
@@ -73,19 +82,9 @@ def describe_cpu(cpuinfo: str | None = None) -> dict:
     width, native bf16, AMX), torch's version and its thread count."""
     import platform
 
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            cpuinfo = ""
-    model, flags = platform.processor() or platform.machine(), set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            model = value.strip()
-        elif key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return {"cpu": model, "flags": [f for f in RELEVANT_CPU_FLAGS if f in flags], "torch": torch.__version__,
+    model, flags = _read_cpuinfo(cpuinfo)
+    return {"cpu": model or platform.processor() or platform.machine(),
+            "flags": [f for f in RELEVANT_CPU_FLAGS if f in flags], "torch": torch.__version__,
             "threads": torch.get_num_threads()}
 
 

@@ -83,7 +83,7 @@ def check_model_json(metadata, path: Path) -> dict:
     problem = ("it is not a JSON object" if not isinstance(metadata, dict)
                else f"it is not a cifarkit export (no \"format\": \"{EXPORT_FORMAT}\")"
                if metadata.get("format") != EXPORT_FORMAT
-               else version_problem(metadata) if version_problem(metadata)
+               else version if (version := version_problem(metadata))
                else "its \"classes\" is not a list of names" if not names(metadata.get("classes"))
                else "its \"dataset\" is not a name" if not isinstance(metadata.get("dataset"), str)
                else None)

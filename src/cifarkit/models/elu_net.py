@@ -152,10 +152,10 @@ class EluNet(nn.Module):
             layers.append(dropout_layer)
         self.features = nn.Sequential(*layers)
         # activations directly followed by a max-pooling that the forward pass may run pool-first
+        commutes = commutes_with_max(activation, activation_param)
         self._pool_first = frozenset(
             i for i in range(len(layers) - 1)
-            if isinstance(layers[i + 1], nn.MaxPool2d) and commutes_with_max(activation, activation_param)
-            and isinstance(layers[i], ACTIVATION_TYPES))
+            if commutes and isinstance(layers[i], ACTIVATION_TYPES) and isinstance(layers[i + 1], nn.MaxPool2d))
         self.flatten = nn.Flatten()
         self.classifier = nn.Identity() if conv_head else nn.Linear(channels, num_classes)
         keras_init_(self)

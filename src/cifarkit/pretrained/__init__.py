@@ -94,7 +94,6 @@ def load_pretrained(name: str = DEFAULT_PRETRAINED, device: str | torch.device =
     """The shipped model `name` as a `TrainedModel` (the same object a checkpoint gives), sha256-verified."""
     from safetensors.torch import load as load_safetensors
 
-
     spec = _spec(name)
     card = read_card(name)
     path = shipped_file(spec.weights_file)

@@ -42,16 +42,20 @@ class BudgetPlanner:
         return max(done + 1, done + int(left))
 
 
-
 class RunClock:
-    """Training time and budget planning for one `fit`: `train_seconds` grows while training runs and stands
-    still inside `validation_pass()`; `bank()` brings it up to date (before every checkpoint)."""
+    """Training time and budget planning: `start()` when training starts; `train_seconds` then grows while
+    training runs and stands still inside `validation_pass()`; `bank()` brings it up to date (before every
+    checkpoint)."""
 
     def __init__(self, train_seconds: float, budget_seconds: float | None, eval_every: int):
         self.train_seconds = train_seconds  # across resumes: the checkpoint's figure on resume
         self.planner = BudgetPlanner(budget_seconds, eval_every)
-        self.started = self._banked_at = time.perf_counter()
+        self.start()
         self._in_validation = False
+
+    def start(self) -> None:
+        """Wall-clock time (and the budget) count from now: set-up before training is not training time."""
+        self.started = self._banked_at = self.planner.started = time.perf_counter()
 
     @property
     def budget(self) -> float | None:

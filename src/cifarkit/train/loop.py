@@ -75,6 +75,7 @@ class Trainer:
         self.store = CheckpointStore(self.run_dir, t.keep_checkpoints)
         if dist.is_main:
             check_disk_space(self.run_dir, run.model, t.keep_checkpoints)
+        self.freezes = isinstance(run.model, FreezesParameters)  # once: the step asks every time
         self.guard = UpdateGuard(self._protected_tensors, device)
         self.seen_nonfinite = 0  # non-finite steps the guard has undone and this run has acted on
         self.train_acc = Accumulator(device)
@@ -223,8 +224,7 @@ class Trainer:
 
     def frozen_parameters(self, step: int) -> list[torch.nn.Parameter]:
         """The model's parameters frozen at this step's epoch (e.g. airbench's whitening bias after 3 epochs)."""
-        model = self.run.model
-        return model.frozen_parameters(step // len(self.run.loader)) if isinstance(model, FreezesParameters) else []
+        return self.run.model.frozen_parameters(step // len(self.run.loader)) if self.freezes else []
 
     def evaluate(self, x, y, tta: bool | str = False) -> dict:
         """Each rank evaluates its share of the split; the sums are all-reduced."""
@@ -289,7 +289,8 @@ class Trainer:
     def _fit(self, evaluate_test: bool) -> dict:
         t, device = self.t, self.run.device
         bar = progress_bar(None if t.budget_seconds else self.total_steps, self.step, self.run.dist.is_main)
-        clock = self.clock = RunClock(self.clock.train_seconds, self.clock.budget, t.eval_every)  # starts now
+        clock = self.clock
+        clock.start()
         cadence = CheckpointCadence(t.checkpoint_every, t.checkpoint_minutes)
         self.run.train_module.train()
         first_step = self.step

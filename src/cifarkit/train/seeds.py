@@ -9,13 +9,12 @@ from datetime import datetime
 from pathlib import Path
 
 from cifarkit.config import Config
-from cifarkit.device import resolve_device
 from cifarkit.files import atomic_write_text
 from cifarkit.stats import mean_std_text
 from cifarkit.train import distributed
 from cifarkit.train.loop import train
 from cifarkit.train.results import summarize_runs
-from cifarkit.train.setup import make_run_dir, prepare_data, print_line
+from cifarkit.train.setup import make_run_dir, prepare_data, print_line, set_up_process
 
 
 def train_seeds(config: Config, log: Callable[[str], None] = print_line) -> dict:
@@ -28,8 +27,7 @@ def train_seeds(config: Config, log: Callable[[str], None] = print_line) -> dict
     if t.seeds <= 1:
         results = train(config, log)
         return {**summarize_runs([results]), "runs": [results], "run_dir": results["run_dir"]}
-    dist_info = distributed.setup(t.device)
-    device = distributed.device_for(dist_info, resolve_device(t.device))
+    dist_info, device, _ = set_up_process(config)  # what each seed's Trainer then finds already set up
     quiet = log if dist_info.is_main else (lambda _: None)
     prepared = prepare_data(config, device, quiet)  # before any folder: the data must be found first
     root = None
