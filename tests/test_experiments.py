@@ -172,15 +172,78 @@ def test_same_seed_gives_same_initial_weights_across_variants(tmp_path, fake_roo
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_a_config_against_itself_is_not_significant(tmp_path, fake_root):
-    """Varying a setting that changes nothing computed gives identical runs: every p-value is 1."""
-    from cifarkit.experiments.report import report_sweep
+def _variant(name: str, overrides: list[str], test: list[float | None]) -> dict:
+    return {"name": name, "overrides": overrides,
+            "runs": [{"seed": i, "results": None if t is None else {"test": {"top1": t, "loss": 1.0},
+                                                                     "val": {"top1": t, "loss": 1.0}},
+                      "metrics": []} for i, t in enumerate(test)]}
 
-    assert main(["sweep", *quick_args(fake_root), "--vary", "train.checkpoint_minutes=10,20", "--seeds", "3",
-                 "--out-dir", str(tmp_path), "--name", "self"]) == 0
-    row = report_sweep(tmp_path / "self")["rows"][1]
+
+def test_factor_effects_pair_each_setting_with_the_others_held_fixed():
+    from scipy import stats
+
+    from cifarkit.experiments.report import effects_table, factor_effects, summarize
+
+    a, b = "model.kwargs.activation", "model.kwargs.batchnorm"
+    relu_bn = [0.50, 0.47, 0.49, 0.52]
+    variants = [_variant("v0", [f"{a}=elu", f"{b}=false"], [0.60, 0.62, 0.61, 0.63]),
+                _variant("v1", [f"{a}=elu", f"{b}=true"], [0.61, 0.62, 0.60, 0.64]),
+                _variant("v2", [f"{a}=relu", f"{b}=false"], [0.40, 0.41, 0.43, None]),
+                _variant("v3", [f"{a}=relu", f"{b}=true"], relu_bn)]
+    effects = factor_effects(summarize(variants))
+    pairs = {(e["setting"], e["from"], e["to"], tuple(e["at"].values())): e for e in effects}
+    assert set(pairs) == {(a, "elu", "relu", ("false",)), (a, "elu", "relu", ("true",)),
+                          (b, "false", "true", ("elu",)), (b, "false", "true", ("relu",))}
+    bn_relu = pairs[b, "false", "true", ("relu",)]
+    assert (bn_relu["reference"], bn_relu["variant"]) == ("v2", "v3")
+    assert bn_relu["test_top1"]["pairs"] == 3  # relu without batchnorm misses seed 3: that pair is dropped
+    assert bn_relu["test_top1"]["mean_difference"] == pytest.approx(np.mean(np.subtract(relu_bn[:3], [.40, .41, .43])))
+    assert bn_relu["test_top1"]["t_p"] == pytest.approx(stats.ttest_rel(relu_bn[:3], [.40, .41, .43]).pvalue)
+    relu_at_bn = pairs[a, "elu", "relu", ("true",)]
+    assert relu_at_bn["test_top1"]["mean_difference"] == pytest.approx(np.mean(relu_bn) - 0.6175)
+    table = effects_table(effects)
+    assert "| batchnorm | false → true | activation=relu | 3 | +7.33 |" in table
+    # one varied setting: its effect is the comparison against the first variant, nothing to add
+    assert factor_effects(summarize(variants[::2])) == []
+
+
+def test_activation_profiles_average_each_layer_over_finished_seeds():
+    from cifarkit.experiments.report import activation_profiles, profiles_table
+
+    variant = _variant("v0-elu", ["model.kwargs.activation=elu"], [0.6, 0.6, None])
+    logs = [{"activations/layer1": -0.1, "activations/layer2": 0.3},
+            {"activations/layer1": -0.3, "activations/layer2": 0.1},
+            {"activations/layer1": 9.0, "activations/layer2": 9.0}]  # an unfinished seed: left out
+    for run, last in zip(variant["runs"], logs, strict=True):
+        run["metrics"] = [{"step": 10, "activations/median_unit": 5.0, "activations/layer1": 5.0},
+                          {"step": 20, "activations/median_unit": 0.0, "activations/layer1_mean": 7.0, **last}]
+    profile, = activation_profiles([variant])
+    assert profile["seeds"] == 2 and profile["median_unit_per_layer"] == pytest.approx([-0.2, 0.2])
+    assert "| v0-elu | 2 | -0.200 | +0.200 |" in profiles_table([profile])
+    assert activation_profiles([_variant("v0", [], [0.5])]) == []  # nothing logged: no profile
+
+
+def test_a_two_setting_sweep_reports_each_settings_paired_effect(tmp_path, fake_root, capsys):
+    """A grid of a real setting (the learning rate) and one that changes nothing computed: the no-op's effect is
+    exactly zero at each learning rate (identical runs: every p-value is 1), and the learning rate's effect is
+    the same whichever no-op value."""
+    assert main(["sweep", *quick_args(fake_root), "--set", "train.log_activations=true", "--vary",
+                 "optim.lr=0.1,0.3", "--vary", "train.checkpoint_minutes=10,20", "--seeds", "2", "--out-dir",
+                 str(tmp_path), "--name", "grid"]) == 0
+    summary = json.loads((tmp_path / "grid" / "report" / "summary.json").read_text())
+    same_lr = summary["variants"][1]  # lr 0.1, checkpoint_minutes 20: against the first variant, no difference
     for key in ("test_top1", "val_top1", "val_loss"):
-        assert row[key]["vs_first"]["mean_difference"] == 0 and row[key]["vs_first"]["wilcoxon_p"] == 1.0
+        assert same_lr[key]["vs_first"]["mean_difference"] == 0 and same_lr[key]["vs_first"]["wilcoxon_p"] == 1.0
+    effects = summary["factor_effects"]
+    noop = [e for e in effects if e["setting"] == "train.checkpoint_minutes"]
+    lr = [e for e in effects if e["setting"] == "optim.lr"]
+    assert len(noop) == len(lr) == 2
+    assert all(e["test_top1"]["mean_difference"] == 0 and e["test_top1"]["wilcoxon_p"] == 1.0 for e in noop)
+    assert lr[0]["test_top1"]["mean_difference"] == lr[1]["test_top1"]["mean_difference"]
+    assert [p["seeds"] for p in summary["activation_profiles"]] == [2, 2, 2, 2]
+    assert (tmp_path / "grid" / "report" / "activation-layers.png").stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert "Effect of each setting" in out and "| checkpoint_minutes | 10 → 20 | lr=0.1 | 2 | +0.00 |" in out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -551,8 +551,11 @@ def cmd_tune(args) -> int:
 def _report_arguments(sub) -> None:
     p = sub.add_parser("report", help="statistics, paired tests and plots of a sweep (or a tuning's plots)",
                        description="Per variant: n, mean ± std and 95%% t-interval of test and validation top-1 "
-                                   "and loss; Wilcoxon signed-rank and paired t-tests against the first variant. "
-                                   "Writes FOLDER/report/summary.{md,csv,json}, curves.png and finals.png.")
+                                   "and loss; Wilcoxon signed-rank and paired t-tests against the first variant; "
+                                   "where several settings vary, the paired effect of each with the others held "
+                                   "fixed; with train.log_activations, the median unit activation per layer. Writes "
+                                   "FOLDER/report/summary.{md,csv,json}, curves.png, finals.png and, with "
+                                   "activations logged, activations.png and activation-layers.png.")
     p.add_argument("folder", metavar="SWEEP_OR_TUNE_DIR")
     p.add_argument("--storage", metavar="URL", help="the study's URL, if it has a password (tuning plots)")
 

@@ -1,4 +1,5 @@
-"""`cifarkit report SWEEP_DIR`: per-variant statistics, paired tests against the first variant, and plots.
+"""`cifarkit report SWEEP_DIR`: per-variant statistics, paired tests against the first variant, the paired effect
+of each varied setting where the sweep varies more than one, and plots.
 
 It reads the run folders (results.json, metrics.jsonl) that the sweep wrote, so it needs no database and
 works on a sweep still running: cells not finished yet are counted as missing.
@@ -145,6 +146,120 @@ def summarize(variants: list[dict]) -> list[dict]:
     return rows
 
 
+def _override_values(overrides: list[str]) -> dict[str, str]:
+    """["model.kwargs.batchnorm=true", ...] as {"model.kwargs.batchnorm": "true", ...} (values as written)."""
+    return dict(o.split("=", 1) for o in overrides if "=" in o)
+
+
+# The figures whose factor effects are reported: test top-1 (the claim) and validation top-1 (what choices use).
+EFFECT_FIGURES = ("test_top1", "val_top1")
+
+
+def factor_effects(rows: list[dict]) -> list[dict]:
+    """Where a sweep varies several settings (a grid): the paired effect of changing one setting with the others
+    held fixed. For each varied key, variants are grouped by their other settings; in each group the variant with
+    the key's first value is the reference and every other value is tested against it on the paired seeds (e.g.
+    batchnorm false -> true, per activation). One varied setting: the comparison against the first variant
+    already is its effect, so there is nothing more to add."""
+    settings = [_override_values(r["overrides"]) for r in rows]
+    keys = [k for k in dict.fromkeys(k for s in settings for k in s) if len({s.get(k) for s in settings}) > 1]
+    if len(keys) < 2:
+        return []
+    effects = []
+    for key in keys:
+        values = list(dict.fromkeys(s.get(key) for s in settings))
+        groups: dict[tuple, dict[str, dict]] = {}
+        for row, s in zip(rows, settings, strict=True):
+            others = tuple((k, s.get(k)) for k in keys if k != key)
+            groups.setdefault(others, {})[s.get(key)] = row
+        for others, by_value in groups.items():
+            reference = by_value.get(values[0])
+            if reference is None:
+                continue
+            for value in values[1:]:
+                row = by_value.get(value)
+                if row is None:
+                    continue
+                effects.append({
+                    "setting": key, "from": values[0], "to": value,
+                    "at": {k: v for k, v in others}, "reference": reference["variant"], "variant": row["variant"],
+                    **{fig: paired_tests(reference[fig]["values"], row[fig]["values"]) for fig in EFFECT_FIGURES}})
+    return effects
+
+
+def effects_table(effects: list[dict]) -> str:
+    if not effects:
+        return ""
+    lines = ["Effect of each setting with the others held fixed (paired seeds; Δ in points of top-1):", "",
+             "| setting | change | with | pairs | Δ test top-1 | Wilcoxon p | paired t p | Δ val top-1 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for e in effects:
+        test, val = e["test_top1"], e["val_top1"]
+        at = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in e["at"].items())
+        diff = "-" if test["mean_difference"] is None else f"{100 * test['mean_difference']:+.2f}"
+        val_diff = "-" if val["mean_difference"] is None else f"{100 * val['mean_difference']:+.2f}"
+        lines.append(f"| {e['setting'].split('.')[-1]} | {e['from']} → {e['to']} | {at} | {test['pairs']} | {diff} "
+                     f"| {_p(test['wilcoxon_p'])} | {_p(test['t_p'])} | {val_diff} |")
+    return "\n".join(lines) + "\n"
+
+
+LAYER_KEY = re.compile(r"activations/layer([0-9]+)")
+
+
+def activation_profiles(variants: list[dict]) -> list[dict]:
+    """Per variant, the median unit activation of each layer at each finished seed's last evaluation (the ELU
+    paper's Figure 2a measurement, per layer), and its mean over those seeds. Empty where nothing logged it."""
+    profiles = []
+    for v in variants:
+        per_seed = []
+        for run in v["runs"]:
+            last = next((row for row in reversed(run["metrics"]) if "activations/median_unit" in row), None)
+            if run["results"] is None or last is None:
+                continue
+            layers = {int(m.group(1)): value for key, value in last.items()
+                      if (m := LAYER_KEY.fullmatch(key)) and isinstance(value, (int, float))
+                      and not isinstance(value, bool)}
+            if layers:
+                per_seed.append([layers[i] for i in sorted(layers)])
+        if per_seed and len({len(p) for p in per_seed}) == 1:
+            profiles.append({"variant": v["name"], "seeds": len(per_seed),
+                             "median_unit_per_layer": np.mean(per_seed, axis=0).tolist()})
+    return profiles
+
+
+def profiles_table(profiles: list[dict]) -> str:
+    if not profiles:
+        return ""
+    layers = max(len(p["median_unit_per_layer"]) for p in profiles)
+    lines = ["Median unit activation per activation layer at the last evaluation (mean over finished seeds):", "",
+             "| variant | seeds | " + " | ".join(f"L{i}" for i in range(1, layers + 1)) + " |",
+             "|---|---|" + "---|" * layers]
+    for p in profiles:
+        cells = [f"{x:+.3f}" for x in p["median_unit_per_layer"]] + ["-"] * (layers - len(p["median_unit_per_layer"]))
+        lines.append(f"| {p['variant']} | {p['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def profile_plot(profiles: list[dict], path: Path) -> Path | None:
+    """The per-layer median unit activation, one line per variant."""
+    if not profiles:
+        return None
+    from cifarkit.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for p in profiles:
+        values = p["median_unit_per_layer"]
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=f"{p['variant']} (n={p['seeds']})")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("activation layer")
+    ax.set_ylabel("median over units of the unit's mean activation")
+    ax.set_title("median unit activation per layer, last evaluation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
@@ -266,6 +381,8 @@ def report_sweep(folder: Path) -> dict:
     folder = Path(folder)
     record, variants = read_sweep(folder)
     rows = summarize(variants)
+    effects = factor_effects(rows)
+    profiles = activation_profiles(variants)
     out = folder / "report"
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise CifarkitError(f"{out} is a link or a file; the report is written only into a folder inside the sweep "
@@ -274,14 +391,16 @@ def report_sweep(folder: Path) -> dict:
     header = (f"Sweep {record['name']}: recipe {record['recipe']}, seeds {record['seeds']}"
               + (f", settings {', '.join(record['set'])}" if record["set"] else "") + "\n\n")
     files = {"markdown": out / "summary.md", "csv": out / "summary.csv", "json": out / "summary.json"}
-    markdown = header + markdown_table(rows)
+    markdown = "\n".join(part for part in (header + markdown_table(rows), effects_table(effects),
+                                            profiles_table(profiles)) if part)
     atomic_write_text(files["markdown"], markdown)
     atomic_write_text(files["csv"], csv_table(rows))
-    atomic_write_text(files["json"], json.dumps(finite({"sweep": record, "variants": rows}), indent=2,
-                                                default=str, allow_nan=False) + "\n")
+    summary = {"sweep": record, "variants": rows, "factor_effects": effects, "activation_profiles": profiles}
+    atomic_write_text(files["json"], json.dumps(finite(summary), indent=2, default=str, allow_nan=False) + "\n")
     for name, plot in (("curves", learning_curves(variants, out / "curves.png")),
                        ("finals", final_points(rows, out / "finals.png")),
-                       ("activations", learning_curves(variants, out / "activations.png", ACTIVATION_CURVES))):
+                       ("activations", learning_curves(variants, out / "activations.png", ACTIVATION_CURVES)),
+                       ("activation_layers", profile_plot(profiles, out / "activation-layers.png"))):
         if plot is not None:
             files[name] = plot
-    return {"rows": rows, "markdown": markdown, "files": files}
+    return {"rows": rows, "effects": effects, "profiles": profiles, "markdown": markdown, "files": files}
