@@ -102,3 +102,52 @@ def test_learning_rate_scaling_with_the_global_batch():
     assert scaled_lr(root, 512) == pytest.approx(0.2)
     with pytest.raises(ConfigError, match="lr_scaling"):  # refused when the config is loaded
         load_config("elu-seed", ["optim.lr_scaling=cubic"])
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_the_fused_cpu_step_is_the_per_parameter_loop_to_float_rounding(nesterov):
+    """optim.fused_on_cpu (the default) takes the same SGD steps as torch's per-parameter loop: momentum,
+    Nesterov, each group's weight decay and learning rate, through 10 steps of a network with batch
+    normalization under bf16 autocast; only float rounding (a fused multiply-add) may differ."""
+    import copy
+
+    from cifarkit.models import create_model
+    from cifarkit.optim import fused_sgd_runs_on, set_lr
+    from cifarkit.train.guard import ensure_momentum_buffers
+
+    if not fused_sgd_runs_on("cpu"):
+        pytest.skip("this torch has no fused SGD kernel for the CPU")
+    torch.manual_seed(0)
+    models = [create_model("elu11_paper", 100, width=0.1, batchnorm=True)]
+    models.append(copy.deepcopy(models[0]))
+    base = ["optim.lr=0.05", "optim.l2=0.0005", "optim.norm_weight_decay=0.001",
+            f"optim.nesterov={str(nesterov).lower()}"]
+    optimizers = [build_optimizer(models[0], load_config("elu11-paper", [*base, "optim.fused_on_cpu=false"]).optim),
+                  build_optimizer(models[1], load_config("elu11-paper", base).optim)]
+    assert [g["fused"] for g in optimizers[1].param_groups] == [True] * len(optimizers[1].param_groups)
+    assert not any(g["fused"] for g in optimizers[0].param_groups)
+    for optimizer in optimizers:
+        ensure_momentum_buffers(optimizer)  # as training does
+    for step in range(10):
+        x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
+        for model, optimizer in zip(models, optimizers, strict=True):
+            set_lr(optimizer, 0.05 * 0.9**step)
+            torch.manual_seed(step)  # the same dropout masks
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = nn.functional.cross_entropy(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    for (key, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=key)
+
+    # a checkpoint from a machine that took the loop, resumed here: the state is its, the kernel this machine's
+    from cifarkit.optim import load_optimizer_state
+
+    load_optimizer_state(optimizers[1], optimizers[0].state_dict())
+    assert all(g["fused"] for g in optimizers[1].param_groups)
+    load_optimizer_state(optimizers[0], optimizers[1].state_dict())
+    assert not any(g["fused"] for g in optimizers[0].param_groups)
+    buffers = [optimizers[0].state[p]["momentum_buffer"] for p in models[0].parameters()]
+    assert all(torch.equal(a, optimizers[1].state[p]["momentum_buffer"])
+               for a, p in zip(buffers, models[1].parameters(), strict=True))
