@@ -256,7 +256,7 @@ def profile_plot(profiles: list[dict], path: Path) -> Path | None:
     ax.set_ylabel("median over units of the unit's mean activation")
     ax.set_title("median unit activation per layer, last evaluation")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return save_figure(fig, path)
 
 
@@ -344,11 +344,12 @@ def learning_curves(variants: list[dict], path: Path, curves=CURVES) -> Path | N
         ax.set_title(f"{title} (mean ± std over seeds)")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # a legend of nothing is matplotlib's "No artists" warning
-            ax.legend(fontsize=7)
     if not drawn:
         plt.close(fig)
         return None
+    # one legend, outside the axes: every panel draws the same variants, and eight lines' labels would hide them
+    axes[0][-1].legend(*next(h for ax in axes[0] if (h := ax.get_legend_handles_labels())[0]), fontsize=7,
+                       loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return save_figure(fig, path)
 
 
