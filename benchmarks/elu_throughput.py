@@ -7,12 +7,10 @@ in one run on one machine; and the projected time of a full run.
 For each recipe, full training steps (augmented batch from the device loader, forward under the recipe's
 autocast, loss, backward, optimizer step) on synthetic resident data, timed after synchronising the device:
 - before: the layer-by-layer network (`cifarkit.models.elu_net.reference_forward`: an explicit "same" F.pad
-  before every convolution, activation then pooling) in NCHW, with torch's per-parameter SGD loop, as the
-  recipes ran it before;
+  before every convolution, activation then pooling) in NCHW, as the recipes ran it before;
 - after: `EluNet.forward` in the recipe's memory format (channels_last): odd kernels padded by the
   convolution itself, max-pooling before a monotone activation (tests/test_models.py checks that both
-  compute the same outputs and gradients), and on a CPU the fused SGD step (optim.fused_on_cpu; the same
-  update to float rounding, tests/test_schedules.py).
+  compute the same outputs and gradients).
 The two alternate step by step (before, after, before, ...), so that a machine that slows down or speeds up
 during the run moves both alike. Prints the medians, images per second, the speed-up, the fraction of this
 CPU's measured matmul rate (bf16 where the step runs in bf16) the step reaches, and 165k-iteration
@@ -93,7 +91,7 @@ def main() -> None:
         overrides = [f"train.batch_size={args.batch_size}", f"train.amp={json.dumps(args.amp)}",
                      f"model.kwargs.width={args.width}"]
         config = load_config(recipe, overrides)
-        before_config = load_config(recipe, [*overrides, "model.channels_last=false", "optim.fused_on_cpu=false"])
+        before_config = load_config(recipe, [*overrides, "model.channels_last=false"])
         classes = 100
         before, after = alternate(config, before_config, device, args.steps, args.warmup, classes)
         macs = multiply_adds_per_image(create_model(config.model.name, classes, **config.model.kwargs), device)

@@ -79,10 +79,6 @@ class OptimConfig:
     # decays above then apply to the other parameters, trained by SGD (see cifarkit.optim.muon)
     muon_lr: float = 0.24
     muon_momentum: float = 0.6
-    # SGD on a CPU: torch's fused kernel, one pass over each parameter instead of several (about 2x faster than
-    # the per-parameter loop, which on a CPU is torch's default; the same update to float rounding). Elsewhere
-    # torch's own default stays (foreach on a GPU). false: the per-parameter loop everywhere.
-    fused_on_cpu: bool = True
 
 
 @dataclass(frozen=True)

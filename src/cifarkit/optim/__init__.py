@@ -6,7 +6,6 @@ the builders here take an already validated `OptimConfig` and check nothing agai
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -85,40 +84,15 @@ def muon_parameter_groups(model: nn.Module, config: OptimConfig, batch_size: int
     return [g for g in groups if g["params"]]
 
 
-@functools.cache
-def fused_sgd_runs_on(device_type: str) -> bool:
-    """Whether this torch has a fused SGD kernel for the device (CPU: torch >= 2.5 or so): one real step on a
-    one-element tensor says, where a version check would guess."""
-    probe = torch.zeros(1, device=device_type, requires_grad=True)
-    probe.grad = torch.ones_like(probe)
-    try:
-        torch.optim.SGD([probe], lr=0.1, momentum=0.9, fused=True).step()
-    except (RuntimeError, TypeError, ValueError):
-        return False
-    return True
-
-
 def _sgd(model: nn.Module, c: OptimConfig, batch_size: int | None) -> torch.optim.Optimizer:
     groups = parameter_groups(model, c.l2, c.l2_first_layer, c.weight_decay, c.norm_lr_scale, c.norm_weight_decay)
-    devices = {p.device.type for g in groups for p in g["params"]}
-    fused = c.fused_on_cpu and devices == {"cpu"} and fused_sgd_runs_on("cpu")
-    return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, fused=fused or None)
+    return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
 
 
 def _muon(model: nn.Module, c: OptimConfig, batch_size: int | None) -> torch.optim.Optimizer:
     device = next(model.parameters()).device
     return MuonSGD(muon_parameter_groups(model, c, batch_size), lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
                    ns_dtype=newton_schulz_dtype(device))
-
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """A checkpoint's optimizer state, keeping the kernel this machine chose (optim.fused_on_cpu): torch's
-    load_state_dict would take the saving machine's, which this machine's torch or device may not have."""
-    kernels = [group.get("fused") for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, kernel in zip(optimizer.param_groups, kernels, strict=True):
-        if "fused" in group:
-            group["fused"] = kernel
 
 
 # name -> builder(model, optim config, global batch size) -> optimizer

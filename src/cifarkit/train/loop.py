@@ -23,7 +23,7 @@ from cifarkit.data.loader import DeviceLoader, eval_batches
 from cifarkit.device import autocast, synchronize
 from cifarkit.files import atomic_write_text
 from cifarkit.models.protocol import FreezesParameters
-from cifarkit.optim import load_optimizer_state, set_lr
+from cifarkit.optim import set_lr
 from cifarkit.runlog import MetricsLog
 from cifarkit.schedules import dropout_at, lr_at
 from cifarkit.train import distributed
@@ -135,7 +135,7 @@ class Trainer:
         run.model.load_state_dict(state["train_model"] if state.get("train_model") is not None else state["model"])
         if run.averager is not None:
             run.averager.load_state_dict(state["model"])
-        load_optimizer_state(run.optimizer, state["optimizer"])
+        run.optimizer.load_state_dict(state["optimizer"])
         run.loader.load_state_dict(state["loader"])
         self.train_acc.load(state["train_accumulator"]["sums"], state["train_accumulator"]["count"])
         self.step, self.total_steps = state["step"], state["total_steps"]
