@@ -131,10 +131,12 @@ def test_packed_library_installs_type_checks_and_runs(tmp_path, pictures):
     app = tmp_path / "app"
     app.mkdir()
     (app / "package.json").write_text(json.dumps({"name": "app", "private": True, "type": "module"}))
-    # as a user runs it: no ONNXRUNTIME_NODE_INSTALL, and --offline: nothing may be fetched (the packages come
-    # from npm's cache, which `npm ci` in web/ filled), so nothing from outside the npm registry either
+    # as a user runs it: no ONNXRUNTIME_NODE_INSTALL. --prefer-offline: the packages come from npm's cache where
+    # `npm ci` in web/ put them; what a fresh cache lacks (`npm ci` stores tarballs, not the registry's version
+    # lists that resolving a range needs) comes from the npm registry. onnxruntime-node, whose install script
+    # fetches from outside the registry, must not be installed at all (asserted below).
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("ONNXRUNTIME", "NPM_CONFIG_ONNX"))}
-    install = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--offline", str(tarball)],
+    install = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefer-offline", str(tarball)],
                              cwd=app, capture_output=True, text=True, timeout=600, env=env)
     assert install.returncode == 0, install.stderr[-3000:]
     # onnxruntime-node is an optional peer: not installed, so the library runs onnxruntime-web's WebAssembly
