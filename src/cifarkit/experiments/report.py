@@ -196,10 +196,9 @@ def effects_table(effects: list[dict]) -> str:
     for e in effects:
         test, val = e["test_top1"], e["val_top1"]
         at = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in e["at"].items())
-        diff = "-" if test["mean_difference"] is None else f"{100 * test['mean_difference']:+.2f}"
-        val_diff = "-" if val["mean_difference"] is None else f"{100 * val['mean_difference']:+.2f}"
-        lines.append(f"| {e['setting'].split('.')[-1]} | {e['from']} → {e['to']} | {at} | {test['pairs']} | {diff} "
-                     f"| {_p(test['wilcoxon_p'])} | {_p(test['t_p'])} | {val_diff} |")
+        lines.append(f"| {e['setting'].split('.')[-1]} | {e['from']} → {e['to']} | {at} | {test['pairs']} "
+                     f"| {_points(test['mean_difference'])} | {_p(test['wilcoxon_p'])} | {_p(test['t_p'])} "
+                     f"| {_points(val['mean_difference'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -264,6 +263,11 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
+def _points(difference: float | None) -> str:
+    """A difference of two fractions in signed percentage points: +1.25."""
+    return "-" if difference is None else f"{100 * difference:+.2f}"
+
+
 def _p(x: float | None) -> str:
     return "-" if x is None else (f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}")
 
@@ -277,8 +281,7 @@ def markdown_table(rows: list[dict]) -> str:
         interval = "-" if t["ci95"] is None else f"[{_pct(t['ci95'][0])}, {_pct(t['ci95'][1])}]"
         std = "" if t["std"] is None else f" ± {_pct(t['std'])}"
         vstd = "" if v["std"] is None else f" ± {_pct(v['std'])}"
-        diff = "(reference)" if not vs else (
-            "-" if vs["mean_difference"] is None else f"{100 * vs['mean_difference']:+.2f}")
+        diff = "(reference)" if not vs else _points(vs["mean_difference"])
         loss_text = "-" if loss["mean"] is None else f"{loss['mean']:.4f}"
         lines.append(f"| {row['variant']} | {t['n']} | {_pct(t['mean'])}{std} | {interval} | {_pct(v['mean'])}{vstd} "
                      f"| {loss_text} | {diff} | {_p(vs.get('wilcoxon_p'))} | {_p(vs.get('t_p'))} |")
