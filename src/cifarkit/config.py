@@ -79,6 +79,19 @@ class OptimConfig:
     # decays above then apply to the other parameters, trained by SGD (see cifarkit.optim.muon)
     muon_lr: float = 0.24
     muon_momentum: float = 0.6
+    # How a Muon filter is kept in check: "fixed_norm" (airbench94_muon: each filter bank rescaled to norm
+    # sqrt(out_channels) before its step) or "decay" (the CIFAR-100 speedrun record: decoupled weight decay
+    # muon_weight_decay x lr, the step scaled by sqrt(max(1, fan_out / fan_in)))
+    muon_norm: Literal["fixed_norm", "decay"] = "fixed_norm"
+    muon_weight_decay: float = 0.0
+    muon_head: bool = False  # the linear head takes Muon steps too (the record) instead of SGD at optim.lr
+    # Muon's momentum rises linearly from muon_momentum_start to muon_momentum over the first
+    # muon_momentum_warmup of the run (the record: 0.85 -> 0.95 over 15%); 0: constant
+    muon_momentum_warmup: float = 0.0
+    muon_momentum_start: float = 0.85
+    # learning-rate multiplier of the normalization layers' shifts (BatchNorm biases) relative to the other
+    # biases and norms (the record's BN-shift rate x 8); 1: one rate for the group
+    norm_shift_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,9 @@ class ScheduleConfig:
     warmup_fraction: float = 0.0  # warm-up length as a fraction of the run (used when warmup_steps is 0)
     warmup_start_fraction: float | None = None  # lr at step 0 as a fraction of the peak (None: 1/warmup)
     final_lr_fraction: float = 0.0  # "cosine" / "linear": the lr reached at the last step, as a fraction
+    # "wsd" (warmup-stable-decay): after the warm-up, the peak until the last cooldown_fraction of the run, then
+    # a linear decay to final_lr_fraction
+    cooldown_fraction: float = 0.0
     # Dropout events in optimizer steps: {step = N, set = [rates per stack]} or {step = N, scale = f}.
     dropout_events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -372,6 +388,10 @@ def _optional(check):
 
 # "section.key" -> a check returning what is wrong (or None). Types and enumerations are checked by
 # `_build` from the dataclasses' annotations; these are the ranges that a type cannot say.
+def _fraction(v) -> str | None:  # 0 <= v <= 1
+    return None if 0 <= v <= 1 else "must be in [0, 1]"
+
+
 RANGES: dict[str, Callable[[Any], str | None]] = {
     "data.val_per_class": _optional(_at_least(0)),
     "data.split_seed": _at_least(0),
@@ -379,6 +399,8 @@ RANGES: dict[str, Callable[[Any], str | None]] = {
     "preprocess.zca_epsilon": _between(0, 1e3),
     "preprocess.gcn_std_floor": _above(0),
     "augment.pad": _within(0, 17),
+    "augment.resize_px": _within(0, 1024),
+    "augment.resize_fraction": _fraction,
     # at most 1e30: room for divergence experiments (the tests drive runs to non-finite losses on purpose), while
     # the batch-scaled rate times a gradient stays a float32 number (1e300 overflowed inside the optimizer)
     "optim.lr": _between(0, 1e30),
@@ -392,6 +414,10 @@ RANGES: dict[str, Callable[[Any], str | None]] = {
     "optim.base_batch_size": _optional(_at_least(1)),
     "optim.muon_lr": _between(0, 100),
     "optim.muon_momentum": _within(0, 1),
+    "optim.muon_weight_decay": _at_least_below(0, 1),
+    "optim.muon_momentum_warmup": _fraction,
+    "optim.muon_momentum_start": _within(0, 1),
+    "optim.norm_shift_lr_scale": _between(0, 1e4),
     "schedule.milestones": lambda v: None if all(isinstance(m, int) and not isinstance(m, bool) and m >= 0
                                                   for m in v) else "must be a list of step numbers >= 0",
     "schedule.gamma": _between(0, 1e3),
@@ -401,6 +427,7 @@ RANGES: dict[str, Callable[[Any], str | None]] = {
     "schedule.warmup_fraction": _within(0, 1),
     "schedule.warmup_start_fraction": _optional(lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
     "schedule.final_lr_fraction": _at_least_below(0, 1e3),
+    "schedule.cooldown_fraction": _fraction,
     "train.steps": _at_least_below(1, 10**9),
     "train.epochs": _optional(_at_least_below(0, 10**5)),  # 0: off (train.steps counts)
     "train.budget_seconds": _optional(_at_least_below(0, 10**8)),  # 0: off

@@ -47,12 +47,23 @@ def _linear(step: int, total: int, c: ScheduleConfig) -> float:
     return 1.0 + (c.final_lr_fraction - 1.0) * _progress_after_warmup(step, total, c)
 
 
+def _wsd(step: int, total: int, c: ScheduleConfig) -> float:
+    """Warmup-stable-decay (the CIFAR-100 speedrun record): the peak after the warm-up, then a linear decay over
+    the last `cooldown_fraction` of the run to `final_lr_fraction`."""
+    cooldown = c.cooldown_fraction * total
+    into = step - (total - cooldown)
+    if cooldown <= 0 or into < 0:
+        return 1.0
+    return 1.0 + (c.final_lr_fraction - 1.0) * min(into / cooldown, 1.0)
+
+
 # name -> multiplier of the base learning rate at a step (after warm-up).
 LR_SCHEDULES: dict[str, Callable[[int, int, ScheduleConfig], float]] = {
     "step": _step,
     "constant": _constant,
     "cosine": _cosine,
     "linear": _linear,
+    "wsd": _wsd,
 }
 
 

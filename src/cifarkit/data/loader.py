@@ -28,6 +28,11 @@ class AugmentConfig:
     # each image gets one random orientation for the run and the whole set is mirrored every other epoch, so
     # an image is seen both ways in any two consecutive epochs.
     flip_mode: Literal["random", "alternate"] = "random"
+    # Progressive resizing (the CIFAR-100 speedrun record, E7): for the first `resize_fraction` of the run the
+    # augmented training batch is scaled down to resize_px x resize_px (bilinear), which costs a fraction of a
+    # full-size step; evaluation is always at full size. 0: off. Needs a network that takes any input size.
+    resize_px: int = 0
+    resize_fraction: float = 0.0
 
 
 PAD_MODES = {"zeros": "constant", "reflect": "reflect"}
@@ -63,6 +68,13 @@ def draw_augmentation(n: int, config: AugmentConfig, generator: torch.Generator)
 def apply_augmentation(x: torch.Tensor, draw: dict[str, torch.Tensor], config: AugmentConfig) -> torch.Tensor:
     x = crop(x, draw["dy"], draw["dx"], config.pad, config.pad_mode)
     return flip(x, draw["flip"]) if config.flip else x
+
+
+def resize_for_step(x: torch.Tensor, step: int, total_steps: int, config: AugmentConfig) -> torch.Tensor:
+    """The batch of `step` at the size progressive resizing gives it (unchanged once the low-res phase ends)."""
+    if not config.resize_px or step >= config.resize_fraction * total_steps:
+        return x
+    return F.interpolate(x, size=(config.resize_px, config.resize_px), mode="bilinear", align_corners=False)
 
 
 def to_device_images(images_nhwc: np.ndarray, device: torch.device | str) -> torch.Tensor:

@@ -109,3 +109,64 @@ def wrn16_8(num_classes: int = 100, dropout: float = 0.0) -> WideResNet:
 @register_model
 def wrn28_10(num_classes: int = 100, dropout: float = 0.0) -> WideResNet:
     return WideResNet(28, 10, num_classes, dropout)
+
+
+class ResNetDBlock(nn.Module):
+    """The CIFAR-100 speedrun record's basic block (crisostomi/cifar100-speedrun, E7, C100_RESNET_D=1): conv3x3
+    (stride s) -> BN -> ReLU -> conv3x3 -> BN, plus a skip; ReLU after the sum. A downsampling skip is ResNet-D's
+    (He et al., "Bag of Tricks", 2019): a 2x2 average pool, then a 1x1 convolution and BN, so that the skip sees
+    every pixel instead of one in four."""
+
+    def __init__(self, channels_in: int, channels_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels_out)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels_out)
+        self.skip: nn.Module = nn.Identity()
+        if stride != 1 or channels_in != channels_out:
+            pool = [nn.AvgPool2d(2, 2, ceil_mode=True)] if stride != 1 else []
+            self.skip = nn.Sequential(*pool, nn.Conv2d(channels_in, channels_out, 1, bias=False),
+                                      nn.BatchNorm2d(channels_out))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.skip(x))
+
+
+class ResNetD(nn.Module):
+    """The record's network: a 3x3 stem (conv, BN, ReLU) at full resolution, stages of ResNet-D blocks (each
+    stage after the first halves the resolution), global average pooling and a bias-free linear head. Average
+    pooling makes it take any input size, which progressive resizing (augment.resize_px) relies on."""
+
+    def __init__(self, num_classes: int = 100, widths: tuple[int, ...] = (64, 128, 256),
+                 blocks: tuple[int, ...] = (2, 2, 2)):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]),
+                                  nn.ReLU())
+        layers, channels = [], widths[0]
+        for stage, (width, count) in enumerate(zip(widths, blocks, strict=True)):
+            for i in range(count):
+                layers.append(ResNetDBlock(channels, width, 2 if stage > 0 and i == 0 else 1))
+                channels = width
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, num_classes, bias=False)
+
+    def forward(self, x):
+        return self.head(F.adaptive_avg_pool2d(self.body(self.stem(x)), 1).flatten(1))
+
+
+def _check_resnet_d(widths=(64, 128, 256), blocks=(2, 2, 2)) -> None:
+    for name, values in (("widths", widths), ("blocks", blocks)):
+        if not (isinstance(values, (list, tuple)) and values
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)):
+            raise ValueError(f"{name} must be a list of positive integers, got {values!r}")
+    if len(widths) != len(blocks):
+        raise ValueError(f"widths and blocks must have one entry per stage, got {len(widths)} and {len(blocks)}")
+
+
+@register_model(check_options=_check_resnet_d)
+def resnet_d(num_classes: int = 100, widths: tuple[int, ...] = (64, 128, 256),
+             blocks: tuple[int, ...] = (2, 2, 2)) -> ResNetD:
+    """The CIFAR-100 speedrun record's ResNet-D (2.8M parameters at the default widths)."""
+    return ResNetD(num_classes, tuple(widths), tuple(blocks))

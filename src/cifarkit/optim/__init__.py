@@ -60,28 +60,53 @@ def parameter_groups(model: nn.Module, l2: float, l2_first_layer: float | None, 
     return [g for g in groups if g["params"]]
 
 
+def _is_norm_shift(module: nn.Module, param: nn.Parameter) -> bool:
+    """A normalization layer's shift (BatchNorm's bias, beta)."""
+    return isinstance(module, nn.modules.batchnorm._NormBase) and param is module.bias
+
+
 def muon_parameter_groups(model: nn.Module, config: OptimConfig, batch_size: int | None) -> list[dict]:
     """airbench94_muon's split: every trainable 4-D filter bank takes Muon steps at `optim.muon_lr` (not scaled
     with the batch: a Muon step has a fixed size whatever the gradient's scale); other kernels (the linear head)
-    take SGD at `optim.lr` with `optim.weight_decay`; biases, normalization parameters and the whitening bias
-    take SGD at `optim.norm_lr_scale` x lr with `optim.norm_weight_decay`. Every rate follows the schedule."""
+    take SGD at `optim.lr` with `optim.weight_decay` (or Muon steps, with `optim.muon_head`); biases,
+    normalization parameters and the whitening bias take SGD at `optim.norm_lr_scale` x lr with
+    `optim.norm_weight_decay`, the normalization shifts `optim.norm_shift_lr_scale` times that. Every rate
+    follows the schedule."""
     base_lr = scaled_lr(config, batch_size) if batch_size else config.lr
-    filters, kernels, others = [], [], []
+    filters, kernels, shifts, others = [], [], [], []
+    split_shifts = config.norm_shift_lr_scale != 1.0  # one group otherwise, as before the option existed
     for _, module, param in _trainable_parameters(model):
-        if _is_kernel(module, param, nn.Conv2d):
+        if _is_kernel(module, param, nn.Conv2d) or (config.muon_head and _is_kernel(module, param, nn.Linear)):
             filters.append(param)
         elif _is_kernel(module, param, nn.Linear):
             kernels.append(param)
+        elif split_shifts and _is_norm_shift(module, param):
+            shifts.append(param)
         else:
             others.append(param)
     groups = [
         {"params": filters, "name": "muon_filters", "orthogonalize": True, "momentum": config.muon_momentum,
-         "lr_scale": config.muon_lr / base_lr},
+         "lr_scale": config.muon_lr / base_lr, "muon_norm": config.muon_norm,
+         "weight_decay": config.muon_weight_decay},
         {"params": kernels, "name": "kernels", "weight_decay": config.weight_decay, "lr_scale": 1.0},
         {"params": others, "name": "biases_and_norms", "weight_decay": config.norm_weight_decay,
          "lr_scale": config.norm_lr_scale},
+        {"params": shifts, "name": "norm_shifts", "weight_decay": config.norm_weight_decay,
+         "lr_scale": config.norm_lr_scale * config.norm_shift_lr_scale},
     ]
     return [g for g in groups if g["params"]]
+
+
+def set_muon_momentum(optimizer: torch.optim.Optimizer, step: int, total_steps: int, config: OptimConfig) -> None:
+    """Muon's momentum at `step`: a linear rise over the first optim.muon_momentum_warmup of the run (no-op
+    without one). A pure function of the step, so a resumed run needs nothing more."""
+    if not config.muon_momentum_warmup:
+        return
+    rise = min(1.0, step / max(config.muon_momentum_warmup * total_steps, 1e-9))
+    momentum = config.muon_momentum_start + (config.muon_momentum - config.muon_momentum_start) * rise
+    for group in optimizer.param_groups:
+        if group.get("orthogonalize"):
+            group["momentum"] = momentum
 
 
 def _sgd(model: nn.Module, c: OptimConfig, batch_size: int | None) -> torch.optim.Optimizer:

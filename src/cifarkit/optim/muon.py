@@ -75,9 +75,19 @@ class MuonSGD(torch.optim.Optimizer):
                 buffer = state["momentum_buffer"]
                 buffer.mul_(momentum).add_(grad)
                 direction = grad.add(buffer, alpha=momentum) if nesterov else buffer
+                step_lr = lr
                 if group["orthogonalize"]:
-                    # keep the filter bank at norm sqrt(out_channels): Muon's stand-in for weight decay
-                    p.mul_(p.shape[0] ** 0.5 / p.norm().clamp_min(1e-12))
-                    direction = orthogonalize(direction.reshape(len(direction), -1), dtype=self.ns_dtype)
-                    direction = direction.view_as(p).to(p.dtype)
-                p.add_(direction, alpha=-lr)
+                    direction, step_lr = self._muon_direction(p, direction, group, lr)
+                p.add_(direction, alpha=-step_lr)
+
+    def _muon_direction(self, p: torch.Tensor, direction: torch.Tensor, group: dict, lr: float):
+        """The orthogonalized step and its rate, for one filter bank (or head, flattened per output row)."""
+        if group.get("muon_norm", "fixed_norm") == "fixed_norm":
+            # keep the filter bank at norm sqrt(out_channels): airbench94_muon's stand-in for weight decay
+            p.mul_(p.shape[0] ** 0.5 / p.norm().clamp_min(1e-12))
+        elif group["weight_decay"]:  # "decay" (the CIFAR-100 speedrun record): decoupled decay, then the step
+            p.mul_(1 - lr * group["weight_decay"])
+        flat = orthogonalize(direction.reshape(len(direction), -1), dtype=self.ns_dtype)
+        if group.get("muon_norm", "fixed_norm") == "decay":
+            lr *= max(1.0, flat.shape[0] / flat.shape[1]) ** 0.5  # the record's aspect-ratio scale
+        return flat.view_as(p).to(p.dtype), lr

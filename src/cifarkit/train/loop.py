@@ -19,11 +19,11 @@ import torch.nn.functional as F
 
 from cifarkit.bundle import ModelBundle
 from cifarkit.config import Config
-from cifarkit.data.loader import DeviceLoader, eval_batches
+from cifarkit.data.loader import DeviceLoader, eval_batches, resize_for_step
 from cifarkit.device import autocast, synchronize
 from cifarkit.files import atomic_write_text
 from cifarkit.models.protocol import FreezesParameters
-from cifarkit.optim import set_lr
+from cifarkit.optim import set_lr, set_muon_momentum
 from cifarkit.runlog import MetricsLog
 from cifarkit.schedules import dropout_at, lr_at
 from cifarkit.train import distributed
@@ -152,9 +152,11 @@ class Trainer:
         config, step, run = self.config, self.step, self.run
         lr = lr_at(step, run.base_lr, self.total_steps, config.schedule)
         set_lr(run.optimizer, lr)
+        set_muon_momentum(run.optimizer, step, self.total_steps, config.optim)
         if run.initial_dropout:
             run.model.set_dropout_rates(dropout_at(step, run.initial_dropout, config.schedule.dropout_events))
         x, y = run.loader.next_batch()
+        x = resize_for_step(x, step, self.total_steps, config.augment)
         if config.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self.guard.snapshot()  # before the forward pass, which updates BatchNorm statistics
