@@ -273,3 +273,29 @@ def test_damaged_real_checkpoint_gives_a_checkpoint_error(tmp_path, cut, junk):
         return
     # a damaged file may only load if what it yields is exactly what was saved
     assert torch.equal(state["model"]["w"], torch.ones(3))
+
+
+def test_resumed_budget_run_finishes_within_its_budget(fake_root, tmp_path):
+    """A budget run stopped before its planner had measured a step (at step 1) and resumed: the resumed process
+    plans against what is left of the budget, instead of running the recipe's whole uncalibrated length."""
+    from cifarkit.train.loop import Trainer
+
+    budget = 10.0
+    config = load_config("elu-seed", ["preprocess.normalize=\"meanstd\"",
+        "data.dataset=\"cifar10\"", f"data.data_dir={json.dumps(str(fake_root))}", "data.val_per_class=10",
+        f"train.out_dir={json.dumps(str(tmp_path))}", "train.run_name=\"budget\"", "train.device=\"cpu\"",
+        "model.kwargs.width=0.05", "train.batch_size=50", f"train.budget_seconds={budget}", "train.eval_every=50"])
+    first = Trainer(config, log=lambda _: None)
+    first.clock.start()
+    first.train_step()
+    first.save()
+    assert first.total_steps == config.train.steps  # the uncalibrated plan: 165,000 steps
+    time.sleep(1.0)  # spent, as far as the budget is concerned, like any time before the stop
+    started = time.monotonic()
+    resume(tmp_path / "budget", log=lambda _: None, evaluate_test=False)
+    state = final_state(tmp_path / "budget")
+    assert state["step"] < config.train.steps
+    # the first process's time counts; the planner stops between steps, so a step and a validation pass may
+    # pass the budget's end (seconds each on a loaded 2-core machine)
+    assert state["budget_spent_seconds"] <= budget + 5
+    assert time.monotonic() - started < budget + 60  # set-up besides

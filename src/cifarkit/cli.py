@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cifarkit.data.specs import DATASETS
 from cifarkit.errors import CifarkitError
+from cifarkit.files import json_text
 
 # command name -> its handler, and -> the function that adds its subparser and arguments (defined beside it)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -124,7 +125,7 @@ def cmd_info(args) -> int:
         info["superclasses"] = {name: [data.class_names[f] for f in np.flatnonzero(mapping == c)]
                                 for c, name in enumerate(data.coarse_names)}
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json_text(info))
         return 0
     print(f"dataset:  {info['dataset']}\nfound:    {info['found']}")
     for split in ("train", "test"):
@@ -245,7 +246,7 @@ def cmd_train(args) -> int:
             return 0
         config = _config(args)
         if args.print_config:
-            print(json.dumps(config.to_dict(), indent=2))
+            print(json_text(config.to_dict()))
             return 0
         if args.project:
             print(_projection(config))
@@ -416,7 +417,7 @@ def cmd_models(args) -> int:
 
     rows = list_pretrained()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json_text(rows))
         return 0
     print(f"{'name':<20} {'dataset':<9} {'params':>10} {'test top1':>9} {'with TTA':>8} {'size':>8}")
     for r in rows:

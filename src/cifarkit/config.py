@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import types
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from cifarkit.data.preprocess import PreprocessConfig
 from cifarkit.data.specs import DATASETS
 from cifarkit.device import check_device_name
 from cifarkit.errors import ConfigError
+from cifarkit.files import read_bounded
 from cifarkit.models.registry import check_model_options, dropout_layers
 from cifarkit.optim import OPTIMIZERS
 from cifarkit.schedules import LR_SCHEDULES, check_dropout_events
@@ -32,6 +34,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_RECIPE = "elu-seed"
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes of TOML; more is not a recipe
 
 # What a setting is, beyond its value (dataclass field metadata). Unmarked settings say what a run computes.
 WHERE = {"role": "where"}  # where the run lives (its folder): fixed for the run's life
@@ -299,13 +302,13 @@ def _read_recipe(name_or_path: str, seen: tuple[str, ...] = (), base: Path | Non
     path = Path(name_or_path)
     if base is not None and not path.is_absolute():
         path = base / path
-    if name_or_path.endswith(".toml") and path.is_file():
+    # anything at that path (a FIFO, a folder, a loop of links) is read, or refused as what it is
+    if name_or_path.endswith(".toml") and os.path.lexists(path):
+        raw = read_bounded(path, MAX_RECIPE_BYTES, ConfigError, "recipe")
         try:
-            text, label = path.read_bytes().decode("utf-8"), str(path)
+            text, label = raw.decode("utf-8"), str(path)
         except UnicodeDecodeError as e:
             raise ConfigError(f"recipe {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except OSError as e:
-            raise ConfigError(f"cannot read recipe {path}: {e.strerror}") from None
     elif name_or_path in list_recipes():
         text, label = resources.files("cifarkit.recipes").joinpath(f"{name_or_path}.toml").read_text(), name_or_path
     else:

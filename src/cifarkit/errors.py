@@ -23,3 +23,13 @@ class ImageError(CifarkitError):
 
 class OutputError(CifarkitError):
     """A place to write results that cannot be used (not writable, a file where a folder should be...)."""
+
+
+class NonFiniteModelError(CifarkitError):
+    """A model whose outputs are NaN or infinite (a diverged run): it is refused, never shown as an answer."""
+
+
+def non_finite_model(name: str, bad: int, total: int) -> NonFiniteModelError:
+    return NonFiniteModelError(
+        f"{name} gives outputs that are not finite numbers (NaN or infinity) for {bad} of {total} pictures: its "
+        "weights are broken (a run that diverged?). Use another model, or train again with a lower optim.lr")

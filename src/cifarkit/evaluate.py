@@ -8,9 +8,6 @@ one JSON report together with the checkpoint's hash and config.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import shutil
 from pathlib import Path
 
@@ -23,11 +20,13 @@ from cifarkit.files import (
     atomic_write_bytes,
     check_replaceable_folder,
     check_writable_folder,
+    json_text,
     make_staging_folder,
     replace_folder,
 )
 from cifarkit.inference import TrainedModel
 from cifarkit.pretrained import load_model
+from cifarkit.text import csv_text
 
 SPLITS = ("val", "test")
 
@@ -122,12 +121,9 @@ def reliability_png(bins: list[dict], ece: float, path: Path) -> None:
 
 
 def write_confusion_csv(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["true \\ predicted", *class_names])
-    for name, row in zip(class_names, matrix, strict=True):
-        writer.writerow([name, *row.tolist()])
-    atomic_write_bytes(path, buffer.getvalue().encode())
+    rows = [["true \\ predicted", *class_names]]
+    rows += [[name, *row.tolist()] for name, row in zip(class_names, matrix, strict=True)]
+    atomic_write_bytes(path, csv_text(rows).encode())
 
 
 REPORT_KIND = "evaluation report"
@@ -186,6 +182,6 @@ def _write_report_files(report: dict, probabilities: np.ndarray, images: np.ndar
         image_grid(images[wrong], [f"{trained.class_names[labels[i]]}\n→ {trained.class_names[predictions[i]]}"
                                    for i in wrong], out / "misclassified.png", columns=6,
                    title="misclassified: true → predicted")
-    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "report.json", (json_text(report) + "\n").encode())
     return [name for name in ("confusion.csv", "confusion.png", "reliability.png", "misclassified.png",
                               "report.json") if (out / name).exists()]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import logging
 import os
 import tempfile
@@ -23,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarkit.errors import CifarkitError
+from cifarkit.errors import CifarkitError, non_finite_model
 from cifarkit.export_metadata import EXPORT_FORMAT, EXPORT_VERSION, export_schema, schema_problems
-from cifarkit.files import atomic_write_bytes, check_writable_folder, read_json
+from cifarkit.files import atomic_write_bytes, check_writable_folder, json_text, read_json
 from cifarkit.images import SIZE
 from cifarkit.inference import TrainedModel
 from cifarkit.pretrained import load_model
@@ -209,6 +208,11 @@ def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np
         with torch.no_grad():
             expected = module(torch.from_numpy(check_images)).numpy()
         got = run_onnx(staged, check_images)
+        for outputs, who in ((expected, "PyTorch"), (got, "ONNX Runtime")):
+            bad = int((~np.isfinite(outputs).all(axis=1)).sum())
+            if bad:  # NaN compares false with everything: "within nan" must not pass the parity check
+                raise ExportError(f"{non_finite_model(f'model {trained.name}', bad, len(outputs))} ({who}); "
+                                  "nothing was written")
         difference = float(np.abs(got - expected).max())
         if difference > TOLERANCE:
             raise ExportError(f"ONNX Runtime's outputs differ from PyTorch's by {difference:.2e} "
@@ -260,6 +264,6 @@ def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np
         if problems:  # a bug here, never the user's: the published contract would be broken
             raise ExportError(f"the metadata does not follow export-metadata.schema.json: {problems[0]}")
         # the metadata first, then the model: a reader that finds OUT finds its own metadata beside it
-        atomic_write_bytes(out.with_suffix(".json"), (json.dumps(metadata, indent=2) + "\n").encode())
+        atomic_write_bytes(out.with_suffix(".json"), (json_text(metadata) + "\n").encode())
         atomic_write_bytes(out, staged.read_bytes())
     return metadata

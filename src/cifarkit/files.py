@@ -213,6 +213,12 @@ def read_json(path: str | Path, limit: int, error: type[Exception] = OutputError
         raise error(f"{what} {path} is not valid JSON ({reason})") from None
 
 
+def json_text(value, indent: int | None = 2) -> str:
+    """Strict JSON for every file and line cifarkit writes: NaN and infinities become null (json.dumps would
+    write NaN / Infinity, which JSON parsers refuse)."""
+    return json.dumps(finite(value), indent=indent, allow_nan=False, default=str)
+
+
 def finite(value):
     """`value` with every NaN and infinity replaced by None, for JSON that every reader can parse (json.dumps
     writes them as NaN / Infinity, which is not JSON)."""

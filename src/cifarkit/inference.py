@@ -17,7 +17,7 @@ from cifarkit.bundle import ModelBundle
 from cifarkit.checkpoints import file_sha256, load_checkpoint, resolve_checkpoint
 from cifarkit.config import Config, config_from_dict
 from cifarkit.data.preprocess import Preprocess
-from cifarkit.errors import CheckpointError, CifarkitError
+from cifarkit.errors import CheckpointError, CifarkitError, non_finite_model
 from cifarkit.models import create_model
 from cifarkit.tta import predict_logits
 
@@ -46,7 +46,11 @@ class TrainedModel:
         for start in range(0, len(images_nchw_uint8), batch_size):
             x = self.preprocess(images_nchw_uint8[start : start + batch_size].to(device))
             out.append((predict_logits(self.model, x, tta) / self.temperature).softmax(dim=1).cpu())
-        return torch.cat(out) if out else torch.empty(0, len(self.class_names))
+        probabilities = torch.cat(out) if out else torch.empty(0, len(self.class_names))
+        bad = int((~torch.isfinite(probabilities).all(dim=1)).sum())
+        if bad:  # a NaN is never an answer: it would rank arbitrarily and print as "nan%"
+            raise non_finite_model(f"model {self.name or self.checkpoint}", bad, len(probabilities))
+        return probabilities
 
 
     def predict(self, pictures, top_k: int = 5, tta: bool | str = False) -> list[list[dict]]:

@@ -7,9 +7,6 @@ classified.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cifarkit.errors import ImageError
+from cifarkit.files import json_text
 from cifarkit.images import display_path, expand_paths, load_image
-from cifarkit.text import csv_cell, printable
+from cifarkit.text import csv_row, printable
 
 if TYPE_CHECKING:
     from cifarkit.inference import TrainedModel
@@ -79,11 +77,9 @@ def _as_json(r: Prediction) -> dict:
 
 
 def _csv_rows(r: Prediction) -> list[list]:
-    path = csv_cell(r.path)
     if r.error:
-        return [[path, "", "", "", "", csv_cell(r.error)]]
-    return [[path, rank, csv_cell(name), f"{p:.6f}", csv_cell(r.superclass or ""), ""]
-            for rank, (name, p) in enumerate(r.classes, 1)]
+        return [[r.path, "", "", "", "", r.error]]
+    return [[r.path, rank, name, f"{p:.6f}", r.superclass or "", ""] for rank, (name, p) in enumerate(r.classes, 1)]
 
 
 def _table_line(r: Prediction) -> str:
@@ -100,22 +96,16 @@ def _json_lines(results: Iterable[Prediction]) -> Iterator[str]:
     for r in results:
         if held is not None:
             yield held + ","
-        held = "\n".join("  " + line for line in json.dumps(_as_json(r), indent=2).splitlines())
+        held = "\n".join("  " + line for line in json_text(_as_json(r)).splitlines())
     if held is not None:
         yield held
     yield "]"
 
 
 def _csv_lines(results: Iterable[Prediction]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "rank", "class", "probability", "superclass", "error"])
+    yield csv_row(["path", "rank", "class", "probability", "superclass", "error"])
     for r in results:
-        writer.writerows(_csv_rows(r))
-        yield buffer.getvalue().rstrip("\n")
-        buffer.seek(0)
-        buffer.truncate()
-    yield buffer.getvalue().rstrip("\n")
+        yield "\n".join(csv_row(row) for row in _csv_rows(r))
 
 
 def _table_lines(results: Iterable[Prediction]) -> Iterator[str]:

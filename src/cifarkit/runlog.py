@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from cifarkit.errors import OutputError
-from cifarkit.files import atomic_write_bytes, read_bounded
+from cifarkit.files import atomic_write_bytes, json_text, read_bounded
 
 
 class MetricsLog:
@@ -24,7 +24,7 @@ class MetricsLog:
         self.path = run_dir / "metrics.jsonl"
         if resume_after is not None and self.path.exists():
             kept = [row for row in parse_metrics(self.path, warn=print) if row["step"] <= resume_after]
-            atomic_write_bytes(self.path, "".join(json.dumps(row) + "\n" for row in kept).encode())
+            atomic_write_bytes(self.path, "".join(json_text(row, indent=None) + "\n" for row in kept).encode())
         purge = None if resume_after is None else resume_after + 1  # TensorBoard drops events from this step on
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
 
@@ -33,7 +33,7 @@ class MetricsLog:
             self.writer.add_scalar(key, value, step)
         self.writer.flush()
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **scalars}) + "\n")
+            f.write(json_text({"step": step, **scalars}, indent=None) + "\n")
 
     def close(self) -> None:
         self.writer.close()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import http.server
 import ipaddress
-import json
+import math
 import mimetypes
 import os
 import shutil
@@ -34,7 +34,7 @@ import numpy as np
 
 from cifarkit.errors import CifarkitError
 from cifarkit.export_metadata import EXPORT_FORMAT, version_problem
-from cifarkit.files import read_json
+from cifarkit.files import json_text, read_json
 
 MAX_SAMPLES = 500
 MAX_PATH_LENGTH = 2048  # longer request paths are refused before any lookup
@@ -71,8 +71,15 @@ def write_samples(model_json: dict, folder: Path, count: int, data_dir: str | No
         name = f"test-{i:04d}.png"
         Image.fromarray(data.test_images[i]).save(folder / name)
         index.append({"file": name, "label": data.class_names[data.test_labels[i]]})
-    (folder / "index.json").write_text(json.dumps(index))
+    (folder / "index.json").write_text(json_text(index, indent=None))
     return len(index)
+
+
+def _finite_parity(metadata: dict) -> bool:
+    """The export's parity check compared finite outputs (an export before that check could hold NaN there)."""
+    parity = metadata.get("parity")
+    difference = parity.get("max_abs_difference", 0.0) if isinstance(parity, dict) else 0.0
+    return isinstance(difference, (int, float)) and not isinstance(difference, bool) and math.isfinite(difference)
 
 
 def check_model_json(metadata, path: Path) -> dict:
@@ -86,6 +93,8 @@ def check_model_json(metadata, path: Path) -> dict:
                else version if (version := version_problem(metadata))
                else "its \"classes\" is not a list of names" if not names(metadata.get("classes"))
                else "its \"dataset\" is not a name" if not isinstance(metadata.get("dataset"), str)
+               else "its outputs were not finite numbers when it was exported (a model that diverged); it cannot "
+                    "answer anything" if not _finite_parity(metadata)
                else None)
     if problem:
         raise ServeError(f"{path}: {problem}; export the model again (cifarkit export --onnx model.onnx)")

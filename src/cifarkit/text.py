@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Iterable
+
 
 def printable(text: str) -> str:
     """`text` with control characters escaped, for human-readable output: a newline in a file name cannot
@@ -15,3 +19,17 @@ def csv_cell(text: str) -> str:
     """A CSV cell a spreadsheet will not run as a formula: a leading = + - @ (or tab / carriage return) gets
     a quote in front, as OWASP advises. Numbers are written by the caller, never through this."""
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def csv_row(cells: Iterable) -> str:
+    """One CSV line (no line end), the one writer of every CSV cifarkit writes: each text cell through
+    `csv_cell`, numbers as they are, None as an empty cell."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(
+        ["" if c is None else csv_cell(c) if isinstance(c, str) else c for c in cells])
+    return buffer.getvalue()
+
+
+def csv_text(rows: Iterable[Iterable]) -> str:
+    """Whole CSV text, each row through `csv_row`."""
+    return "".join(csv_row(row) + "\n" for row in rows)

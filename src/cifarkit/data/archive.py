@@ -18,10 +18,14 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from cifarkit.errors import DatasetError
-from cifarkit.files import CHUNK, file_digest
+from cifarkit.files import CHUNK, check_regular_file, file_digest
+
+# The official archives are 161-163 MiB; anything past this is not one of them (refused before hashing it).
+MAX_ARCHIVE_BYTES = 400 << 20
 
 
 def verify_md5(path: Path, expected: str) -> None:
+    check_regular_file(path, MAX_ARCHIVE_BYTES, DatasetError, "archive")
     actual = file_digest(path, "md5")
     if actual != expected:
         raise DatasetError(
@@ -58,7 +62,12 @@ def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
                 length = response.headers.get("Content-Length")
                 bar = _progress(int(length) if length else None, dest.name)
                 try:
+                    received = 0
                     while block := response.read(CHUNK):
+                        received += len(block)
+                        if received > MAX_ARCHIVE_BYTES:
+                            raise DatasetError(f"{url} sent more than {MAX_ARCHIVE_BYTES >> 20} MiB, more than the "
+                                               "official archive is; stopped and deleted the partial file")
                         out.write(block)
                         bar.update(len(block))
                 except OSError as e:

@@ -10,6 +10,7 @@ import numpy as np
 from cifarkit.data.safe_pickle import safe_loads
 from cifarkit.data.specs import DatasetSpec
 from cifarkit.errors import DatasetError
+from cifarkit.files import read_bounded
 
 IMAGE_SHAPE = (32, 32, 3)
 ROW_LENGTH = 32 * 32 * 3
@@ -41,11 +42,8 @@ class CifarData:
         return mapping
 
 
-def _read_pickle(path: Path) -> dict:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DatasetError(f"cannot read {path}: {e.strerror}") from None
+def _read_pickle(path: Path, limit: int) -> dict:
+    raw = read_bounded(path, limit, DatasetError, "dataset file")
     obj = safe_loads(raw, str(path))
     if not isinstance(obj, dict):
         raise DatasetError(f"{path}: expected a dict as in the official files, found {type(obj).__name__}")
@@ -58,17 +56,25 @@ def _labels(batch: dict, key: bytes, count: int, num_classes: int, path: Path) -
     values = batch[key]
     if not isinstance(values, (list, np.ndarray)) or len(values) != count:
         raise DatasetError(f"{path}: {key.decode()!r} should list {count} labels")
+    # integers only: a float (42.7) would be truncated to another class, a string parsed as a number
+    if isinstance(values, np.ndarray):
+        integral = values.dtype.kind in "iu"
+    else:
+        integral = all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values)
+    if not integral:
+        raise DatasetError(f"{path}: {key.decode()!r} holds values that are not integer class indices (the official "
+                           "files hold integers 0..{}); the file is not an official CIFAR file".format(num_classes - 1))
     try:
         labels = np.asarray(values, dtype=np.int64)
     except (TypeError, ValueError, OverflowError):
-        raise DatasetError(f"{path}: {key.decode()!r} holds values that are not integers") from None
+        raise DatasetError(f"{path}: {key.decode()!r} holds integers too large to be class indices") from None
     if labels.ndim != 1 or (count and (labels.min() < 0 or labels.max() >= num_classes)):
         raise DatasetError(f"{path}: {key.decode()!r} has labels outside 0..{num_classes - 1}")
     return labels
 
 
 def _read_batch(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    batch = _read_pickle(path)
+    batch = _read_pickle(path, spec.max_file_bytes(path.name))
     data = batch.get(b"data")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != ROW_LENGTH:
         shape = getattr(data, "shape", None)
@@ -97,7 +103,7 @@ def read_folder(folder: Path, spec: DatasetSpec) -> CifarData:
     train_labels = np.concatenate([p[1] for p in parts])
     test_images, test_labels, test_coarse = _read_batch(folder / spec.test_file, spec)
     meta_path = folder / spec.meta_file
-    meta = _read_pickle(meta_path)
+    meta = _read_pickle(meta_path, spec.max_file_bytes(spec.meta_file))
     data = CifarData(
         spec=spec,
         train_images=train_images,
@@ -116,6 +122,12 @@ def read_folder(folder: Path, spec: DatasetSpec) -> CifarData:
 
 
 def _check_coarse_consistent(data: CifarData) -> None:
+    missing = sorted(set(range(data.spec.num_classes)) - set(np.unique(data.train_labels).tolist()))
+    if missing:
+        names = ", ".join(data.class_names[i] for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DatasetError(f"{data.source}: the training files hold no image of {len(missing)} of the "
+                           f"{data.spec.num_classes} classes ({names}); the official files hold 500 of each. "
+                           "Use the complete official files")
     mapping = data.fine_to_coarse
     for labels, coarse in ((data.train_labels, data.train_coarse), (data.test_labels, data.test_coarse)):
         if len(labels) and not np.array_equal(mapping[labels], coarse):

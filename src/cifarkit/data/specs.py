@@ -31,6 +31,16 @@ class DatasetSpec:
     def files(self) -> tuple[str, ...]:
         return (*self.train_files, self.test_file, self.meta_file)
 
+    MAX_META_BYTES = 1 << 20  # the official meta files are a few KB
+
+    def max_file_bytes(self, file: str) -> int:
+        """The most a file of the extracted folder can be: its images (3,072 bytes each) and labels, with room
+        for the pickle's framing (the official train file of CIFAR-100 is 155 MB; each CIFAR-10 batch 30 MB)."""
+        if file == self.meta_file:
+            return self.MAX_META_BYTES
+        images = self.test_size if file == self.test_file else self.train_size // len(self.train_files)
+        return images * 3072 * 11 // 10 + (4 << 20)
+
 
 DATASETS: dict[str, DatasetSpec] = {
     "cifar100": DatasetSpec(

@@ -7,9 +7,6 @@ works on a sweep still running: cells not finished yet are counted as missing.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import re
 from pathlib import Path
 
@@ -17,10 +14,10 @@ import numpy as np
 
 from cifarkit.errors import CifarkitError
 from cifarkit.experiments.sweep import MAX_CELLS, MAX_SEEDS
-from cifarkit.files import atomic_write_text, finite, read_json
+from cifarkit.files import atomic_write_text, json_text, read_json
 from cifarkit.runlog import read_metrics
 from cifarkit.stats import describe, paired_tests
-from cifarkit.text import csv_cell
+from cifarkit.text import csv_text
 
 # (key in the report, where it is in results.json, label)
 FIGURES = (("test_top1", ("test", "top1"), "test top-1"), ("test_loss", ("test", "loss"), "test loss"),
@@ -289,23 +286,21 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def csv_table(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
     header = ["variant", "overrides"]
     for key, _, _ in FIGURES:
         header += [f"{key}_n", f"{key}_mean", f"{key}_std", f"{key}_ci95_low", f"{key}_ci95_high",
                    f"{key}_diff_vs_first", f"{key}_wilcoxon_p", f"{key}_t_p"]
-    writer.writerow(header)
+    lines = [header]
     for row in rows:
-        line = [csv_cell(row["variant"]), csv_cell("; ".join(row["overrides"]))]
+        line = [row["variant"], "; ".join(row["overrides"])]
         for key, _, _ in FIGURES:
             d = row[key]
             ci = d["ci95"] or [None, None]
             vs = d.get("vs_first", {})
             line += [d["n"], d["mean"], d["std"], ci[0], ci[1], vs.get("mean_difference"), vs.get("wilcoxon_p"),
                      vs.get("t_p")]
-        writer.writerow(["" if x is None else x for x in line])
-    return buffer.getvalue()
+        lines.append(line)
+    return csv_text(lines)
 
 
 def _mean_band(curves: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -400,7 +395,7 @@ def report_sweep(folder: Path) -> dict:
     atomic_write_text(files["markdown"], markdown)
     atomic_write_text(files["csv"], csv_table(rows))
     summary = {"sweep": record, "variants": rows, "factor_effects": effects, "activation_profiles": profiles}
-    atomic_write_text(files["json"], json.dumps(finite(summary), indent=2, default=str, allow_nan=False) + "\n")
+    atomic_write_text(files["json"], json_text(summary) + "\n")
     for name, plot in (("curves", learning_curves(variants, out / "curves.png")),
                        ("finals", final_points(rows, out / "finals.png")),
                        ("activations", learning_curves(variants, out / "activations.png", ACTIVATION_CURVES)),

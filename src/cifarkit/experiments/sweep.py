@@ -22,7 +22,7 @@ from pathlib import Path
 from cifarkit.config import PLACE_SETTINGS, Config
 from cifarkit.experiments.spec import Axis, Variant, grid, parse_vary, resolve_variants
 from cifarkit.experiments.study import ExperimentError, default_storage, masked, open_storage, requeue, run_queue
-from cifarkit.files import atomic_write_text
+from cifarkit.files import atomic_write_text, json_text, read_json
 
 
 def fingerprint(configs: list[Config], extra: object) -> str:
@@ -99,9 +99,10 @@ def _check_folder(sweep: Sweep) -> None:
     record = sweep.folder / "sweep.json"
     if record.is_file():
         try:
-            theirs = json.loads(record.read_text())
-        except (OSError, ValueError):
+            theirs = read_json(record, 1 << 20, ExperimentError, "sweep record")
+        except ExperimentError:
             theirs = {}
+        theirs = theirs if isinstance(theirs, dict) else {}
         if theirs.get("fingerprint") != sweep.fingerprint:
             raise ExperimentError(f"{sweep.folder} holds another sweep (recipe {theirs.get('recipe')!r}, other "
                                   "settings or seeds); choose another --name or --out-dir")
@@ -146,7 +147,7 @@ def open_study(sweep: Sweep, log: Callable[[str], None] = print, wait_seconds: f
             raise ExperimentError(f"study {sweep.name!r} exists but its trials were never queued (its creator "
                                   "stopped at once); delete the study or choose another --name")
     sweep.folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(sweep.folder / "sweep.json", json.dumps(sweep.record(), indent=2) + "\n")
+    atomic_write_text(sweep.folder / "sweep.json", json_text(sweep.record()) + "\n")
     return study
 
 

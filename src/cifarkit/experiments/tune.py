@@ -24,7 +24,7 @@ from cifarkit.experiments import optuna_private
 from cifarkit.experiments.spec import Dimension, check_space, parse_space, recipe_text
 from cifarkit.experiments.study import ExperimentError, default_storage, masked, open_storage, storage_errors
 from cifarkit.experiments.sweep import PreparedCache, fingerprint
-from cifarkit.files import atomic_write_text, read_json
+from cifarkit.files import atomic_write_text, json_text, read_json
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def open_tuning_study(tuning: Tuning):
                               f"experiment (recipe {ours.get('recipe')!r}, another space or settings); choose another "
                               "--name")
     tuning.folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(tuning.folder / "tune.json", json.dumps(tuning.record(), indent=2) + "\n")
+    atomic_write_text(tuning.folder / "tune.json", json_text(tuning.record()) + "\n")
     return study
 
 

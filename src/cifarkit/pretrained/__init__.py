@@ -23,7 +23,7 @@ import torch
 
 from cifarkit.bundle import ModelBundle
 from cifarkit.errors import CheckpointError, CifarkitError
-from cifarkit.files import read_bounded
+from cifarkit.files import json_text, read_bounded
 from cifarkit.inference import TrainedModel, load_trained_model, trained_model_from_bundle
 
 
@@ -154,7 +154,7 @@ def package_checkpoint(checkpoint: str | Path, out_dir: str | Path, name: str, c
     }
     out = Path(out_dir)
     atomic_write_bytes(out / f"{name}.safetensors", weights)
-    card_bytes = (json.dumps(card, indent=2) + "\n").encode()
+    card_bytes = (json_text(card) + "\n").encode()
     atomic_write_bytes(out / f"{name}.json", card_bytes)
     return {**card, "card_sha256": hashlib.sha256(card_bytes).hexdigest()}
 

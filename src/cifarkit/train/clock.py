@@ -14,13 +14,16 @@ from cifarkit.device import device_name_of
 class BudgetPlanner:
     """Fits a run to a wall-clock budget (training plus validation passes). The number of steps is planned
     after a few calibration steps and re-planned after every validation pass from the measured time per step
-    and per pass, so the learning-rate schedule still ends at its end instead of being cut short."""
+    and per pass, so the learning-rate schedule still ends at its end instead of being cut short. A resumed
+    run counts the budget its earlier processes spent (`spent`) and calibrates again from where it resumed
+    (`first_step`): this machine, now, may not run at the speed the earlier one did."""
 
     CALIBRATION_STEPS = 10
     MARGIN = 0.98
 
-    def __init__(self, budget_seconds: float | None, eval_every: int):
+    def __init__(self, budget_seconds: float | None, eval_every: int, spent: float = 0.0, first_step: int = 0):
         self.budget, self.eval_every = budget_seconds, eval_every
+        self.spent, self.first_step = spent, first_step
         self.started = time.perf_counter()
         self.eval_seconds, self.evals = 0.0, 0
 
@@ -28,17 +31,22 @@ class BudgetPlanner:
         self.eval_seconds += seconds
         self.evals += 1
 
+    def used(self) -> float:
+        """Budget seconds used so far, by this process and the ones before it."""
+        return self.spent + time.perf_counter() - self.started
+
     def plan(self, done: int, total: int, just_evaluated: bool) -> int:
         if self.budget is None:
             return total
         elapsed = time.perf_counter() - self.started
-        if elapsed > self.budget:
+        if self.spent + elapsed > self.budget:
             return done
-        if done != self.CALIBRATION_STEPS and not just_evaluated:
+        measured = done - self.first_step
+        if measured <= 0 or (measured != self.CALIBRATION_STEPS and not just_evaluated):
             return total
-        per_step = (elapsed - self.eval_seconds) / done
+        per_step = (elapsed - self.eval_seconds) / measured
         per_eval = self.eval_seconds / self.evals if self.evals else 0.0
-        left = (self.MARGIN * self.budget - elapsed) / (per_step + per_eval / self.eval_every)
+        left = (self.MARGIN * self.budget - self.spent - elapsed) / (per_step + per_eval / self.eval_every)
         return max(done + 1, done + int(left))
 
 
@@ -47,9 +55,10 @@ class RunClock:
     training runs and stands still inside `validation_pass()`; `bank()` brings it up to date (before every
     checkpoint)."""
 
-    def __init__(self, train_seconds: float, budget_seconds: float | None, eval_every: int):
+    def __init__(self, train_seconds: float, budget_seconds: float | None, eval_every: int,
+                 budget_spent: float = 0.0, first_step: int = 0):
         self.train_seconds = train_seconds  # across resumes: the checkpoint's figure on resume
-        self.planner = BudgetPlanner(budget_seconds, eval_every)
+        self.planner = BudgetPlanner(budget_seconds, eval_every, budget_spent, first_step)
         self.start()
         self._in_validation = False
 

@@ -10,7 +10,6 @@ test set is evaluated once, at the end, with the checkpoint that validation pick
 from __future__ import annotations
 
 import errno
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from cifarkit.bundle import ModelBundle
 from cifarkit.config import Config
 from cifarkit.data.loader import DeviceLoader, eval_batches, resize_for_step
 from cifarkit.device import autocast, synchronize
-from cifarkit.files import atomic_write_text
+from cifarkit.files import atomic_write_text, json_text
 from cifarkit.models.protocol import FreezesParameters
 from cifarkit.optim import set_lr, set_muon_momentum
 from cifarkit.runlog import MetricsLog
@@ -67,7 +66,7 @@ class Trainer:
         DeviceLoader.check_batch(t.batch_size, len(prepared.train_y), dist.world_size)
         if dist.is_main:
             run_dir = run_dir or make_run_dir(config)
-            atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+            atomic_write_text(run_dir / "config.json", json_text(config.to_dict()) + "\n")
         self.run_dir = Path(distributed.broadcast_object(str(run_dir)))
         self.run = run = set_up_run(config, dist, device, amp, prepared)
         log(f"run: {self.run_dir} | device: {device} | autocast: {run.amp_reason}"
@@ -128,6 +127,7 @@ class Trainer:
             "best_step": self.best_step,
             "skipped_steps": self.skipped_steps,
             "train_seconds": self.clock.train_seconds,
+            "budget_spent_seconds": self.clock.planner.used(),  # wall-clock, validation passes included
         }
 
     def _restore(self, state: dict) -> None:
@@ -141,8 +141,11 @@ class Trainer:
         self.step, self.total_steps = state["step"], state["total_steps"]
         self.best_val_loss, self.best_step = state["best_val_loss"], state["best_step"]
         self.skipped_steps = state["skipped_steps"]
-        # a resumed run keeps its planned length: the budget was spent planning it (no re-planning)
-        self.clock = RunClock(state["train_seconds"], None, self.t.eval_every)
+        # a budget run goes on planning against what is left of its budget (older checkpoints, which did not
+        # record it, count their training time); an epoch- or step-based run keeps its length
+        self.clock = RunClock(state["train_seconds"], self.t.budget_seconds or None, self.t.eval_every,
+                              budget_spent=state.get("budget_spent_seconds", state["train_seconds"]),
+                              first_step=self.step)
         set_rng_state(state["rng"])
         if run.dist.rank:  # a checkpoint holds rank 0's generators; the others derive theirs
             torch.manual_seed(self.t.seed + 1000 * run.dist.rank + self.step)

@@ -3,14 +3,13 @@ several seeds (`summarize_runs`), whose figures are cifarkit.stats.describe's.""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from cifarkit.device import device_name_of
-from cifarkit.files import atomic_write_text
+from cifarkit.files import atomic_write_text, json_text
 from cifarkit.stats import describe
 from cifarkit.train.checkpoint import load_checkpoint
 
@@ -63,7 +62,7 @@ def test_once(trainer: Trainer, evaluate_test: bool = True) -> dict:
         results["test_tta"] = trainer.evaluate(test_x, test_y, tta="flip")
         results["test_tta_translate"] = trainer.evaluate(test_x, test_y, tta="flip_translate")
     if run.dist.is_main:
-        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        atomic_write_text(run_dir / "results.json", json_text(results) + "\n")
     trainer.log(
         f"done: {trainer.step} steps, {train_seconds:.1f}s training ({trainer.wall_seconds:.1f}s with validation) | "
         + (f"best step {trainer.best_step}: val top1 {best['val']['top1']:.4f}" if best["val"] else selection)

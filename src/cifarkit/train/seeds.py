@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 from cifarkit.config import Config
-from cifarkit.files import atomic_write_text
+from cifarkit.files import atomic_write_text, json_text
 from cifarkit.stats import mean_std_text
 from cifarkit.train import distributed
 from cifarkit.train.loop import train
@@ -42,7 +41,7 @@ def train_seeds(config: Config, log: Callable[[str], None] = print_line) -> dict
         runs.append(train(run_config, log, prepared))
     summary = {**summarize_runs(runs), "runs": runs, "run_dir": str(root)}
     if dist_info.is_main:
-        atomic_write_text(root / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(root / "summary.json", json_text(summary) + "\n")
     quiet(f"{t.seeds} seeds: test top1 {mean_std_text(summary['test_top1'])}"
           + "".join(f" | {label} {mean_std_text(summary[key])}"
                     for key, label in (("test_tta_top1", "flip TTA"), ("test_tta_translate_top1", "flip+translate"))
