@@ -90,7 +90,7 @@ def _table_line(r: Prediction) -> str:
 
 
 def _json_lines(results: Iterable[Prediction]) -> Iterator[str]:
-    """The text json.dumps(list, indent=2) gives, an element at a time (JSON's own escaping)."""
+    """The text json_text(list) gives, an element at a time (JSON's own escaping)."""
     held = None
     yield "["
     for r in results:

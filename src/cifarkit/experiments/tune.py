@@ -269,8 +269,8 @@ def test_best(best: dict, data_dir: str | None = None, device: str = "cpu") -> d
 
     report = evaluate_checkpoint(str(best["run_dir"]), "test", False, None, data_dir, device)
     atomic_write_text(Path(best["recipe_file"]).with_name("best-test.json"),
-                      json.dumps({"trial": best["trial"], "test_top1": report["top1"], "test_loss": report["loss"]},
-                                 indent=2) + "\n")
+                      json_text({"trial": best["trial"], "test_top1": report["top1"], "test_loss": report["loss"]})
+                      + "\n")
     return report
 
 

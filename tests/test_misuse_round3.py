@@ -1,0 +1,205 @@
+"""Misuse, round 3: each test holds a class of problem -- reads without a bound, NaN that looks like an answer,
+output that could run as a spreadsheet formula or is not JSON, a resumed budget that is forgotten, labels that
+are not labels."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifarkit.config import load_config
+from cifarkit.data import read_folder
+from cifarkit.data.archive import verify_md5
+from cifarkit.data.specs import DATASETS
+from cifarkit.errors import ConfigError, DatasetError, NonFiniteModelError
+from cifarkit.files import json_text
+from cifarkit.text import csv_row, csv_text
+from tests.fakecifar import dumps, write_folder
+from tests.test_train import tiny_config
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "cifarkit"
+
+
+def sparse(path: Path, size: int) -> Path:
+    """A file that claims `size` bytes and takes none on disk (what a hostile or broken copy can be)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+# -- 1. every read has a bound ------------------------------------------------------------------------------------
+
+def test_a_huge_dataset_file_is_refused_before_it_is_read(tmp_path):
+    folder = write_folder(tmp_path, "cifar10", per_class_train=1, per_class_test=1)
+    sparse(folder / "data_batch_3", 6 << 30)
+    with pytest.raises(DatasetError, match=r"data_batch_3 is 6,144.0 MiB, more than .* refused before reading it"):
+        read_folder(folder, DATASETS["cifar10"])
+
+
+def test_the_limits_admit_the_official_files():
+    for spec in DATASETS.values():
+        per_file = spec.train_size // len(spec.train_files)
+        assert spec.max_file_bytes(spec.train_files[0]) > per_file * 3072 + 200_000
+        assert spec.max_file_bytes(spec.test_file) > spec.test_size * 3072 + 50_000
+        assert spec.max_file_bytes(spec.meta_file) < 2 << 20
+
+
+def test_a_huge_meta_file_is_refused(tmp_path):
+    folder = write_folder(tmp_path, "cifar100", per_class_train=1, per_class_test=1)
+    sparse(folder / "meta", 50 << 20)
+    with pytest.raises(DatasetError, match="meta is 50.0 MiB"):
+        read_folder(folder, DATASETS["cifar100"])
+
+
+def test_a_huge_archive_is_refused_before_its_md5(tmp_path):
+    with pytest.raises(DatasetError, match="refused before reading it"):
+        verify_md5(sparse(tmp_path / "cifar-100-python.tar.gz", 3 << 30), DATASETS["cifar100"].md5)
+
+
+@pytest.mark.parametrize("kind", ["huge", "fifo", "folder", "loop"])
+def test_a_recipe_that_is_not_a_recipe_file_is_named_for_what_it_is(tmp_path, kind):
+    path = tmp_path / "r.toml"
+    expected = {"huge": "is 3,072.0 MiB, more than the 1 MiB", "fifo": "is a FIFO", "folder": "is a folder",
+                "loop": "a loop of symbolic links"}[kind]
+    if kind == "huge":
+        sparse(path, 3 << 30)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to(path)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(str(path))
+
+
+# -- 13. labels that are not labels --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [42.7, "7", True])
+def test_labels_that_are_not_integer_class_indices_are_refused(tmp_path, bad):
+    folder = write_folder(tmp_path, "cifar10", per_class_train=1, per_class_test=1)
+    batch = pickle.loads((folder / "test_batch").read_bytes(), encoding="bytes")
+    batch[b"labels"] = [bad, *batch[b"labels"][1:]]
+    (folder / "test_batch").write_bytes(dumps(batch))
+    with pytest.raises(DatasetError, match="not integer class indices"):
+        read_folder(folder, DATASETS["cifar10"])
+
+
+def test_a_training_file_without_some_classes_says_so(tmp_path):
+    folder = write_folder(tmp_path, "cifar100", per_class_train=2, per_class_test=1)
+    batch = pickle.loads((folder / "train").read_bytes(), encoding="bytes")
+    keep = [i for i, label in enumerate(batch[b"fine_labels"]) if label not in (3, 4)]
+    batch = {**batch, b"data": batch[b"data"][keep], b"filenames": [batch[b"filenames"][i] for i in keep],
+             b"fine_labels": [batch[b"fine_labels"][i] for i in keep],
+             b"coarse_labels": [batch[b"coarse_labels"][i] for i in keep]}
+    (folder / "train").write_bytes(dumps(batch))
+    with pytest.raises(DatasetError, match=r"hold no image of 2 of the 100 classes \(class03, class04\)"):
+        read_folder(folder, DATASETS["cifar100"])
+
+
+# -- 3. a model whose outputs are not finite is refused everywhere ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def diverged_run(tmp_path_factory, fake_root):
+    """A run trained into numbers that overflow (a huge learning rate, non-finite steps skipped): what a
+    diverged model is, made with the toolkit itself."""
+    from cifarkit.train import train
+
+    out = tmp_path_factory.mktemp("diverged")
+    train(tiny_config(out, fake_root, "optim.lr=1e30", "train.steps=6", "train.skip_nonfinite=true",
+                      "train.amp=off"), log=lambda _: None)
+    return out / "run"
+
+
+def strict_json(text: str):
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_diverged_run_writes_strict_json(diverged_run):
+    results = strict_json((diverged_run / "results.json").read_text())
+    assert results["test"]["loss"] is None  # NaN, written as null
+    for line in (diverged_run / "metrics.jsonl").read_text().splitlines():
+        strict_json(line)
+
+
+def test_predict_refuses_a_diverged_model(diverged_run, tmp_path):
+    from PIL import Image
+
+    from cifarkit.predict import predict_files
+
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "red.png")
+    with pytest.raises(NonFiniteModelError, match="not finite numbers .* for 1 of 1 pictures"):
+        predict_files(diverged_run, [tmp_path / "red.png"])
+
+
+def test_evaluate_refuses_a_diverged_model(diverged_run, tmp_path, fake_root):
+    from cifarkit.evaluate import evaluate_checkpoint
+
+    with pytest.raises(NonFiniteModelError):
+        evaluate_checkpoint(diverged_run, out_dir=tmp_path / "report", data_dir=str(fake_root))
+    assert not (tmp_path / "report").exists()
+
+
+def test_export_refuses_a_diverged_model(diverged_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from cifarkit.export import ExportError, export_onnx
+
+    with pytest.raises(ExportError, match="not finite numbers .*nothing was written"):
+        export_onnx(diverged_run, tmp_path / "model.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_serve_web_refuses_an_export_whose_parity_was_nan(tmp_path):
+    from cifarkit.serve import ServeError, check_model_json
+
+    metadata = {"format": "cifarkit-onnx", "version": 1, "classes": ["a", "b"], "dataset": "cifar10",
+                "parity": {"max_abs_difference": float("nan")}}
+    with pytest.raises(ServeError, match="not finite numbers"):
+        check_model_json(metadata, tmp_path / "model.json")
+    check_model_json({**metadata, "parity": {"max_abs_difference": 1e-6}}, tmp_path / "model.json")
+
+
+def test_json_text_is_strict():
+    assert strict_json(json_text({"a": float("nan"), "b": [float("inf"), -float("inf"), 1.5]})) == {
+        "a": None, "b": [None, None, 1.5]}
+
+
+def test_no_json_file_is_written_past_the_strict_writer():
+    """Every JSON text cifarkit writes goes through files.json_text (json.dumps alone writes NaN)."""
+    writers = re.compile(r"json\.dumps\([^)]*indent")
+    offenders = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
+                 if p.name != "files.py" and writers.search(p.read_text())]
+    assert not offenders, offenders
+
+
+# -- 4. one CSV writer ------------------------------------------------------------------------------------------
+
+def test_csv_text_cells_cannot_run_as_formulas():
+    import csv
+
+    line = csv_row(["=HYPERLINK(\"http://x\")", "+1", "-cmd", "@SUM(A1)", "\tx", "plain", -3, 0.25, None])
+    assert next(csv.reader([line])) == ["'=HYPERLINK(\"http://x\")", "'+1", "'-cmd", "'@SUM(A1)", "'\tx", "plain",
+                                        "-3", "0.25", ""]
+    assert csv_text([["a", 1], ["=b", 2]]) == "a,1\n'=b,2\n"
+
+
+def test_confusion_csv_neutralises_class_names(tmp_path):
+    from cifarkit.evaluate import write_confusion_csv
+
+    write_confusion_csv(np.array([[1, 0], [0, 1]]), ["=cmd|' /C calc'!A0", "cat"], tmp_path / "c.csv")
+    text = (tmp_path / "c.csv").read_text()
+    assert "\n'=cmd|" in text and "\n=cmd" not in text
+
+
+def test_every_csv_goes_through_the_one_writer():
+    offenders = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
+                 if p.name != "text.py" and "csv.writer(" in p.read_text()]
+    assert not offenders, offenders
