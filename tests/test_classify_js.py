@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.iccprofile import add_colour_managed_pictures
+
 WEB = Path(__file__).resolve().parents[1] / "web"
 PACKAGE = WEB / "packages" / "classify"
 CLI = PACKAGE / "dist" / "cli.js"
@@ -58,6 +60,7 @@ def pictures(tmp_path_factory) -> Path:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
     Image.fromarray(images[19]).resize((60, 45)).save(folder / "rotated.jpg", exif=exif, quality=95)
+    add_colour_managed_pictures(folder, images[20:24])
     return folder
 
 
@@ -68,14 +71,19 @@ def test_node_library_matches_cifarkit_predict(pictures):
     result = node_classify("--format", "json", "--top-k", "5", str(pictures))
     assert result.returncode == 0, result.stderr
     node = json.loads(result.stdout)
-    assert [r["path"] for r in node] == [r["path"] for r in python] and len(node) == 22
+    assert [r["path"] for r in node] == [r["path"] for r in python] and len(node) == 26
     for py, js in zip(python, node, strict=True):
         assert set(js) == set(py) == {"path", "error", "superclass", "top"}  # the same JSON shape
-        assert [t["class"] for t in js["top"]] == [t["class"] for t in py["top"]], py["path"]
         assert js["superclass"] == py["superclass"] and py["superclass"]  # the CIFAR-100 model has them
+        # colour management (lcms2 in both, different code around it) may move a sample by one level in about
+        # 1% of a picture's values: the answer is the same, the scores equal to a few thousandths
+        managed = Path(py["path"]).name.startswith("p3")
+        if not managed:
+            assert [t["class"] for t in js["top"]] == [t["class"] for t in py["top"]], py["path"]
+        assert js["top"][0]["class"] == py["top"][0]["class"], py["path"]
         for a, b in zip(py["top"], js["top"], strict=True):
             assert set(a) == set(b) == {"class", "probability"}
-            assert abs(a["probability"] - b["probability"]) < 1e-4, py["path"]
+            assert abs(a["probability"] - b["probability"]) < (5e-3 if managed else 1e-4), py["path"]
 
 
 def test_cli_reports_each_bad_file_and_goes_on(pictures, tmp_path):

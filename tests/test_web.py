@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from cifarkit.images import load_image
+from tests.iccprofile import add_colour_managed_pictures
 
 WEB = Path(__file__).resolve().parents[1] / "web"
 ARTIFACTS = Path(os.environ.get("CIFARKIT_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
@@ -106,6 +107,9 @@ def test_page_works_out_of_the_box_with_the_shipped_model(tmp_path):
         for i, image in enumerate(images):
             Image.fromarray(image).save(tmp_path / f"test{i}.png")
             pictures.append(tmp_path / f"test{i}.png")
+    # colour-managed and 16-bit pictures: the page sees the colours Python and Node.js see
+    rng = np.random.default_rng(3)
+    pictures += add_colour_managed_pictures(tmp_path, rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
     with WebServer(None, WEB / "dist", port=0, samples=0) as web:
         thread = threading.Thread(target=web.serve_forever, daemon=True)
         thread.start()

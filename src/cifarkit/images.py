@@ -1,8 +1,10 @@
 """Turn any common picture into the 32x32 RGB uint8 array a CIFAR model takes.
 
-The steps, which the browser page reproduces exactly (see web/): apply the EXIF orientation; bring any mode
-to 8-bit RGB (16-bit scaled by 1/257; transparency composited onto white; greyscale and palettes expanded);
-resize the whole picture (no crop) to 32x32 with PIL's antialiased bilinear filter.
+The steps, which the TypeScript library (sharp in Node.js) and the browser page reproduce (see web/): apply the
+EXIF orientation; bring any mode to 8-bit RGB (16-bit samples keep their high byte, as sharp does and as Pillow
+reads 16-bit RGB; transparency composited onto white; greyscale and palettes expanded); convert a picture that
+carries an ICC colour profile (most phone photos: Display P3) to sRGB with it, perceptual intent, as sharp
+does; resize the whole picture (no crop) to 32x32 with PIL's antialiased bilinear filter.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from cifarkit.errors import ImageError
 from cifarkit.files import read_bounded
@@ -37,16 +39,38 @@ UNCONVERTED_MODES = {"CMYK": "CMYK pictures are not converted (sharp and Pillow 
                           "16 bits first"}
 
 
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def to_srgb(image: Image.Image) -> Image.Image:
+    """An RGB(A) picture with an embedded ICC profile, converted to sRGB with it (perceptual intent: what sharp
+    does, so that Python and Node.js see the same colours); untouched without a profile. A profile that cannot
+    be used is ignored, as sharp ignores it ("Invalid embedded profile")."""
+    icc = image.info.get("icc_profile")
+    if not icc or image.mode not in ("RGB", "RGBA"):
+        return image
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        rgb = ImageCms.profileToProfile(image.convert("RGB"), source, SRGB,
+                                        renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return image
+    if image.mode == "RGBA":  # the colours change, the transparency does not
+        rgb.putalpha(image.getchannel("A"))
+    return rgb
+
+
 def to_rgb8(image: Image.Image) -> Image.Image:
     if image.mode in UNCONVERTED_MODES:
         raise ImageError(UNCONVERTED_MODES[image.mode])
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
+        array = np.asarray(image, dtype=np.int64)
         if image.mode.startswith("I;16"):
-            array = array / 257.0  # 65535 -> 255
-        image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
+            array = array >> 8  # the high byte, as sharp (libvips) reduces 16-bit grey
+        image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "L")
     if image.mode == "P":
         image = image.convert("RGBA")
+    image = to_srgb(image)
     if image.mode in ("RGBA", "LA", "PA"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
