@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifarkit.calibration import fit_temperature, nll
+from cifarkit.calibration import CalibrationError, fit_temperature, nll
 
 
 def test_the_fit_recovers_the_temperature_the_labels_were_drawn_with():
@@ -18,6 +18,29 @@ def test_the_fit_recovers_the_temperature_the_labels_were_drawn_with():
     assert temperature == pytest.approx(2.0, rel=0.05)
     for other in (1.0, 1.5, 2.5, 4.0):  # it is the minimum of the NLL
         assert nll(logits, labels, temperature) <= nll(logits, labels, other)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("none", "at least 100 held-out images; got 0"), ("one", "at least 100 held-out images; got 1"),
+    ("nan", "not finite"), ("inf", "not finite"), ("labels", "class indices"), ("constant", "at the bound"),
+    ("shape", r"logits \[N, classes\]")])
+def test_what_cannot_calibrate_is_refused_not_answered_with_a_bound(case, message):
+    generator = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(500, 10, generator=generator), torch.randint(0, 10, (500,), generator=generator)
+    if case == "none":
+        logits, labels = logits[:0], labels[:0]
+    elif case == "one":
+        logits, labels = logits[:1], labels[:1]
+    elif case in ("nan", "inf"):
+        logits[3, 2] = float(case)
+    elif case == "labels":
+        labels[0] = 10
+    elif case == "constant":  # labels the scores say nothing about: the NLL falls all the way to T = 20
+        logits, labels = logits * 50, torch.randint(0, 10, (500,), generator=generator)
+    else:
+        labels = labels[:-1]
+    with pytest.raises(CalibrationError, match=message):
+        fit_temperature(logits, labels)
 
 
 def test_a_models_temperature_divides_its_logits(trained_run):

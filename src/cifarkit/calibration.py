@@ -14,8 +14,15 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cifarkit.errors import CifarkitError
+
 # T within [0.05, 20]: beyond that the model is broken, not miscalibrated
 BETA_RANGE = (1 / 20, 1 / 0.05)
+MIN_IMAGES = 100  # fewer held-out images cannot pin one scalar down (one image: any T that ranks it right)
+
+
+class CalibrationError(CifarkitError):
+    """Logits and labels that cannot calibrate a model (too few, not finite, or a fit that ends at a bound)."""
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
@@ -23,7 +30,21 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, iterations: int = 80) -> float:
-    """The temperature minimising the mean NLL of softmax(logits / T) on (logits, labels)."""
+    """The temperature minimising the mean NLL of softmax(logits / T) on (logits, labels). Refuses (a
+    CalibrationError) what cannot calibrate: fewer than MIN_IMAGES images, logits that are not finite, labels
+    that are not class indices, or a minimum at a bound of [0.05, 20] (a broken model, not a miscalibrated
+    one), instead of returning a bound that would pass for a temperature."""
+    if logits.ndim != 2 or labels.ndim != 1 or len(logits) != len(labels):
+        raise CalibrationError(f"calibration needs logits [N, classes] and N labels; got {tuple(logits.shape)} "
+                               f"and {tuple(labels.shape)}")
+    if len(labels) < MIN_IMAGES:
+        raise CalibrationError(f"calibration needs at least {MIN_IMAGES} held-out images; got {len(labels)}. "
+                               "Keep a validation split (data.val_per_class) to calibrate on")
+    if not bool(torch.isfinite(logits).all()):
+        raise CalibrationError("the model's outputs are not finite numbers (NaN or infinity): it cannot be "
+                               "calibrated (a run that diverged?)")
+    if labels.min() < 0 or labels.max() >= logits.shape[1]:
+        raise CalibrationError(f"labels must be class indices 0..{logits.shape[1] - 1}")
     logits, labels = logits.double(), labels.long()
     low, high = BETA_RANGE
     ratio = (math.sqrt(5) - 1) / 2
@@ -43,4 +64,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, iterations: int 
             a, c, fc = c, d, fd
             d = a + ratio * (b - a)
             fd = loss(d)
-    return 1 / ((a + b) / 2)
+    beta = (a + b) / 2
+    if not low * 1.001 < beta < high * 0.999:
+        raise CalibrationError(f"the best temperature lies at the bound of [0.05, 20] ({1 / beta:.3g}): the "
+                               "model's scores do not behave like a classifier's on these images; not calibrated")
+    return 1 / beta
