@@ -289,6 +289,7 @@ def test_resumed_budget_run_finishes_within_its_budget(fake_root, tmp_path):
     first.clock.start()
     first.train_step()
     first.save()
+    first.claim.release()  # as the first process's end would
     assert first.total_steps == config.train.steps  # the uncalibrated plan: 165,000 steps
     time.sleep(1.0)  # spent, as far as the budget is concerned, like any time before the stop
     started = time.monotonic()
@@ -299,3 +300,20 @@ def test_resumed_budget_run_finishes_within_its_budget(fake_root, tmp_path):
     # pass the budget's end (seconds each on a loaded 2-core machine)
     assert state["budget_spent_seconds"] <= budget + 5
     assert time.monotonic() - started < budget + 60  # set-up besides
+
+
+def test_two_processes_never_train_one_run(fake_root, tmp_path):
+    """A run is claimed by one process at a time: a second `--resume` of a run in training is refused before
+    it writes anything, and a killed process leaves no claim behind."""
+    process = cli(*run_args(fake_root, tmp_path, "claimed", "--steps", "100000"))
+    wait_for_step(process, tmp_path / "claimed", 3)
+    second = cli("--resume", str(tmp_path / "claimed"))
+    _, err = second.communicate(timeout=300)
+    assert second.returncode != 0 and "another process is training" in err and "Traceback" not in err
+    assert len(list((tmp_path / "claimed" / "tensorboard").iterdir())) == 1  # no second event file
+    process.kill()
+    process.wait(timeout=60)
+    again = cli("--resume", str(tmp_path / "claimed"))  # the killed process's claim went with it
+    wait_for_step(again, tmp_path / "claimed", newest_step(tmp_path / "claimed") + 1)
+    again.kill()
+    again.wait(timeout=60)

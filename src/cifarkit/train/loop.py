@@ -34,6 +34,7 @@ from cifarkit.train.probe import PROBE_IMAGES, ActivationProbe
 from cifarkit.train.results import test_once
 from cifarkit.train.setup import (
     PreparedData,
+    RunClaim,
     check_disk_space,
     make_run_dir,
     plan_steps,
@@ -66,6 +67,7 @@ class Trainer:
         DeviceLoader.check_batch(t.batch_size, len(prepared.train_y), dist.world_size)
         if dist.is_main:
             run_dir = run_dir or make_run_dir(config)
+            self.claim = RunClaim(run_dir)  # one process trains a run at a time (released at the end of fit)
             atomic_write_text(run_dir / "config.json", json_text(config.to_dict()) + "\n")
         self.run_dir = Path(distributed.broadcast_object(str(run_dir)))
         self.run = run = set_up_run(config, dist, device, amp, prepared)
@@ -290,6 +292,9 @@ class Trainer:
                 f"{e.strerror} writing {e.filename or 'the run'} at step {self.step}; the checkpoints written "
                 f"before are kept. Free some space, then continue with: cifarkit train --resume {self.run_dir}"
             ) from None
+        finally:
+            if getattr(self, "claim", None) is not None:  # rank 0 holds the run's claim
+                self.claim.release()
 
     def _fit(self, evaluate_test: bool) -> dict:
         t, device = self.t, self.run.device

@@ -4,6 +4,7 @@ optimizer, weight averaging, loader, DDP, compile), gathered in one `RunParts`."
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import shutil
@@ -74,6 +75,32 @@ def prepare_data(config: Config, device: torch.device, log: Callable[[str], None
 
 
 RUN_CLAIM = ".cifarkit-run"  # created exclusively by the one run that owns the folder
+
+
+class RunClaim:
+    """This process's claim on a run folder: an exclusive lock on its claim file, which the kernel releases
+    when the process ends, however it ends (a killed run leaves nothing held). A second process that would
+    train the same run (two `--resume` at once) is refused before it writes anything."""
+
+    def __init__(self, run_dir: Path):
+        try:
+            self.fd: int | None = os.open(run_dir / RUN_CLAIM, os.O_CREAT | os.O_RDWR | getattr(os, "O_CLOEXEC", 0),
+                                          0o644)
+        except OSError as e:
+            raise ConfigError(f"cannot claim the run directory {run_dir}: {e.strerror}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.release()
+            raise ConfigError(f"another process is training {run_dir} right now; wait for it to finish (or stop "
+                              f"it), then resume with: cifarkit train --resume {run_dir}") from None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    __del__ = release
 
 
 def make_run_dir(config: Config) -> Path:
