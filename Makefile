@@ -20,9 +20,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# web/.npmrc keeps onnxruntime-node's install script from downloading CUDA files from outside the npm registry.
+# ONNXRUNTIME_NODE_INSTALL=skip keeps onnxruntime-node's install script from downloading CUDA files from outside the
+# npm registry (its CPU binaries are in the package).
 web/node_modules/.installed: web/package.json web/package-lock.json web/packages/classify/package.json web/.npmrc
-	cd web && npm ci --no-audit --no-fund
+	cd web && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund
 	touch $@
 
 # The TypeScript library (web/packages/classify: build, golden vectors and Node.js tests) and the browser page

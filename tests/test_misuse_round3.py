@@ -203,3 +203,19 @@ def test_every_csv_goes_through_the_one_writer():
     offenders = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
                  if p.name != "text.py" and "csv.writer(" in p.read_text()]
     assert not offenders, offenders
+
+
+# -- 9. a closed pipe is not a traceback ----------------------------------------------------------------------------
+
+def test_predict_into_a_closed_pipe_stops_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    for i in range(300):
+        Image.new("RGB", (8, 8), (i % 256, 40, 90)).save(tmp_path / f"p{i:03d}.png")
+    shell = f"{sys.executable} -m cifarkit predict {tmp_path} | head -1"
+    result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=300)
+    assert len(result.stdout.splitlines()) == 1
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr

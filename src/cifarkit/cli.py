@@ -9,6 +9,7 @@ import argparse
 import errno
 import itertools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from cifarkit.data.specs import DATASETS
 from cifarkit.errors import CifarkitError
 from cifarkit.files import json_text
+from cifarkit.text import printable
 
 # command name -> its handler, and -> the function that adds its subparser and arguments (defined beside it)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -132,9 +134,10 @@ def cmd_info(args) -> int:
         s = info[split]
         print(f"{split + ':':<9} {' x '.join(map(str, s['images']))} uint8, "
               f"{s['per_class']['min']}-{s['per_class']['max']} images per class")
-    print(f"classes ({len(data.class_names)}): {', '.join(data.class_names)}")
+    # names come from the dataset's files: escaped, so that none can forge a line or retitle the terminal
+    print(f"classes ({len(data.class_names)}): {', '.join(map(printable, data.class_names))}")
     for name, members in info.get("superclasses", {}).items():
-        print(f"  {name}: {', '.join(members)}")
+        print(f"  {printable(name)}: {', '.join(map(printable, members))}")
     return 0
 
 
@@ -320,9 +323,9 @@ def cmd_evaluate(args) -> int:
     if "superclass" in report:
         print(f"superclass top1 (fine predictions mapped to superclasses): {report['superclass']['top1']:.4f}")
     worst = sorted(report["per_class_accuracy"].items(), key=lambda item: item[1])[:5]
-    print("weakest classes: " + ", ".join(f"{name} {acc:.2f}" for name, acc in worst))
+    print("weakest classes: " + ", ".join(f"{printable(name)} {acc:.2f}" for name, acc in worst))
     if report["most_confused"]:
-        print("most confused: " + ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})"
+        print("most confused: " + ", ".join(f"{printable(p['true'])} -> {printable(p['predicted'])} ({p['count']})"
                                             for p in report["most_confused"][:5]))
     for path in report["files"].values():
         print(f"wrote {path}")
@@ -491,7 +494,6 @@ def cmd_sweep(args) -> int:
     from cifarkit.config import DEFAULT_RECIPE
     from cifarkit.experiments.report import report_sweep
     from cifarkit.experiments.sweep import plan_sweep, run_sweep
-    from cifarkit.text import printable
 
     sweep = plan_sweep(args.recipe or DEFAULT_RECIPE, _experiment_sets(args), args.vary or [], args.seeds,
                        args.out_dir, args.name, args.storage, args.max_cells)
@@ -643,8 +645,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except CifarkitError as e:
-        print(f"cifarkit {args.command}: error: {e}", file=sys.stderr)
+        print(f"cifarkit {args.command}: {getattr(e, 'label', 'error')}: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 1)
+    except BrokenPipeError:
+        # the reader went away (`cifarkit predict ... | head -1`): stop quietly, as command-line tools do; the
+        # rest of the output goes nowhere instead of raising again when Python flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a pipe's writer
     except KeyboardInterrupt:
         print(f"cifarkit {args.command}: interrupted", file=sys.stderr)
         return 130

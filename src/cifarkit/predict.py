@@ -85,8 +85,8 @@ def _csv_rows(r: Prediction) -> list[list]:
 def _table_line(r: Prediction) -> str:
     if r.error:
         return f"{printable(r.path)}: ERROR {printable(r.error)}"
-    top = ", ".join(f"{name} {p:.1%}" for name, p in r.classes)
-    return f"{printable(r.path)}: {top}" + (f"  [superclass: {r.superclass}]" if r.superclass else "")
+    top = ", ".join(f"{printable(name)} {p:.1%}" for name, p in r.classes)
+    return f"{printable(r.path)}: {top}" + (f"  [superclass: {printable(r.superclass)}]" if r.superclass else "")
 
 
 def _json_lines(results: Iterable[Prediction]) -> Iterator[str]:

@@ -16,7 +16,10 @@ class TrainingStopped(CifarkitError):
 
 
 class TrainingInterrupted(TrainingStopped):
+    """Stopped on request and saved: not an error, and the CLI does not call it one."""
+
     exit_code = 130
+    label = "stopped"
 
 
 class StopRequests:

@@ -84,13 +84,18 @@ function expand(argumentsGiven: string[]): Entry[] {
   return out;
 }
 
-/** Control characters escaped (as Python's unicode_escape): a newline in a name cannot forge a line, and a
- * terminal escape sequence is shown, not obeyed. */
-function printable(text: string): string {
-  // eslint-disable-next-line no-control-regex
-  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => {
+/** What Python's str.isprintable() calls unprintable (control and format characters such as U+202E, line and
+ * paragraph separators, spaces other than " ", private-use and unassigned code points), escaped as Python's
+ * unicode_escape writes them: a newline in a name cannot forge a line, a terminal escape sequence or a
+ * right-to-left override is shown, not obeyed -- the same text `cifarkit predict` prints. */
+const UNPRINTABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}]|(?! )\p{Zs}/gu;
+
+export function printable(text: string): string {
+  return text.replace(UNPRINTABLE, (c) => {
     const named: Record<string, string> = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
-    return named[c] ?? `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`;
+    const code = c.codePointAt(0)!;
+    return named[c] ?? (code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}`
+      : code < 0x10000 ? `\\u${code.toString(16).padStart(4, "0")}` : `\\U${code.toString(16).padStart(8, "0")}`);
   });
 }
 
@@ -123,8 +128,8 @@ class Printer {
                                            csvCell(r.superclass ?? ""), ""].join(",")));
     } else {
       console.log(r.error ? `${printable(r.path)}: ERROR ${printable(r.error)}`
-        : `${printable(r.path)}: ${r.top.map((c) => `${c.label} ${(c.score * 100).toFixed(1)}%`).join(", ")}` +
-          (r.superclass ? `  [superclass: ${r.superclass}]` : ""));
+        : `${printable(r.path)}: ${r.top.map((c) => `${printable(c.label)} ${(c.score * 100).toFixed(1)}%`)
+          .join(", ")}` + (r.superclass ? `  [superclass: ${printable(r.superclass)}]` : ""));
     }
   }
 
@@ -201,6 +206,15 @@ async function main(argv: string[]): Promise<number> {
   await classifier.dispose();
   return failed ? 1 : 0;
 }
+
+// A reader that went away (`cifarkit-classify ... | head -1`) ends the output quietly, as command-line tools do;
+// a full disk or another write error is one line, not a stack.
+process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+  if (error.code === "EPIPE") process.exit(141);
+  console.error(`cifarkit-classify: error: cannot write the output (${error.code ?? error.message}); free some ` +
+    "space (or write elsewhere) and run the command again");
+  process.exit(1);
+});
 
 main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, (error: unknown) => {
   console.error(`cifarkit-classify: error: ${error instanceof CifarkitError ? error.message : String(error)}`);

@@ -168,8 +168,8 @@ async function nodeRuntime(options: LoadOptions): Promise<{ ort: OrtModule; back
       return { ort, backends: ["cpu"], session: threads };
     } catch (error) {
       if (options.runtime === "onnxruntime-node") {
-        throw new ModelLoadError("onnxruntime-node is not installed or does not load here (npm install " +
-          `onnxruntime-node --onnxruntime-node-install=skip): ${String(error).split("\n")[0]}`, { cause: error });
+        throw new ModelLoadError("onnxruntime-node is not installed or does not load here " +
+          `(ONNXRUNTIME_NODE_INSTALL=skip npm install onnxruntime-node): ${String(error).split("\n")[0]}`, { cause: error });
       }
     }
   }
