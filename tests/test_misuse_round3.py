@@ -219,3 +219,28 @@ def test_predict_into_a_closed_pipe_stops_quietly(tmp_path):
     result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=300)
     assert len(result.stdout.splitlines()) == 1
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
+# -- 12. no statistics of nonsense ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["1e308", "-1", "2", "NaN", "9" * 400])
+def test_report_leaves_out_a_trial_whose_figures_no_run_writes(tmp_path, value, capsys):
+    from cifarkit.experiments.report import report_sweep
+
+    folder = tmp_path / "sweep"
+    names = ["v0-lr-0.1"]
+    folder.mkdir()
+    (folder / "sweep.json").write_text(json.dumps({"name": "s", "recipe": "elu-seed", "set": [], "seeds": [0, 1],
+                                                   "variants": [{"name": names[0], "overrides": ["optim.lr=0.1"]}]}))
+    for seed, top1 in ((0, value), (1, "0.5")):
+        run = folder / "trials" / names[0] / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text('{"val": {"top1": 0.5, "loss": 1.0}, "test": {"top1": %s, "loss": 1.0}}'
+                                          % top1)
+    report = report_sweep(folder)
+    row = report["rows"][0]["test_top1"]
+    assert row["n"] == 1 and row["mean"] == pytest.approx(0.5)
+    warnings = capsys.readouterr().out
+    assert "seed0" in warnings and "left out" in warnings, warnings
+    text = (folder / "report" / "summary.md").read_text()
+    assert "inf" not in text and "nan" not in text.lower()

@@ -7,6 +7,7 @@ works on a sweep still running: cells not finished yet are counted as missing.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -87,13 +88,29 @@ def _untrusted_results(path: Path, folder: Path, warn) -> dict | None:
         part = results.get(split)
         if part is None:
             clean[split] = None
-        elif isinstance(part, dict) and all(isinstance(part.get(k), (int, float)) and not isinstance(part.get(k), bool)
-                                            for k in ("top1", "loss")):
+        elif isinstance(part, dict) and (why := _figures_problem(part)) is None:
             clean[split] = {k: float(part[k]) for k in ("top1", "loss")}
         else:
-            warn(f"warning: {path}: its {split!r} figures are not numbers; that cell counts as missing")
+            why = why if isinstance(part, dict) else "not an object"
+            warn(f"warning: {path}: its {split!r} figures are not what a run writes ({why}); that trial is left out")
             return None
     return clean
+
+
+def _figures_problem(part: dict) -> str | None:
+    """Why a split's figures cannot be a run's: top-1 is a fraction in [0, 1], the loss a finite number >= 0
+    (an edited or broken file could hold 1e308, -1, 2, NaN or a 400-digit integer)."""
+    for key, low, high in (("top1", 0.0, 1.0), ("loss", 0.0, 1e6)):
+        value = part.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return f"{key} is not a number"
+        try:
+            number = float(value)
+        except OverflowError:
+            return f"{key} is out of range"
+        if not (math.isfinite(number) and low <= number <= high):
+            return f"{key} {number:g} is outside [{low:g}, {high:g}]"
+    return None
 
 
 def read_sweep(folder: Path, warn=print) -> tuple[dict, list[dict]]:
