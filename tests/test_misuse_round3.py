@@ -244,3 +244,28 @@ def test_report_leaves_out_a_trial_whose_figures_no_run_writes(tmp_path, value, 
     assert "seed0" in warnings and "left out" in warnings, warnings
     text = (folder / "report" / "summary.md").read_text()
     assert "inf" not in text and "nan" not in text.lower()
+
+
+# -- 14. every argument checked before any work -------------------------------------------------------------------
+
+def test_then_project_is_checked_before_training(tmp_path, fake_root, capsys):
+    from cifarkit.cli import main
+
+    code = main(["train", "--recipe", "elu-seed", "--dataset", "cifar10", "--data-dir", str(fake_root),
+                 "--out-dir", str(tmp_path), "--run-name", "never", "--then-project", "no-such-recipe"])
+    assert code == 1 and "unknown recipe 'no-such-recipe'" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()  # nothing trained, nothing written
+
+
+def test_rerunning_a_sweep_whose_trials_all_failed_says_so(tmp_path, fake_root, capsys):
+    from cifarkit.cli import main
+    from tests.test_experiments import quick_args
+
+    # a learning rate that makes every step non-finite: each trial stops, and so fails
+    args = ["sweep", *quick_args(fake_root), "--vary", "optim.lr=1e29,1e30", "--seeds", "1", "--out-dir", str(tmp_path),
+            "--name", "doomed"]
+    assert main(args) == 1
+    capsys.readouterr()
+    assert main(args) == 1  # nothing left to run, but the failures are not forgotten
+    err = capsys.readouterr().err
+    assert "2 cell(s) of this sweep failed" in err and "--retry-failed" in err

@@ -254,12 +254,14 @@ def cmd_train(args) -> int:
         if args.project:
             print(_projection(config))
             return 0
-        train_seeds(config)
-        if args.then_project:
+        target = None
+        if args.then_project:  # checked now, not after the training it follows
             from cifarkit.config import load_config
 
             target = load_config(args.then_project, [f"train.device={json.dumps(config.train.device)}",
                                                      f"data.dataset={json.dumps(config.data.dataset)}"])
+        train_seeds(config)
+        if target is not None:
             print(f"\nnext: the seed's full recipe, `cifarkit train --recipe {args.then_project}`, measured here:\n"
                   + _projection(target))
         return 0
@@ -506,10 +508,11 @@ def cmd_sweep(args) -> int:
     counts = run_sweep(sweep, retry=args.retry_failed)
     report = report_sweep(sweep.folder)
     print(report["markdown"], end="")
-    print(f"this worker: {counts['done']} trial(s) done, {counts['failed']} failed"
-          + (" (rerun with --retry-failed to try them again)" if counts["failed"] else "")
-          + f" | report: {sweep.folder}/report")
-    return 1 if counts["failed"] else 0
+    print(f"this worker: {counts['done']} trial(s) done, {counts['failed']} failed | report: {sweep.folder}/report")
+    if counts["failed_cells"]:
+        print(f"cifarkit sweep: {counts['failed_cells']} cell(s) of this sweep failed (now or in an earlier run) and "
+              "are missing from the report; rerun with --retry-failed to try them again", file=sys.stderr)
+    return 1 if counts["failed"] or counts["failed_cells"] else 0
 
 
 def _tune_arguments(sub) -> None:

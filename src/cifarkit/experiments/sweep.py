@@ -199,17 +199,22 @@ def run_cell(sweep: Sweep, variant: Variant, seed: int, cache: PreparedCache, lo
     return train(config, log, prepared)
 
 
-def retry_failed(study, log: Callable[[str], None] = print) -> int:
-    """Queue again every cell whose trials all failed (a non-finite loss, a full disk...); returns how many.
-    Run it from one worker: two workers doing it at once would queue such a cell twice."""
+def failed_cells(study) -> list:
+    """The newest trial of every cell whose trials all failed (a non-finite loss, a full disk...)."""
     from optuna.trial import TrialState
 
     cells: dict[str, list] = {}
     for trial in study.get_trials(deepcopy=False):
         params = trial.system_attrs.get("fixed_params") or trial.params
         cells.setdefault(json.dumps(params, sort_keys=True), []).append(trial)
-    failed = [max(trials, key=lambda t: t.number) for trials in cells.values()
-              if all(t.state == TrialState.FAIL for t in trials)]
+    return [max(trials, key=lambda t: t.number) for trials in cells.values()
+            if all(t.state == TrialState.FAIL for t in trials)]
+
+
+def retry_failed(study, log: Callable[[str], None] = print) -> int:
+    """Queue again every cell whose trials all failed; returns how many. Run it from one worker: two workers
+    doing it at once would queue such a cell twice."""
+    failed = failed_cells(study)
     for trial in failed:
         log(f"trial {trial.number} ({trial.user_attrs.get('variant')} seed {trial.user_attrs.get('seed')}) failed "
             f"({trial.user_attrs.get('error', 'no message')}): queued again")
@@ -239,4 +244,6 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None] = print, retry: bool = Fa
         return chosen["top1"]
 
     counts = run_queue(study, run_trial, log, is_interruption=lambda e: isinstance(e, TrainingInterrupted))
+    # cells that failed in this run or an earlier one (a re-run of an all-failed sweep has nothing left to do)
+    counts["failed_cells"] = len(failed_cells(study))
     return counts
