@@ -269,3 +269,25 @@ def test_rerunning_a_sweep_whose_trials_all_failed_says_so(tmp_path, fake_root, 
     assert main(args) == 1  # nothing left to run, but the failures are not forgotten
     err = capsys.readouterr().err
     assert "2 cell(s) of this sweep failed" in err and "--retry-failed" in err
+
+
+# -- 15. no piece of a password through a driver's message --------------------------------------------------------
+
+def test_a_password_with_an_unescaped_at_sign_is_scrubbed_piece_by_piece():
+    from cifarkit.experiments.study import _scrub, masked
+
+    url = "postgresql://bob:Zq7@kX9w@host/db"
+    # what a driver says after splitting at the first '@': the rest of the password reads as the host's name
+    driver = 'could not translate host name "kX9w@host" to address; password "Zq7" rejected'
+    text = _scrub(driver, url)
+    assert "Zq7" not in text and "kX9w" not in text and "bob" in masked(url)
+    assert "kX9w" not in masked(url) and "Zq7" not in masked(url)
+
+
+def test_a_real_driver_error_for_such_a_url_shows_no_piece_of_it(tmp_path):
+    pytest.importorskip("psycopg")
+    from cifarkit.experiments.study import ExperimentError, open_storage
+
+    with pytest.raises(ExperimentError) as e:
+        open_storage("postgresql://bob:Zq7@kX9w@127.0.0.1:1/db")
+    assert "Zq7" not in str(e.value) and "kX9w" not in str(e.value), str(e.value)

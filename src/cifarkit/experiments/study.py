@@ -88,7 +88,10 @@ def _scrub(text: str, url: str) -> str:
     scheme, sep, rest = url.partition("://")
     userinfo = rest.partition("?")[0].rpartition("@")[0]
     if sep and ":" in userinfo:
-        secrets.append(userinfo.split(":", 1)[1])
+        password = userinfo.split(":", 1)[1]
+        # an unescaped '@' splits the password where a driver splits it (part of it then reads as the host's
+        # name, and the driver's error quotes that host): every piece is a secret of its own
+        secrets += [password, *password.split("@")]
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         text = text.replace(str(secret), "***")
     return _mask_query_text(text.replace(url, masked(url)))
