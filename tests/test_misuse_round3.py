@@ -291,3 +291,49 @@ def test_a_real_driver_error_for_such_a_url_shows_no_piece_of_it(tmp_path):
     with pytest.raises(ExperimentError) as e:
         open_storage("postgresql://bob:Zq7@kX9w@127.0.0.1:1/db")
     assert "Zq7" not in str(e.value) and "kX9w" not in str(e.value), str(e.value)
+
+
+# -- 8. a failed write never breaks what worked -----------------------------------------------------------------------
+
+def test_an_export_that_fails_midway_leaves_the_previous_pair_whole(trained_run, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import errno
+
+    import cifarkit.export as export
+
+    out = tmp_path / "model.onnx"
+    export.export_onnx(trained_run, out)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_write = Path.write_bytes
+
+    def full_disk(self, data):  # the disk fills while the new metadata is written
+        if self.name == "metadata.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(OSError):
+        export.export_onnx(trained_run, out)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # the old pair, whole; no work folder
+
+
+def test_work_folders_of_killed_writers_are_removed_by_the_next_writer(tmp_path):
+    import subprocess
+    import sys
+
+    from cifarkit.files import make_staging_folder, remove_stale_work_folders
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    for name in (f".export-{dead}-abc123", f".report.staging-{dead}-xyz", f".report.old-{dead}"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "half-written").write_bytes(b"x")
+    alive = tmp_path / f".export-{os.getpid()}-mine"
+    alive.mkdir()
+    kept = [tmp_path / ".export-notapid", tmp_path / "report"]
+    for folder in kept:
+        folder.mkdir()
+    staging = make_staging_folder(tmp_path, "report", "evaluation report")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, staging.name, *(p.name for p in kept)])
+    remove_stale_work_folders(tmp_path)
+    assert alive.exists() and staging.exists()

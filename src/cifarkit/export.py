@@ -24,7 +24,14 @@ from torch import nn
 
 from cifarkit.errors import CifarkitError, non_finite_model
 from cifarkit.export_metadata import EXPORT_FORMAT, EXPORT_VERSION, export_schema, schema_problems
-from cifarkit.files import atomic_write_bytes, check_writable_folder, json_text, read_json
+from cifarkit.files import (
+    check_writable_folder,
+    give_usual_permissions,
+    json_text,
+    read_json,
+    remove_stale_work_folders,
+    work_folder_prefix,
+)
 from cifarkit.images import SIZE
 from cifarkit.inference import TrainedModel
 from cifarkit.pretrained import load_model
@@ -199,7 +206,8 @@ def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np
         check_images = np.random.default_rng(0).integers(0, 256, (64, SIZE, SIZE, 3), dtype=np.uint8)
     check_images = np.ascontiguousarray(check_images, dtype=np.uint8)
 
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
+    remove_stale_work_folders(out.parent)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=work_folder_prefix("export")) as tmp:
         staged = Path(tmp) / out.name
         try:
             _onnx_export(module, torch.from_numpy(check_images[:2]), staged)
@@ -263,7 +271,16 @@ def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np
         problems = schema_problems(metadata, export_schema())
         if problems:  # a bug here, never the user's: the published contract would be broken
             raise ExportError(f"the metadata does not follow export-metadata.schema.json: {problems[0]}")
-        # the metadata first, then the model: a reader that finds OUT finds its own metadata beside it
-        atomic_write_bytes(out.with_suffix(".json"), (json_text(metadata) + "\n").encode())
-        atomic_write_bytes(out, staged.read_bytes())
+        # Both files are complete on disk (in the work folder, on the target's file system) before either
+        # replaces its old self: a full disk stops the export before anything is replaced, never between the
+        # two. Then two renames, which need no space; the model first, so that until the new metadata lands the
+        # pair is refused by its checksum rather than read half new.
+        staged_metadata = Path(tmp) / "metadata.json"
+        staged_metadata.write_bytes((json_text(metadata) + "\n").encode())
+        for path in (staged, staged_metadata):
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+            give_usual_permissions(path)
+        os.replace(staged, out)
+        os.replace(staged_metadata, out.with_suffix(".json"))
     return metadata

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -38,6 +39,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def give_usual_permissions(path: Path) -> None:
+    """A file made by mkstemp (0600) gets the permissions a plainly written file would have."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -104,10 +110,44 @@ def folder_kind(folder: Path) -> str | None:
     return None
 
 
+# Work folders beside a target carry the writing process's PID (".NAME.staging-PID-xxxx", ".export-PID-xxxx",
+# ".NAME.old-PID"): a process killed with SIGKILL cannot remove its own, so the next writer in that folder removes
+# those whose process is gone.
+_WORK_FOLDER = re.compile(r"\.(?:.+\.staging|export)-(\d+)-.+|\..+\.old-(\d+)")
+
+
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: alive
+        return False
+    return False
+
+
+def remove_stale_work_folders(parent: Path) -> None:
+    """Remove the work folders in `parent` left by writers that were killed (their process is gone)."""
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        match = _WORK_FOLDER.fullmatch(entry.name)
+        if match and entry.is_dir(follow_symlinks=False) and _process_is_gone(int(match.group(1) or match.group(2))):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def work_folder_prefix(tag: str) -> str:
+    """The prefix of a work folder this process makes beside a target (see remove_stale_work_folders)."""
+    return f".{tag}-{os.getpid()}-"
+
+
 def make_staging_folder(parent: Path, name: str, kind: str) -> Path:
     """A private folder beside the target to write into, marked as `kind` and with the usual permissions
-    (mkdtemp makes 0700)."""
-    staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.staging-"))
+    (mkdtemp makes 0700). Work folders of killed writers in `parent` are removed first."""
+    remove_stale_work_folders(parent)
+    staging = Path(tempfile.mkdtemp(dir=parent, prefix=work_folder_prefix(f"{name}.staging")))
     os.chmod(staging, 0o777 & ~_umask())
     (staging / OWNER_MARK).write_text(kind + "\n")
     return staging
