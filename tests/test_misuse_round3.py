@@ -235,8 +235,8 @@ def test_report_leaves_out_a_trial_whose_figures_no_run_writes(tmp_path, value, 
     for seed, top1 in ((0, value), (1, "0.5")):
         run = folder / "trials" / names[0] / f"seed{seed}"
         run.mkdir(parents=True)
-        (run / "results.json").write_text('{"val": {"top1": 0.5, "loss": 1.0}, "test": {"top1": %s, "loss": 1.0}}'
-                                          % top1)
+        figures = '{"val": {"top1": 0.5, "loss": 1.0}, "test": {"top1": TOP1, "loss": 1.0}}'
+        (run / "results.json").write_text(figures.replace("TOP1", top1))  # written as text: NaN and 400 digits
     report = report_sweep(folder)
     row = report["rows"][0]["test_top1"]
     assert row["n"] == 1 and row["mean"] == pytest.approx(0.5)

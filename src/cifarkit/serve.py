@@ -15,11 +15,15 @@ hangs up costs one quiet line, not a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import io
 import ipaddress
 import math
 import mimetypes
 import os
+import queue
+import selectors
 import shutil
 import socket
 import sys
@@ -125,44 +129,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _DeadlineReader:
-    """The request stream with one deadline for the whole request line and headers: a client that drips a
-    header line every few seconds is cut off when the deadline passes, not kept as long as each line is
-    quicker than the socket timeout (16 such clients held every thread, and everyone else got 503)."""
-
-    def __init__(self, raw, connection, deadline: float):
-        self.raw, self.connection, self.deadline = raw, connection, deadline
-
-    def _arm(self) -> None:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the request took longer than its deadline")
-        self.connection.settimeout(left)
-
-    def readline(self, limit: int = -1) -> bytes:
-        self._arm()
-        return self.raw.readline(limit)
-
-    def read(self, size: int = -1) -> bytes:
-        self._arm()
-        return self.raw.read(size)
-
-    def __getattr__(self, name):
-        return getattr(self.raw, name)
-
-
 class Handler(http.server.BaseHTTPRequestHandler):
     """GET/HEAD of the files in `server.routes`; everything else is 404 (or 405 for other methods)."""
 
     server_version = "cifarkit"
     sys_version = ""
-    timeout = 10  # seconds a connection may stay silent (socket timeout), so a slow client cannot hold a thread
-    request_seconds = 10.0  # and the most the whole request (line and headers) may take to arrive
+    timeout = 10  # seconds a client may take to read the answer, so that one that stops reading frees its thread
     protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive connections hold threads
 
     def setup(self):
         super().setup()
-        self.rfile = _DeadlineReader(self.rfile, self.connection, time.monotonic() + self.request_seconds)
+        # the request line and headers arrived whole before a worker was given to this connection
+        self.rfile = io.BytesIO(self.server.heads.pop(self.request, b""))
 
     def do_GET(self):
         self._send(body=True)
@@ -197,15 +175,28 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 class BoundedThreadingServer(http.server.HTTPServer):
-    """One thread per connection, at most `max_threads` at once; a connection beyond that gets an immediate 503
-    and is closed. The table of served files (`routes`) is fixed before the first request."""
+    """Connections wait for their request head (line and headers) in one selector thread, which costs a socket
+    and a few bytes each, not a thread: idle or slow clients (16 that connect and send nothing, 20 that drip a
+    byte a second) cannot starve real requests. A head that is complete goes to a worker thread, at most
+    `max_threads` at once (a request beyond that gets an immediate 503); a head that takes longer than
+    `head_seconds`, or grows past MAX_HEAD_BYTES, is dropped; beyond `max_waiting` waiting connections a new
+    one gets a 503. The table of served files (`routes`) is fixed before the first request."""
 
     daemon_threads = True
+    MAX_HEAD_BYTES = 16 << 10
 
-    def __init__(self, address, routes: dict[str, Path], max_threads: int = 16):
+    def __init__(self, address, routes: dict[str, Path], max_threads: int = 16, max_waiting: int = 512,
+                 head_seconds: float = 10.0):
         self.routes = routes
         self.slots = threading.BoundedSemaphore(max_threads)
+        self.max_waiting, self.head_seconds = max_waiting, head_seconds
+        self.heads: dict[socket.socket, bytes] = {}  # complete heads, handed to the worker's Handler
+        self._arrivals: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._closing = False
         super().__init__(address, Handler)
+        self._reader = threading.Thread(target=self._read_heads, daemon=True, name="serve-web heads")
+        self._reader.start()
 
     def lookup(self, raw_path: str) -> Path | None:
         if len(raw_path) > MAX_PATH_LENGTH:
@@ -217,14 +208,79 @@ class BoundedThreadingServer(http.server.HTTPServer):
         return self.routes.get("/index.html" if path == "/" else path)
 
     def process_request(self, request, client_address):
+        """Called for each accepted connection: it waits for its head in the selector thread."""
+        self._arrivals.put((request, client_address))
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"x")
+
+    @staticmethod
+    def _refuse(request, status: bytes = b"503 Service Unavailable") -> None:
+        with contextlib.suppress(OSError):
+            request.settimeout(1)
+            request.sendall(b"HTTP/1.0 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    def _read_heads(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_reader, selectors.EVENT_READ)
+        waiting: dict[socket.socket, list] = {}  # connection -> [address, bytes so far, deadline]
+
+        def drop(connection, status: bytes | None = None) -> None:
+            selector.unregister(connection)
+            del waiting[connection]
+            if status:
+                self._refuse(connection, status)
+            self.shutdown_request(connection)
+
+        while not self._closing:
+            now = time.monotonic()
+            timeout = max(0.0, min((w[2] for w in waiting.values()), default=now + 1.0) - now)
+            for key, _ in selector.select(timeout):
+                if key.fileobj is self._wake_reader:
+                    with contextlib.suppress(OSError):
+                        self._wake_reader.recv(4096)
+                    while not self._arrivals.empty():
+                        connection, address = self._arrivals.get()
+                        if len(waiting) >= self.max_waiting:
+                            self._refuse(connection)
+                            self.shutdown_request(connection)
+                            continue
+                        connection.setblocking(False)
+                        waiting[connection] = [address, b"", time.monotonic() + self.head_seconds]
+                        selector.register(connection, selectors.EVENT_READ)
+                    continue
+                connection = key.fileobj
+                try:
+                    chunk = connection.recv(4096)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:  # the client hung up
+                    drop(connection)
+                    continue
+                entry = waiting[connection]
+                entry[1] += chunk
+                if b"\r\n\r\n" in entry[1] or b"\n\n" in entry[1]:
+                    selector.unregister(connection)
+                    del waiting[connection]
+                    self._dispatch(connection, entry[0], entry[1])
+                elif len(entry[1]) > self.MAX_HEAD_BYTES:
+                    drop(connection, b"431 Request Header Fields Too Large")
+            now = time.monotonic()
+            for connection in [c for c, w in waiting.items() if w[2] <= now]:
+                drop(connection, b"408 Request Timeout")  # too slow: its place goes to others
+        for connection in list(waiting):
+            drop(connection)
+        selector.close()
+
+    def _dispatch(self, request, client_address, head: bytes) -> None:
         if not self.slots.acquire(blocking=False):
-            try:
-                request.settimeout(1)
-                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            except OSError:
-                pass
+            self._refuse(request)
             self.shutdown_request(request)
             return
+        request.setblocking(True)
+        request.settimeout(Handler.timeout)  # writing the answer to a client that stops reading
+        self.heads[request] = head
         thread = threading.Thread(target=self._work, args=(request, client_address), daemon=True)
         thread.start()
 
@@ -234,8 +290,19 @@ class BoundedThreadingServer(http.server.HTTPServer):
         except Exception:
             self.handle_error(request, client_address)
         finally:
+            self.heads.pop(request, None)
             self.shutdown_request(request)
             self.slots.release()
+
+    def server_close(self):
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"x")
+        if getattr(self, "_reader", None) is not None:  # not started when binding failed
+            self._reader.join(timeout=5)
+        self._wake_reader.close()
+        self._wake_writer.close()
+        super().server_close()
 
     def handle_error(self, request, client_address):
         """One line, no traceback: clients hang up, time out and send garbage all the time."""
