@@ -253,3 +253,12 @@ def test_malformed_model_json_is_a_one_line_error(site, text, problem):
     onnx.with_suffix(".json").write_text(text)
     with pytest.raises(ServeError, match=problem):
         WebServer(onnx, web)
+
+
+@pytest.mark.parametrize("request_line, status", [(b"GET / HTTP/9.9", b"505"), (b"GET / HTTP/2.0", b"505"),
+                                                  (b"GARBAGE", b"400"), (b"GET / HTTP/x", b"400")])
+def test_every_answer_has_a_status_line(server, request_line, status):
+    with socket.create_connection(("127.0.0.1", server.address[1]), timeout=10) as s:
+        s.sendall(request_line + b"\r\n\r\n")
+        answer = s.recv(200)
+    assert answer.startswith(b"HTTP/1.0 " + status), answer

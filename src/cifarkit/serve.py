@@ -136,6 +136,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
     timeout = 10  # seconds a client may take to read the answer, so that one that stops reading frees its thread
     protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive connections hold threads
+    # every answer has a status line, also to a request whose version is unknown (HTTP/9.9) or missing: the
+    # standard library's default, HTTP/0.9, answers those with a bare body
+    default_request_version = "HTTP/1.0"
 
     def setup(self):
         super().setup()
