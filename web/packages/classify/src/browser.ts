@@ -8,7 +8,7 @@
  */
 import * as ort from "onnxruntime-web";
 import {
-  checkSize, Classifier, isRawPixels, ModelLoadError, NotAnImageError, openClassifier, parseModelInfo, rawToRGBA,
+  checkSize, Classifier, headerSize, isRawPixels, ModelLoadError, NotAnImageError, openClassifier, parseModelInfo, rawToRGBA,
   type LoadOptions, type OrtModule, type RawPixels,
 } from "./core.js";
 import type { RGBAImage } from "./preprocess.js";
@@ -37,6 +37,9 @@ function pixelsOf(source: CanvasImageSource, width: number, height: number): RGB
 
 async function bitmapOf(blob: Blob, label: string): Promise<RGBAImage> {
   if (blob.size === 0) throw new NotAnImageError(`${label}: empty file`);
+  // the header first, as in Node.js: a picture over the limit is refused before the browser decodes it
+  const declared = headerSize(new Uint8Array(await blob.slice(0, 1 << 16).arrayBuffer()));
+  if (declared) checkSize(declared.width, declared.height, label);
   let bitmap: ImageBitmap;
   try {
     bitmap = await createImageBitmap(blob, { imageOrientation: "from-image" });

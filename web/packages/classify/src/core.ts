@@ -93,6 +93,45 @@ export function isRawPixels(input: unknown): input is RawPixels {
     "channels" in input;
 }
 
+/** Width and height read from the header of a PNG, GIF, JPEG, WebP or BMP file (the first bytes only), or
+ * null for another format or a header that does not say: so that a picture over the pixel limit is refused
+ * before a decoder allocates it (a 48 KB PNG can declare 20000x20000 pixels). */
+export function headerSize(bytes: Uint8Array): { width: number; height: number } | null {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const ascii = (at: number, text: string) =>
+    bytes.length >= at + text.length && [...text].every((c, i) => bytes[at + i] === c.charCodeAt(0));
+  if (ascii(1, "PNG") && bytes.length >= 24) return { width: view.getUint32(16), height: view.getUint32(20) };
+  if ((ascii(0, "GIF87a") || ascii(0, "GIF89a")) && bytes.length >= 10) {
+    return { width: view.getUint16(6, true), height: view.getUint16(8, true) };
+  }
+  if (ascii(0, "BM") && bytes.length >= 26) {
+    return { width: Math.abs(view.getInt32(18, true)), height: Math.abs(view.getInt32(22, true)) };
+  }
+  if (ascii(0, "RIFF") && ascii(8, "WEBP") && bytes.length >= 30) {
+    if (ascii(12, "VP8X")) {
+      return { width: 1 + (view.getUint32(24, true) & 0xffffff), height: 1 + (view.getUint32(27, true) & 0xffffff) };
+    }
+    if (ascii(12, "VP8L")) {
+      const bits = view.getUint32(21, true);
+      return { width: 1 + (bits & 0x3fff), height: 1 + ((bits >>> 14) & 0x3fff) };
+    }
+    if (ascii(12, "VP8 ")) return { width: view.getUint16(26, true) & 0x3fff, height: view.getUint16(28, true) & 0x3fff };
+  }
+  if (bytes[0] === 0xff && bytes[1] === 0xd8) {  // JPEG: walk the segments to the first start-of-frame
+    let at = 2;
+    while (at + 9 < bytes.length) {
+      if (bytes[at] !== 0xff) return null;
+      const marker = bytes[at + 1]!;
+      if (marker === 0xff) { at += 1; continue; }
+      if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
+        return { width: view.getUint16(at + 7), height: view.getUint16(at + 5) };
+      }
+      at += 2 + view.getUint16(at + 2);
+    }
+  }
+  return null;
+}
+
 export function checkSize(width: number, height: number, what = "the picture"): void {
   if (!Number.isInteger(width) || !Number.isInteger(height) || width < 1 || height < 1) {
     throw new NotAnImageError(`${what} has no pixels (${width}x${height})`);

@@ -173,3 +173,34 @@ describe("bad models are ModelLoadErrors", () => {
     await expect(loadClassifier(readFileSync(DEFAULT_MODEL))).rejects.toThrow(/needs its metadata/);
   });
 });
+
+describe("picture sizes read from the header (what the page checks before decoding)", () => {
+  it("reads PNG, JPEG, WebP (lossy and lossless), GIF and BMP headers as their decoders do", async () => {
+    const { headerSize } = await import("../src/core.js");
+    const raw = { raw: { width: 37, height: 23, channels: 3 as const } };
+    const pixels = Buffer.alloc(37 * 23 * 3, 90);
+    for (const format of ["png", "jpeg", "webp", "gif"] as const) {
+      const encoded = await sharp(pixels, raw).toFormat(format).toBuffer();
+      expect(headerSize(encoded), format).toEqual({ width: 37, height: 23 });
+    }
+    const lossless = await sharp(pixels, raw).webp({ lossless: true }).toBuffer();
+    expect(headerSize(lossless)).toEqual({ width: 37, height: 23 });
+    const bmp = Buffer.alloc(54);
+    bmp.write("BM", 0, "ascii");
+    bmp.writeInt32LE(37, 18);
+    bmp.writeInt32LE(-23, 22); // top-down rows
+    expect(headerSize(bmp)).toEqual({ width: 37, height: 23 });
+    expect(headerSize(new Uint8Array([1, 2, 3]))).toBeNull();
+  });
+
+  it("refuses a small file that declares a huge picture, from its header alone", async () => {
+    const { checkSize, headerSize } = await import("../src/core.js");
+    const png = new PNG({ width: 4, height: 4 });
+    const bytes = PNG.sync.write(png);
+    bytes.writeUInt32BE(20000, 16); // IHDR's width and height: 20000 x 20000
+    bytes.writeUInt32BE(20000, 20);
+    const declared = headerSize(bytes)!;
+    expect(declared).toEqual({ width: 20000, height: 20000 });
+    expect(() => checkSize(declared.width, declared.height)).toThrow(ImageTooLargeError);
+  });
+});
