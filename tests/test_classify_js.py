@@ -175,3 +175,48 @@ def test_packed_library_installs_type_checks_and_runs(tmp_path, pictures):
                           str(pictures / "test00.png")], capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
     assert [set(t) for t in json.loads(cli.stdout)[0]["top"]] == [{"class", "probability"}] * 5
+
+
+def test_python_and_node_give_one_verdict_on_model_metadata(tmp_path):
+    """serve-web (Python) and @cifarkit/classify (Node.js, the page) refuse the same model.json files, for the same
+    reasons: one schema, one set of rules."""
+    from cifarkit.export_metadata import metadata_problems
+
+    shipped = json.loads((WEB / "public" / "model" / "model.json").read_text())
+    cases = {
+        "shipped": json.dumps(shipped), "version-null": json.dumps({**shipped, "version": None}),
+        "version-2": json.dumps({**shipped, "version": 2}), "bom": "\ufeff" + json.dumps(shipped),
+        "numeric-dataset": json.dumps({**shipped, "dataset": 100}),
+        "no-model-file": json.dumps({k: v for k, v in shipped.items() if k != "model_file"}),
+        "no-sha256": json.dumps({k: v for k, v in shipped.items() if k != "model_sha256"}),
+        "short-superclass-map": json.dumps({**shipped, "fine_to_coarse": shipped["fine_to_coarse"][:50]}),
+        "superclass-out-of-range": json.dumps({**shipped, "fine_to_coarse": [99] * 100}),
+        "proto": json.dumps(shipped)[:-1] + ', "__proto__": {"polluted": true}}',
+        "temperature-text": json.dumps({**shipped, "temperature": "abc"}),
+        "temperature-negative": json.dumps({**shipped, "temperature": -1}),
+        "name-not-text": json.dumps({**shipped, "classes": [7, *shipped["classes"][1:]]}),
+        "not-an-object": "[]", "no-version": json.dumps({k: v for k, v in shipped.items() if k != "version"}),
+    }
+    for name, text in cases.items():
+        (tmp_path / f"{name}.json").write_bytes(text.encode())
+
+    def python_verdict(path: Path) -> bool:
+        try:
+            return not metadata_problems(json.loads(path.read_bytes().decode("utf-8")))
+        except ValueError:  # not JSON (a BOM, say): refused as serve-web's reader refuses it
+            return False
+
+    script = ("import {checkModelInfo, parseModelInfo} from " + json.dumps((PACKAGE / "dist" / "core.js").as_uri())
+              + "; import {readFileSync} from 'node:fs'; const out = {};"
+              + " for (const f of process.argv.slice(1)) { try { checkModelInfo(parseModelInfo(readFileSync(f), f), f);"
+              + " out[f] = true; } catch (e) { out[f] = e.name === 'ModelLoadError' ? false : String(e); } }"
+              + " console.log(JSON.stringify(out));")
+    files = [str(tmp_path / f"{name}.json") for name in cases]
+    result = subprocess.run(["node", "--input-type=module", "-e", script, *files], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    node = json.loads(result.stdout)
+    python = {f: python_verdict(Path(f)) for f in files}
+    assert node == python
+    accepted = {Path(f).stem for f, ok in python.items() if ok}
+    assert accepted == {"shipped", "no-version"}

@@ -159,9 +159,9 @@ def test_export_refuses_a_diverged_model(diverged_run, tmp_path):
 
 def test_serve_web_refuses_an_export_whose_parity_was_nan(tmp_path):
     from cifarkit.serve import ServeError, check_model_json
+    from tests.test_serve import export_metadata
 
-    metadata = {"format": "cifarkit-onnx", "version": 1, "classes": ["a", "b"], "dataset": "cifar10",
-                "parity": {"max_abs_difference": float("nan")}}
+    metadata = export_metadata(classes=["a", "b"], parity={"max_abs_difference": float("nan")})
     with pytest.raises(ServeError, match="not finite numbers"):
         check_model_json(metadata, tmp_path / "model.json")
     check_model_json({**metadata, "parity": {"max_abs_difference": 1e-6}}, tmp_path / "model.json")

@@ -37,8 +37,7 @@ def site(tmp_path):
     model = tmp_path / "export"
     model.mkdir()
     (model / "model.onnx").write_bytes(b"onnx-bytes")
-    (model / "model.json").write_text(json.dumps({"dataset": "cifar10", "format": "cifarkit-onnx",
-                                                  "classes": ["airplane", "automobile"]}))
+    (model / "model.json").write_text(json.dumps(export_metadata(classes=["airplane", "automobile"])))
     (model / "other.txt").write_text(SECRET)  # beside the model, but not one of its files
     return web, model / "model.onnx"
 
@@ -52,6 +51,13 @@ def server(site):
         thread.start()
         yield served
         served.server.shutdown()
+
+
+def export_metadata(**changes) -> dict:
+    """A complete model.json (the shipped model's, which follows the schema), with `changes`."""
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "web" / "public" / "model" / "model.json").read_text())
+    metadata = {**shipped, "dataset": "cifar10", "superclasses": None, "fine_to_coarse": None, **changes}
+    return metadata
 
 
 def raw_get(port: int, target: bytes, method: bytes = b"GET") -> tuple[int, bytes]:
@@ -246,7 +252,7 @@ def test_a_dripping_client_is_cut_off_by_the_whole_request_deadline(site):
 
 
 @pytest.mark.parametrize("text, problem", [("[]", "not a JSON object"), ('{"format": 3}', "not a cifarkit export"),
-                                           ('{"format": "cifarkit-onnx", "classes": [1]}', "not a list of names"),
+                                           ('{"format": "cifarkit-onnx", "classes": [1]}', "lacks 'model'"),
                                            ("[" * 100000, "not valid JSON")])
 def test_malformed_model_json_is_a_one_line_error(site, text, problem):
     web, onnx = site

@@ -19,7 +19,6 @@ import contextlib
 import http.server
 import io
 import ipaddress
-import math
 import mimetypes
 import os
 import queue
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from cifarkit.errors import CifarkitError
-from cifarkit.export_metadata import EXPORT_FORMAT, version_problem
+from cifarkit.export_metadata import metadata_problems
 from cifarkit.files import json_text, read_json
 
 MAX_SAMPLES = 500
@@ -79,29 +78,12 @@ def write_samples(model_json: dict, folder: Path, count: int, data_dir: str | No
     return len(index)
 
 
-def _finite_parity(metadata: dict) -> bool:
-    """The export's parity check compared finite outputs (an export before that check could hold NaN there)."""
-    parity = metadata.get("parity")
-    difference = parity.get("max_abs_difference", 0.0) if isinstance(parity, dict) else 0.0
-    return isinstance(difference, (int, float)) and not isinstance(difference, bool) and math.isfinite(difference)
-
-
 def check_model_json(metadata, path: Path) -> dict:
-    """model.json as `cifarkit export` writes it, or a one-line ServeError naming what is wrong."""
-    def names(value) -> bool:
-        return isinstance(value, list) and len(value) > 0 and all(isinstance(n, str) for n in value)
-
-    problem = ("it is not a JSON object" if not isinstance(metadata, dict)
-               else f"it is not a cifarkit export (no \"format\": \"{EXPORT_FORMAT}\")"
-               if metadata.get("format") != EXPORT_FORMAT
-               else version if (version := version_problem(metadata))
-               else "its \"classes\" is not a list of names" if not names(metadata.get("classes"))
-               else "its \"dataset\" is not a name" if not isinstance(metadata.get("dataset"), str)
-               else "its outputs were not finite numbers when it was exported (a model that diverged); it cannot "
-                    "answer anything" if not _finite_parity(metadata)
-               else None)
-    if problem:
-        raise ServeError(f"{path}: {problem}; export the model again (cifarkit export --onnx model.onnx)")
+    """model.json as `cifarkit export` writes it, or a one-line ServeError naming what is wrong (the verdict
+    @cifarkit/classify gives too: export_metadata.metadata_problems)."""
+    problems = metadata_problems(metadata)
+    if problems:
+        raise ServeError(f"{path}: {problems[0]}; export the model again (cifarkit export --onnx model.onnx)")
     return metadata
 
 

@@ -113,7 +113,7 @@ export async function loadClassifier(model: string | URL | Uint8Array | ArrayBuf
   const infoWhere = info ? "options.info" : `the metadata beside ${where}`;
   if (!info) {
     if (!fetchedInfo) throw new ModelLoadError("a model given as bytes needs its metadata: loadClassifier(bytes, { info })");
-    info = parseModelInfo(new TextDecoder().decode(fetchedInfo), infoWhere);
+    info = parseModelInfo(fetchedInfo, infoWhere);
   }
   const hasGpu = typeof navigator !== "undefined" && "gpu" in navigator;
   return openClassifier<BrowserImageInput>({ bytes, where, info, infoWhere, ort: ort as unknown as OrtModule,

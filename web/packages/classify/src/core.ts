@@ -5,6 +5,7 @@
  * its ONNX Runtime.
  */
 import type { InferenceSession, Tensor } from "onnxruntime-common";
+import { EXPORT_SCHEMA } from "./export-schema.js";
 import { SIZE, toModelPixels, type RGBAImage } from "./preprocess.js";
 
 /** The same limit as the Python side (cifarkit.images.MAX_PIXELS): larger pictures are refused, not decoded. */
@@ -165,20 +166,114 @@ export function rawToRGBA(raw: RawPixels): RGBAImage {
   return { width, height, data: out };
 }
 
-/** model.json must be a cifarkit export of a version this library reads, that names its classes. */
-export function checkModelInfo(info: unknown, where: string): ModelInfo {
-  const value = info as Partial<ModelInfo> | null;
-  if (typeof value !== "object" || value === null || value.format !== "cifarkit-onnx" ||
-      !Array.isArray(value.classes) || value.classes.length === 0) {
-    throw new ModelLoadError(`${where} is not the metadata of a cifarkit export (make one with ` +
-      "`cifarkit export --onnx model.onnx`)");
+type Schema = { type?: string | readonly string[]; const?: unknown; required?: readonly string[];
+                properties?: Record<string, Schema>; items?: Schema; minItems?: number };
+
+const JSON_TYPES: Record<string, (value: unknown) => boolean> = {
+  object: (v) => typeof v === "object" && v !== null && !Array.isArray(v), array: Array.isArray,
+  string: (v) => typeof v === "string", integer: Number.isInteger, number: (v) => typeof v === "number",
+  null: (v) => v === null, boolean: (v) => typeof v === "boolean",
+};
+const PYTHON_TYPE_NAMES = (v: unknown) => v === null ? "NoneType" : Array.isArray(v) ? "list"
+  : typeof v === "string" ? "str" : typeof v === "boolean" ? "bool" : typeof v === "number"
+  ? (Number.isInteger(v) ? "int" : "float") : typeof v === "object" ? "dict" : typeof v;
+
+/** What in `value` breaks `schema`: the same rules, in the same order, as cifarkit's schema_problems. */
+function schemaProblems(value: unknown, schema: Schema, where = "metadata"): string[] {
+  const problems: string[] = [];
+  if ("const" in schema && value !== schema.const) {
+    problems.push(`${where} must be ${JSON.stringify(schema.const)}, got ${JSON.stringify(value)}`);
   }
-  const version = value.version ?? 1;
+  if (schema.type !== undefined) {
+    const kinds = typeof schema.type === "string" ? [schema.type] : schema.type;
+    if (!kinds.some((k) => JSON_TYPES[k]!(value))) {
+      return [...problems, `${where} should be ${kinds.join(" or ")}, got ${PYTHON_TYPE_NAMES(value)}`];
+    }
+  }
+  if (JSON_TYPES.object!(value)) {
+    const object = value as Record<string, unknown>;
+    for (const key of schema.required ?? []) {
+      if (!Object.hasOwn(object, key)) problems.push(`${where} lacks '${key}'`);
+    }
+    for (const [key, sub] of Object.entries(schema.properties ?? {})) {
+      if (Object.hasOwn(object, key)) problems.push(...schemaProblems(object[key], sub, `${where}.${key}`));
+    }
+  }
+  if (Array.isArray(value)) {
+    if (value.length < (schema.minItems ?? 0)) problems.push(`${where} needs at least ${schema.minItems} items`);
+    if (schema.items) value.forEach((item, i) => problems.push(...schemaProblems(item, schema.items!, `${where}[${i}]`)));
+  }
+  return problems;
+}
+
+const FORBIDDEN_KEYS = ["__proto__", "constructor", "prototype"];
+
+function forbiddenKey(value: unknown, where = "metadata"): string | null {
+  if (Array.isArray(value)) {
+    for (const [i, item] of value.entries()) {
+      const found = forbiddenKey(item, `${where}[${i}]`);
+      if (found) return found;
+    }
+  } else if (typeof value === "object" && value !== null) {
+    for (const key of Object.keys(value)) {
+      if (FORBIDDEN_KEYS.includes(key)) return `${where} holds a key named '${key}'`;
+      const found = forbiddenKey((value as Record<string, unknown>)[key], `${where}.${key}`);
+      if (found) return found;
+    }
+  }
+  return null;
+}
+
+/** Every reason to refuse this model.json (empty: it is read): the rules of cifarkit's
+ * export_metadata.metadata_problems, which serve-web applies, so that both give one verdict. */
+export function metadataProblems(info: unknown): string[] {
+  if (typeof info !== "object" || info === null || Array.isArray(info)) return ["it is not a JSON object"];
+  const value = info as Record<string, unknown>;
+  if (value.format !== "cifarkit-onnx") return ["it is not a cifarkit export (no \"format\": \"cifarkit-onnx\")"];
+  const version = Object.hasOwn(value, "version") ? value.version : 1;
   if (version !== MODEL_INFO_VERSION) {
-    throw new ModelLoadError(`${where}: its metadata version is ${JSON.stringify(version)} and this library reads ` +
-      `version ${MODEL_INFO_VERSION}; export the model with a matching cifarkit, or upgrade @cifarkit/classify`);
+    return [`its metadata version is ${JSON.stringify(version)} and this library reads version ${MODEL_INFO_VERSION}` +
+      "; export the model with a matching cifarkit, or upgrade @cifarkit/classify"];
   }
-  return value as ModelInfo;
+  const schema = EXPORT_SCHEMA as unknown as Schema;
+  const problems = schemaProblems(value, { ...schema, required: schema.required!.filter((k) => k !== "version") });
+  const forbidden = forbiddenKey(value);
+  if (forbidden) problems.push(forbidden);
+  const { classes, fine_to_coarse: coarse, superclasses: names } = value;
+  if (Array.isArray(classes) && Array.isArray(coarse) && (coarse.length !== classes.length || !Array.isArray(names) ||
+      !coarse.every((c) => Number.isInteger(c) && c >= 0 && c < names.length))) {
+    problems.push("its superclass map does not give each class a superclass it names");
+  }
+  const temperature = value.temperature;
+  if (Object.hasOwn(value, "temperature") && !(typeof temperature === "number" && Number.isFinite(temperature) &&
+      temperature >= 0.05 && temperature <= 20)) {
+    problems.push("its temperature must be a number in [0.05, 20.0]");
+  }
+  if (Object.hasOwn(value, "model_sha256") && !(typeof value.model_sha256 === "string" &&
+      /^[0-9a-f]{64}$/.test(value.model_sha256))) {
+    problems.push("its model_sha256 is not a SHA-256 digest (64 hexadecimal digits)");
+  }
+  const parity = value.parity as Record<string, unknown> | undefined;
+  if (parity && typeof parity === "object" && Object.hasOwn(parity, "max_abs_difference") &&
+      !(typeof parity.max_abs_difference === "number" && Number.isFinite(parity.max_abs_difference))) {
+    problems.push("its outputs were not finite numbers when it was exported (a model that diverged)");
+  }
+  return problems;
+}
+
+/** model.json must be a cifarkit export of a version this library reads, complete and consistent: the verdict
+ * serve-web gives (see metadataProblems). */
+export function checkModelInfo(info: unknown, where: string): ModelInfo {
+  const problems = metadataProblems(info);
+  if (problems.length) {
+    const first = problems[0]!;
+    if (first.startsWith("it is not")) {
+      throw new ModelLoadError(`${where} is not the metadata of a cifarkit export (make one with ` +
+        `\`cifarkit export --onnx model.onnx\`): ${first}`);
+    }
+    throw new ModelLoadError(`${where}: ${first}${first.includes("; export") ? "" : "; export the model again"}`);
+  }
+  return info as ModelInfo;
 }
 
 /** The session must be a cifarkit export that agrees with its metadata: named input and output, and one
@@ -268,9 +363,11 @@ export async function openClassifier<Input>(source: ModelSource<Input>, options:
 }
 
 /** model.json's text as metadata (a clear error when it is not JSON). */
-export function parseModelInfo(text: string, where: string): unknown {
+/** model.json's bytes as JSON: strict UTF-8 without a byte-order mark, as cifarkit reads it (a BOM or bytes
+ * that are not UTF-8 are refused on both sides). */
+export function parseModelInfo(bytes: Uint8Array, where: string): unknown {
   try {
-    return JSON.parse(text);
+    return JSON.parse(new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes));
   } catch {
     throw new ModelLoadError(`${where} is not JSON (it should be the model.json that \`cifarkit export\` wrote)`);
   }

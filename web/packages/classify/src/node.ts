@@ -190,7 +190,7 @@ export async function loadClassifier(model: string | URL | Uint8Array | ArrayBuf
   if (!info) {
     if (!isPath) throw new ModelLoadError("a model given as bytes needs its metadata: loadClassifier(bytes, { info })");
     infoWhere = String(model instanceof URL ? fileURLToPath(model) : model).replace(/(\.onnx)?$/, ".json");
-    info = parseModelInfo(new TextDecoder().decode(await readInput(infoWhere, "model")), infoWhere);
+    info = parseModelInfo(await readInput(infoWhere, "model"), infoWhere);
   }
   const runtime = await nodeRuntime(options);
   return openClassifier<NodeImageInput>({ bytes, where, info, infoWhere, ort: runtime.ort, backends: runtime.backends,

@@ -4,11 +4,16 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { checkModelInfo, MODEL_INFO_FIELDS, MODEL_INFO_VERSION, ModelLoadError } from "../src/core.js";
+import { EXPORT_SCHEMA } from "../src/export-schema.js";
 
 const schema = JSON.parse(readFileSync(join(__dirname, "../../../../src/cifarkit/export-metadata.schema.json"), "utf8"));
 const shipped = JSON.parse(readFileSync(join(__dirname, "../model/model.json"), "utf8"));
 
 describe("export-metadata.schema.json", () => {
+  it("is the schema checkModelInfo reads (src/export-schema.ts, generated from it at build time)", () => {
+    expect(EXPORT_SCHEMA).toEqual(schema);
+  });
+
   it("declares exactly the fields ModelInfo declares, and the version this library reads", () => {
     expect([...MODEL_INFO_FIELDS].sort()).toEqual(Object.keys(schema.properties).sort());
     expect(schema.properties.version.const).toBe(MODEL_INFO_VERSION);
