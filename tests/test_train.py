@@ -85,7 +85,7 @@ def test_every_recipe_parses_and_resolves():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("train.stepz=5", "unknown setting train.'stepz'"),
+    ("train.stepz=5", "unknown setting train.stepz; did you mean train.steps?"),
     ("train.steps=many", "should be an integer"),
     ("optim", "KEY=VALUE"),
 ])

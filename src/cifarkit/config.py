@@ -8,6 +8,7 @@ config is saved in every run directory and inside every checkpoint as plain data
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import sys
@@ -27,6 +28,7 @@ from cifarkit.files import read_bounded
 from cifarkit.models.registry import check_model_options, dropout_layers
 from cifarkit.optim import OPTIMIZERS
 from cifarkit.schedules import LR_SCHEDULES, check_dropout_events
+from cifarkit.text import printable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -188,7 +190,10 @@ def _build(cls, values: dict[str, Any], where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(f"unknown setting {where}{unknown[0]!r}; valid keys here: {', '.join(sorted(names))}")
+        close = difflib.get_close_matches(str(unknown[0]), names, n=1)
+        hint = f"; did you mean {where}{close[0]}?" if close else ""
+        raise ConfigError(f"unknown setting {where}{printable(str(unknown[0]))}{hint} Valid keys here: "
+                          f"{', '.join(sorted(names))}")
     kwargs = {}
     for key, value in values.items():
         hint = hints[key]

@@ -83,7 +83,8 @@ def check_model_json(metadata, path: Path) -> dict:
     @cifarkit/classify gives too: export_metadata.metadata_problems)."""
     problems = metadata_problems(metadata)
     if problems:
-        raise ServeError(f"{path}: {problems[0]}; export the model again (cifarkit export --onnx model.onnx)")
+        advice = "" if "; export" in problems[0] else "; export the model again (cifarkit export --onnx model.onnx)"
+        raise ServeError(f"{path}: {problems[0]}{advice}")  # advice once: a version problem carries its own
     return metadata
 
 
