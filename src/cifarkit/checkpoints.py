@@ -42,6 +42,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
         path = chosen
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix.lower() in (".onnx", ".json"):  # an export: what reads it is elsewhere
+        raise CheckpointError(f"{path} is an ONNX export, not a checkpoint: classify with it through the TypeScript "
+                              f"library (cifarkit-classify --model {path.with_suffix('.onnx')} PICTURES) or the page "
+                              f"(cifarkit serve-web --onnx {path.with_suffix('.onnx')}); cifarkit predict, evaluate "
+                              "and export read run folders and .pt checkpoints")
     check_regular_file(path, MAX_CHECKPOINT_BYTES, CheckpointError, "checkpoint")
     return path
 

@@ -34,6 +34,12 @@ class Prediction:
 BATCH = 256  # pictures decoded and classified at a time: results stream out batch by batch
 
 
+def _reason(message: str | None, path: Path) -> str | None:
+    """An error without the file name it starts with: every output line names the file once, beside it."""
+    prefix = f"{display_path(path)}: "
+    return message[len(prefix):] if message and message.startswith(prefix) else message
+
+
 def iter_predictions(model: str | Path | None, paths: list[str | Path], top_k: int = 5, tta: bool = False,
                      device: str = "cpu", trained: TrainedModel | None = None, batch_size: int = BATCH):
     """Predictions in file order, yielded a batch at a time: the first results arrive after one batch, and
@@ -46,7 +52,7 @@ def iter_predictions(model: str | Path | None, paths: list[str | Path], top_k: i
     files = expand_paths(paths)
     for start in range(0, len(files), batch_size):
         batch = files[start : start + batch_size]
-        results = [Prediction(display_path(path), error=problem) for path, problem in batch]
+        results = [Prediction(display_path(path), error=_reason(problem, path)) for path, problem in batch]
         images, ok = [], []
         for i, (path, problem) in enumerate(batch):
             if problem:
@@ -55,7 +61,7 @@ def iter_predictions(model: str | Path | None, paths: list[str | Path], top_k: i
                 images.append(load_image(path))
                 ok.append(i)
             except ImageError as e:
-                results[i].error = str(e)
+                results[i].error = _reason(str(e), path)
         if images:
             indices, values, _ = predict_arrays(trained, np.stack(images), top_k, tta)
             for row, i in enumerate(ok):
