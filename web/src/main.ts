@@ -72,7 +72,9 @@ async function classify(blob: Blob, label: string) {
     results.replaceChildren();
     superclass.textContent = "";
     document.body.dataset.top1 = "";
-    say(`${label}: ${error instanceof Error ? error.message : String(error)}`, "error");
+    const message = error instanceof Error ? error.message : String(error);
+    // the library's messages start with the picture's name already: name it once
+    say(message.startsWith(`${label}: `) ? message : `${label}: ${message}`, "error");
   }
 }
 
