@@ -337,3 +337,26 @@ def test_work_folders_of_killed_writers_are_removed_by_the_next_writer(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, staging.name, *(p.name for p in kept)])
     remove_stale_work_folders(tmp_path)
     assert alive.exists() and staging.exists()
+
+
+# -- long work shows progress, also when the output is not a terminal ---------------------------------------------
+
+def test_progress_is_a_line_every_few_seconds_when_output_is_not_a_terminal():
+    from cifarkit.train.setup import Progress
+
+    lines = []
+    progress = Progress(1290, initial=200, log=lines.append, every=0.0)  # pytest's output is not a terminal
+    for _ in range(3):
+        progress.update(10)
+    progress.close()
+    assert len(lines) == 3 and lines[-1].startswith("train: step 230/1,290 (18%), ")
+    assert "left" in lines[-1]
+
+
+def test_the_test_pass_after_training_says_what_it_does(tmp_path, fake_root):
+    from cifarkit.train import train
+
+    lines = []
+    train(tiny_config(tmp_path, fake_root, "train.tta=true"), log=lines.append)
+    said = [line for line in lines if line.startswith("testing the weights of step")]
+    assert len(said) == 1 and "test-time augmentation" in said[0] and "test images" in said[0]

@@ -196,7 +196,12 @@ def _projection(config) -> str:
     from cifarkit.device import resolve_device
     from cifarkit.train.projection import describe, project
 
-    return describe(project(config, resolve_device(config.train.device)))
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)  # progress on stderr: stdout holds the projection itself
+
+    device = resolve_device(config.train.device)
+    log(f"timing {config.recipe}'s training step on {device} (2 warm-up steps, then 5 timed ones)")
+    return describe(project(config, device, log=log))
 
 
 def _train_arguments(sub) -> None:

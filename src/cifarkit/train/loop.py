@@ -45,6 +45,7 @@ from cifarkit.train.setup import (
     set_rng_state,
     set_up_process,
     set_up_run,
+    with_progress,
 )
 from cifarkit.train.stopping import StopRequests, TrainingInterrupted, TrainingStopped
 
@@ -233,11 +234,14 @@ class Trainer:
         """The model's parameters frozen at this step's epoch (e.g. airbench's whitening bias after 3 epochs)."""
         return self.run.model.frozen_parameters(step // len(self.run.loader)) if self.freezes else []
 
-    def evaluate(self, x, y, tta: bool | str = False) -> dict:
-        """Each rank evaluates its share of the split; the sums are all-reduced."""
+    def evaluate(self, x, y, tta: bool | str = False, what: str | None = None) -> dict:
+        """Each rank evaluates its share of the split; the sums are all-reduced. With `what`, a long pass (the
+        test set, its TTA views) shows its progress under that name."""
         run = self.run
         shard = slice(run.dist.rank, None, run.dist.world_size)
         batches = eval_batches(x[shard], y[shard], self.t.eval_batch_size, run.prepared.preprocess)
+        if what is not None:
+            batches = with_progress(batches, len(x[shard]), what, self.log, run.dist.is_main)
         return evaluate_batches(self.eval_model(), batches, run.device, run.amp_dtype, tta=tta)
 
     @property
@@ -298,7 +302,7 @@ class Trainer:
 
     def _fit(self, evaluate_test: bool) -> dict:
         t, device = self.t, self.run.device
-        bar = progress_bar(None if t.budget_seconds else self.total_steps, self.step, self.run.dist.is_main)
+        bar = progress_bar(None if t.budget_seconds else self.total_steps, self.step, self.run.dist.is_main, self.log)
         clock = self.clock
         clock.start()
         cadence = CheckpointCadence(t.checkpoint_every, t.checkpoint_minutes)

@@ -86,10 +86,17 @@ def matmul_flops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: 
 
 
 def time_training_steps(config: Config, device: torch.device, steps: int = 5, warmup: int = 2,
-                        num_classes: int = 100, model: nn.Module | None = None) -> list[float]:
-    """Seconds of each of `steps` full training steps of `config` (after `warmup` untimed ones)."""
+                        num_classes: int = 100, model: nn.Module | None = None,
+                        log: Callable[[str], None] | None = None) -> list[float]:
+    """Seconds of each of `steps` full training steps of `config` (after `warmup` untimed ones); with `log`, a
+    line per step (a step of a large recipe takes a minute on a small CPU)."""
     step = training_step(config, device, num_classes, model)
-    times = [step() for _ in range(warmup + steps)]
+    times = []
+    for i in range(warmup + steps):
+        times.append(step())
+        if log is not None:
+            kind = "warm-up step" if i < warmup else "timed step"
+            log(f"{config.recipe}: {kind} {i + 1}/{warmup + steps} took {times[-1]:.2f} s")
     return times[warmup:]
 
 
@@ -131,14 +138,15 @@ def training_step(config: Config, device: torch.device, num_classes: int = 100,
     return step
 
 
-def project(config: Config, device: torch.device, steps: int = 5) -> Projection:
+def project(config: Config, device: torch.device, steps: int = 5,
+            log: Callable[[str], None] | None = None) -> Projection:
     from cifarkit.data import get_spec
     from cifarkit.device import device_name_of
     from cifarkit.models import create_model
     from cifarkit.train.setup import plan_steps
 
     spec = get_spec(config.data.dataset)
-    times = time_training_steps(config, device, steps, num_classes=spec.num_classes)
+    times = time_training_steps(config, device, steps, num_classes=spec.num_classes, log=log)
     model = create_model(config.model.name, spec.num_classes, **config.model.kwargs).to(device)
     step_seconds = statistics.median(times)
     if config.train.budget_seconds:  # the run plans its steps to fill the budget

@@ -36,7 +36,11 @@ def test_once(trainer: Trainer, evaluate_test: bool = True) -> dict:
     best = load_checkpoint(chosen, map_location=run.device)
     trainer.eval_model().load_state_dict(best["model"])
     test_x, test_y = run.prepared.test_tensors(run.device) if evaluate_test else (None, None)
-    test = trainer.evaluate(test_x, test_y) if evaluate_test else None
+    if evaluate_test:
+        views = "single view, then flip and flip+translate test-time augmentation" if t.tta else "single view"
+        trainer.log(f"testing the weights of step {best['step']} ({selection}) on the {len(test_y):,} test "
+                    f"images: {views}")
+    test = trainer.evaluate(test_x, test_y, what="test") if evaluate_test else None
     train_seconds = trainer.clock.train_seconds
     results = {
         "recipe": trainer.config.recipe,
@@ -59,8 +63,9 @@ def test_once(trainer: Trainer, evaluate_test: bool = True) -> dict:
         "test": test,
     }
     if t.tta and evaluate_test:
-        results["test_tta"] = trainer.evaluate(test_x, test_y, tta="flip")
-        results["test_tta_translate"] = trainer.evaluate(test_x, test_y, tta="flip_translate")
+        results["test_tta"] = trainer.evaluate(test_x, test_y, tta="flip", what="test, flip TTA")
+        results["test_tta_translate"] = trainer.evaluate(test_x, test_y, tta="flip_translate",
+                                                         what="test, flip+translate TTA")
     if run.dist.is_main:
         atomic_write_text(run_dir / "results.json", json_text(results) + "\n")
     trainer.log(
