@@ -360,3 +360,46 @@ def test_the_test_pass_after_training_says_what_it_does(tmp_path, fake_root):
     train(tiny_config(tmp_path, fake_root, "train.tta=true"), log=lines.append)
     said = [line for line in lines if line.startswith("testing the weights of step")]
     assert len(said) == 1 and "test-time augmentation" in said[0] and "test images" in said[0]
+
+
+# -- resume: this run's checkpoint, its settings, and nothing to do once finished --------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, fake_root):
+    from cifarkit.train import train
+
+    out = tmp_path_factory.mktemp("finished")
+    train(tiny_config(out, fake_root), log=lambda _: None)
+    return out / "run"
+
+
+def test_resuming_a_finished_run_changes_nothing(finished_run):
+    from cifarkit.train import resume
+
+    before = (finished_run / "results.json").read_bytes()
+    lines = []
+    results = resume(finished_run, log=lines.append)
+    assert (finished_run / "results.json").read_bytes() == before and results["wall_seconds"] > 0
+    assert any("nothing to resume" in line for line in lines)
+
+
+def test_resume_refuses_another_runs_checkpoint_and_keeps_an_edited_config(finished_run, tmp_path):
+    import shutil
+
+    from cifarkit.errors import CheckpointError
+    from cifarkit.train import resume
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "results.json").unlink()
+    config = json.loads((run / "config.json").read_text())
+    edited = {**config, "optim": {**config["optim"], "lr": 0.5}}
+    (run / "config.json").write_text(json.dumps(edited))
+    lines = []
+    resume(run, log=lines.append, evaluate_test=False)  # the checkpoint's settings; the edit kept aside
+    assert json.loads((run / "config.edited.json").read_text())["optim"]["lr"] == 0.5
+    assert any("was edited" in line for line in lines)
+    foreign = {**config, "data": {**config["data"], "dataset": "cifar100"}}
+    (run / "config.json").write_text(json.dumps(foreign))
+    with pytest.raises(CheckpointError, match="not this run's: its data.dataset is \"cifar10\""):
+        resume(run, log=lambda _: None)

@@ -148,8 +148,10 @@ def check_payload(payload: dict, source, required: tuple[str, ...] = ("step", "m
         raise CheckpointError(f"{source} lacks {', '.join(missing)}; it is not a complete cifarkit checkpoint")
     for name, (what, check) in FIELDS.items():
         if name in payload and not check(payload[name]):
-            raise CheckpointError(f"{source}: its field {name!r} should be {what}, got "
-                                  f"{type(payload[name]).__name__}; the file is damaged or crafted")
+            value = payload[name]
+            got = f"{float(value):g}" if _is_number(value) else f"a {type(value).__name__}"  # never the value's repr
+            raise CheckpointError(f"{source}: its field {name!r} should be {what}, got {got}; the file is damaged "
+                                  "or crafted")
     mapping, classes = payload.get("fine_to_coarse"), payload.get("class_names")
     if mapping is not None:
         coarse = payload.get("coarse_names") or []
