@@ -9,7 +9,9 @@ import { existsSync, readdirSync, statSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { CifarkitError, displayPath, loadClassifier, pathBuffer, type Classification } from "./node.js";
 
-const IMAGE_SUFFIXES = new Set([".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"]);
+// what sharp decodes (BMP, PPM and PGM, which `cifarkit predict` reads through Pillow, sharp cannot: they are
+// not listed from folders; named one by one, each gets its one-line error)
+const IMAGE_SUFFIXES = new Set([".png", ".jpg", ".jpeg", ".gif", ".webp", ".tif", ".tiff"]);
 const USAGE = "usage: cifarkit-classify [--model model.onnx] [--top-k K] [--format table|json|csv] FILES_OR_DIRS...";
 const BATCH = 64; // pictures decoded and classified at a time: results stream out batch by batch
 

@@ -24,6 +24,8 @@ export class NotAnImageError extends CifarkitError {}
 export class ImageTooLargeError extends CifarkitError {}
 /** The model is missing, damaged, or not a cifarkit export. */
 export class ModelLoadError extends CifarkitError {}
+/** The classifier was disposed: before a call, or while a call was in flight. */
+export class ClassifierDisposedError extends CifarkitError {}
 
 /** The metadata version this library reads (export-metadata.schema.json's "version"). */
 export const MODEL_INFO_VERSION = 1;
@@ -427,7 +429,16 @@ export class Classifier<Input> {
         if (p.length !== size) throw new NotAnImageError(`prepared pixels must be ${size} bytes, got ${p.length}`);
         batch.set(p, i * size);
       });
-      const result = await this.runtime.session.run({ pixels: this.runtime.tensor(batch, chunk.length) });
+      if (this.disposed) throw new ClassifierDisposedError("this classifier was disposed; load another to classify");
+      let result: InferenceSession.OnnxValueMapType;
+      try {
+        result = await this.runtime.session.run({ pixels: this.runtime.tensor(batch, chunk.length) });
+      } catch (error) {
+        if (this.disposed) {  // dispose() released the session under this call: say so, typed
+          throw new ClassifierDisposedError("this classifier was disposed while it was classifying", { cause: error });
+        }
+        throw error;
+      }
       const probabilities = result["probabilities"]!.data as Float32Array;
       const classes = this.info.classes.length;
       for (let i = 0; i < chunk.length; i++) {
@@ -449,8 +460,12 @@ export class Classifier<Input> {
     });
   }
 
-  /** Free the ONNX Runtime session. */
+  private disposed = false;
+
+  /** Free the ONNX Runtime session. Calls in flight, and later ones, fail with ClassifierDisposedError. */
   async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
     await this.runtime.session.release();
   }
 }

@@ -207,3 +207,17 @@ describe("picture sizes read from the header (what the page checks before decodi
     expect(() => checkSize(declared.width, declared.height)).toThrow(ImageTooLargeError);
   });
 });
+
+describe("dispose", () => {
+  it("fails a call in flight, and any later call, with a typed error", async () => {
+    const { ClassifierDisposedError } = await import("../src/node.js");
+    const own = await loadClassifier();
+    const pixels = Array.from({ length: 512 }, () => new Uint8Array(32 * 32 * 3).fill(120));
+    const inFlight = own.classifyPixels(pixels).then(() => "finished", (error: unknown) => error);
+    await own.dispose();
+    const outcome = await inFlight;
+    expect(outcome === "finished" || outcome instanceof ClassifierDisposedError).toBe(true);
+    await expect(own.classifyPixels(pixels.slice(0, 1))).rejects.toThrow(ClassifierDisposedError);
+    await own.dispose(); // twice is fine
+  });
+});
