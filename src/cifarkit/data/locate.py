@@ -74,8 +74,8 @@ def _check_complete(folder: Path, spec: DatasetSpec) -> Path:
 
 def _wrong_dataset(path: Path, spec: DatasetSpec, other: DatasetSpec) -> DatasetError:
     return DatasetError(
-        f"{path} holds {other.name} files, not {spec.name}; pass --dataset {other.name}, "
-        f"or point --data-dir at the {spec.folder} folder or {spec.archive_name}"
+        f"{path} holds {other.name} files, not {spec.name}; point --data-dir at the {spec.folder} folder or "
+        f"{spec.archive_name} (a new run may instead choose --dataset {other.name}; a resumed one keeps its dataset)"
     )
 
 
