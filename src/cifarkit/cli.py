@@ -394,9 +394,10 @@ def _export_arguments(sub) -> None:
                                    "or nothing is written.")
     _add_model_option(p)
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the model")
-    p.add_argument("--quantize", choices=["int8"],
-                   help="write a statically quantised int8 model (calibrated on training images); its test "
-                        "accuracy change is measured and printed (needs the dataset here)")
+    p.add_argument("--quantize", choices=["int8", "fp16"],
+                   help="int8: a statically quantised model (calibrated on training images); fp16: float16 "
+                        "weights, float32 arithmetic (half the file). The test accuracy change is measured and "
+                        "printed (needs the dataset here)")
     p.add_argument("--data-dir", metavar="PATH", help="where the model's dataset is (for --quantize)")
 
 
@@ -409,10 +410,10 @@ def cmd_export(args) -> int:
           f"within {metadata['parity']['max_abs_difference']:.1e} on {metadata['parity']['images']} "
           f"{metadata['parity']['source']}")
     if "quantization" in metadata:
-        q = metadata["quantization"]
-        print(f"int8: test top1 {q['test_top1_int8']:.4f} vs {q['test_top1_float']:.4f} in float "
+        q, kind = metadata["quantization"], args.quantize
+        print(f"{kind}: test top1 {q[f'test_top1_{kind}']:.4f} vs {q['test_top1_float']:.4f} in float "
               f"({100 * q['change']:+.2f} points) on {q['test_images']} test images | "
-              f"{q['int8_bytes'] / 2**20:.1f} MB vs {q['float_bytes'] / 2**20:.1f} MB")
+              f"{q[f'{kind}_bytes'] / 2**20:.1f} MB vs {q['float_bytes'] / 2**20:.1f} MB")
     return 0
 
 

@@ -148,7 +148,49 @@ def _results_beside(checkpoint: Path) -> dict:
     return results if isinstance(results, dict) else {}
 
 
-QUANTIZATIONS = ("int8",)
+def store_fp16(fp32_path: Path, out_path: Path, min_elements: int = 16) -> None:
+    """The same graph with its float weights stored in float16 and cast back to float32 where they are used:
+    half the file, the arithmetic unchanged (float32 throughout). Weights too small to matter stay float32."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(fp32_path))
+    graph = model.graph
+    casts, kept = [], []
+    for tensor in graph.initializer:
+        if tensor.data_type != TensorProto.FLOAT or int(np.prod(tensor.dims)) < min_elements:
+            kept.append(tensor)
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), f"{tensor.name}__fp16")
+        kept.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [tensor.name], to=TensorProto.FLOAT,
+                                      name=f"{tensor.name}__to_fp32"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)
+    onnx.save(model, str(out_path))
+
+
+def _quantize_int8(staged: Path, tmp: Path, dataset, calibration_images: int) -> Path:
+    quantized = tmp / f"int8-{staged.name}"
+    train_index = np.random.default_rng(0).permutation(len(dataset.train_labels))[:calibration_images]
+    quantize_int8(staged, quantized, np.ascontiguousarray(dataset.train_images[train_index]))
+    return quantized
+
+
+def _store_fp16(staged: Path, tmp: Path, dataset, calibration_images: int) -> Path:
+    halved = tmp / f"fp16-{staged.name}"
+    store_fp16(staged, halved)
+    return halved
+
+
+# --quantize NAME -> (what it is, how it is made from the float32 export)
+QUANTIZATIONS = {
+    "int8": ("int8 static (QDQ; per-channel int8 weights, uint8 activations)", _quantize_int8),
+    "fp16": ("float16 weights, float32 arithmetic (weights cast up where used)", _store_fp16),
+}
 
 
 def _check_overwritable_export(out: Path) -> None:
@@ -255,16 +297,18 @@ def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np
                        "tolerance": TOLERANCE},
         }
         if quantize:
-            quantized = Path(tmp) / f"int8-{out.name}"
-            train_index = np.random.default_rng(0).permutation(len(dataset.train_labels))[:calibration_images]
-            quantize_int8(staged, quantized, np.ascontiguousarray(dataset.train_images[train_index]))
+            kind, make = QUANTIZATIONS[quantize]
+            quantized = make(staged, Path(tmp), dataset, calibration_images)
             float_top1 = onnx_top1(staged, dataset.test_images, dataset.test_labels)
-            int8_top1 = onnx_top1(quantized, dataset.test_images, dataset.test_labels)
+            quantized_top1 = onnx_top1(quantized, dataset.test_images, dataset.test_labels)
             metadata["quantization"] = {
-                "kind": "int8 static (QDQ; per-channel int8 weights, uint8 activations)",
-                "calibration": f"{calibration_images} training images", "test_images": int(len(dataset.test_labels)),
-                "test_top1_float": float_top1, "test_top1_int8": int8_top1, "change": int8_top1 - float_top1,
-                "float_bytes": staged.stat().st_size, "int8_bytes": quantized.stat().st_size}
+                "kind": kind, "test_images": int(len(dataset.test_labels)),
+                "test_top1_float": float_top1, f"test_top1_{quantize}": quantized_top1,
+                "change": quantized_top1 - float_top1, "float_bytes": staged.stat().st_size,
+                f"{quantize}_bytes": quantized.stat().st_size,
+                "max_abs_difference_from_float": float(np.abs(run_onnx(quantized, check_images) - got).max())}
+            if quantize == "int8":
+                metadata["quantization"]["calibration"] = f"{calibration_images} training images"
             staged = quantized
         metadata["model_file"] = out.name
         metadata["model_sha256"] = hashlib.sha256(staged.read_bytes()).hexdigest()
