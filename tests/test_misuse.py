@@ -92,7 +92,8 @@ def test_recipe_file_errors_are_one_line(tmp_path):
         (write(tmp_path / "deep.toml", "a = " + "[" * 50_000 + "]" * 50_000 + "\n"), "nested too deeply|not valid"),
         (write(tmp_path / "bad.toml", "[train\nsteps = 3\n"), "is not valid TOML"),
         (write(tmp_path / "loop.toml", 'extends = "loop.toml"\n'), "extends itself"),
-        (write(tmp_path / "unknown.toml", "[train]\nstepz = 3\n"), "unknown setting train.stepz; did you mean train.steps?"),
+        (write(tmp_path / "unknown.toml", "[train]\nstepz = 3\n"),
+         "unknown setting train.stepz; did you mean train.steps?"),
     ]
     for path, message in cases:
         with pytest.raises(ConfigError, match=message):
