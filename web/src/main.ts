@@ -141,6 +141,21 @@ async function enableOffline() {
   }
 }
 
+/** The model's classes, by superclass where it has them (names are set as text, never as markup). */
+function showClassList(classes: string[], superclasses: string[] | null, toCoarse: number[] | null) {
+  const list = $<HTMLUListElement>("classes");
+  const groups = new Map<string, string[]>();
+  classes.forEach((name, i) => {
+    const group = superclasses && toCoarse ? superclasses[toCoarse[i]!] ?? "" : "";
+    groups.set(group, [...(groups.get(group) ?? []), name]);
+  });
+  list.replaceChildren(...[...groups].map(([group, names]) => {
+    const item = document.createElement("li");
+    item.textContent = group ? `${group}: ${names.join(", ")}` : names.join(", ");
+    return item;
+  }));
+}
+
 async function start() {
   say("Loading the model…");
   try {
@@ -153,6 +168,7 @@ async function start() {
         (accuracy !== undefined ? `, ${(accuracy * 100).toFixed(1)}% ${info.test ? "test" : "validation"} top-1` : "") +
         ` (${classifier.backend}). Choose a picture.`,
     );
+    showClassList(info.classes, info.superclasses, info.fine_to_coarse);
     document.body.dataset.ready = "true";
   } catch (error) {
     say(error instanceof ModelLoadError ? error.message : `Could not start: ${String(error)}`, "error");
