@@ -222,3 +222,20 @@ def test_python_and_node_give_one_verdict_on_model_metadata(tmp_path):
     assert node == python
     accepted = {Path(f).stem for f, ok in python.items() if ok}
     assert accepted == {"shipped", "no-version"}
+
+
+def test_fit_crop_gives_one_answer_in_python_and_node(pictures):
+    from cifarkit.predict import format_predictions, predict_files
+
+    files = [str(pictures / name) for name in ("photo.jpg", "rgba.png", "grey.png", "rotated.jpg")]
+    python = json.loads(format_predictions(predict_files(None, files, top_k=3, fit="crop"), "json"))
+    result = node_classify("--format", "json", "--top-k", "3", "--fit", "crop", *files)
+    assert result.returncode == 0, result.stderr
+    for py, js in zip(python, json.loads(result.stdout), strict=True):
+        assert [t["class"] for t in js["top"]] == [t["class"] for t in py["top"]], py["path"]
+        for a, b in zip(py["top"], js["top"], strict=True):
+            assert abs(a["probability"] - b["probability"]) < 1e-4
+    squashed = json.loads(format_predictions(predict_files(None, files, top_k=3), "json"))
+    assert [p["top"] for p in squashed] != [p["top"] for p in python]  # the option does change what is seen
+    bad = node_classify("--fit", "stretch", files[0])
+    assert bad.returncode == 2 and "--fit must be squash or crop" in bad.stderr

@@ -340,6 +340,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _predict_arguments(sub) -> None:
+    from cifarkit.images import DEFAULT_FIT, FITS
     from cifarkit.predict import FORMATS
 
     p = sub.add_parser("predict", help="classify image files with a checkpoint",
@@ -354,6 +355,9 @@ def _predict_arguments(sub) -> None:
                    help="classes to show per image (default: %(default)s)")
     p.add_argument("--format", choices=list(FORMATS), default="table", help="default: %(default)s")
     p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
+    p.add_argument("--fit", choices=list(FITS), default=DEFAULT_FIT,
+                   help="how a picture becomes square before it is shrunk to 32x32: squash the whole picture (its "
+                        "shape distorted) or keep its centre square (its edges lost); default: %(default)s")
     p.add_argument("--device", default="cpu", help="default: %(default)s")
 
 
@@ -372,7 +376,7 @@ def cmd_predict(args) -> int:
             seen.append(r.error is not None)
             yield r
 
-    results = counted(iter_predictions(model, files, args.top_k, args.tta, args.device))
+    results = counted(iter_predictions(model, files, args.top_k, args.tta, args.device, fit=args.fit))
     first = next(results, None)
     if first is None:
         print("cifarkit predict: error: no image files found in the given folders", file=sys.stderr)

@@ -78,7 +78,27 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def _centre_square(image: Image.Image) -> Image.Image:
+    """The largest centred square (left/top offsets rounded down): the picture's shape kept, its edges lost."""
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+# How a picture becomes square before it is resized to 32x32 (the TypeScript library has the same registry):
+# "squash" resizes the whole picture (its shape distorted), "crop" keeps its centre square (its edges lost).
+FITS = {"squash": lambda image: image, "crop": _centre_square}
+DEFAULT_FIT = "squash"
+
+
+def fit_and_resize(image: Image.Image, fit: str = DEFAULT_FIT) -> np.ndarray:
+    """An RGB picture as the 32x32x3 uint8 array the model takes."""
+    if fit not in FITS:
+        raise ImageError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    return np.asarray(FITS[fit](image).resize((SIZE, SIZE), RESAMPLE), dtype=np.uint8).copy()
+
+
+def load_image(path: str | Path, max_pixels: int = MAX_PIXELS, fit: str = DEFAULT_FIT) -> np.ndarray:
     """A 32x32x3 uint8 array from an image file, or an ImageError saying why not."""
     path = Path(path)
     data = read_bounded(path, MAX_FILE_BYTES, ImageError, name=display_path(path))
@@ -95,8 +115,7 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                     image = to_rgb8(image)
                 except ImageError as e:
                     raise ImageError(f"{display_path(path)}: {e}") from None
-                image = image.resize((SIZE, SIZE), RESAMPLE)
-                return np.asarray(image, dtype=np.uint8).copy()
+                return fit_and_resize(image, fit)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -109,19 +128,18 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageError(f"{display_path(path)}: truncated or corrupt image ({e})") from None
 
 
-def as_model_pixels(picture) -> np.ndarray:
+def as_model_pixels(picture, fit: str = DEFAULT_FIT) -> np.ndarray:
     """A 32x32x3 uint8 array from a file path, a PIL image, or a uint8 HxWx3 (or HxW) array of any size: the
     same steps as `load_image` (a 32x32 RGB array is used as it is)."""
     if isinstance(picture, (str, Path)):
-        return load_image(picture)
+        return load_image(picture, fit=fit)
     if isinstance(picture, Image.Image):
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             if picture.width * picture.height > MAX_PIXELS:
                 raise ImageError(f"a {picture.width}x{picture.height} picture is over the limit of "
                                  f"{MAX_PIXELS:,} pixels")
-            image = to_rgb8(ImageOps.exif_transpose(picture))
-            return np.asarray(image.resize((SIZE, SIZE), RESAMPLE), dtype=np.uint8).copy()
+            return fit_and_resize(to_rgb8(ImageOps.exif_transpose(picture)), fit)
     if isinstance(picture, np.ndarray):
         if picture.dtype != np.uint8 or picture.ndim not in (2, 3) or (picture.ndim == 3 and picture.shape[2] not in
                                                                         (1, 3, 4)):
@@ -130,7 +148,7 @@ def as_model_pixels(picture) -> np.ndarray:
         if picture.shape[:2] == (SIZE, SIZE) and picture.ndim == 3 and picture.shape[2] == 3:
             return np.ascontiguousarray(picture)
         return as_model_pixels(Image.fromarray(picture.squeeze(-1) if picture.ndim == 3 and picture.shape[2] == 1
-                                               else picture))
+                                               else picture), fit)
     raise ImageError(f"cannot classify a {type(picture).__name__}: pass a file path, a PIL image or a uint8 array")
 
 

@@ -53,14 +53,14 @@ class TrainedModel:
         return probabilities
 
 
-    def predict(self, pictures, top_k: int = 5, tta: bool | str = False) -> list[list[dict]]:
+    def predict(self, pictures, top_k: int = 5, tta: bool | str = False, fit: str = "squash") -> list[list[dict]]:
         """Ranked [{"label", "score"}] (best first) for each picture: file paths, PIL images, or uint8 arrays
         (one HxWx3 picture or a batch NxHxWx3, any size: each is resized as `cifarkit predict` does). Models
         with superclasses (CIFAR-100) add each class's "superclass"."""
         from cifarkit.images import as_model_pixels
 
         several = isinstance(pictures, (list, tuple)) or (isinstance(pictures, np.ndarray) and pictures.ndim == 4)
-        batch = [as_model_pixels(p) for p in (pictures if several else [pictures])]
+        batch = [as_model_pixels(p, fit) for p in (pictures if several else [pictures])]
         if not batch:
             return []
         indices, values, _ = predict_arrays(self, np.stack(batch), top_k, tta)

@@ -16,7 +16,7 @@ import numpy as np
 
 from cifarkit.errors import ImageError
 from cifarkit.files import json_text
-from cifarkit.images import display_path, expand_paths, load_image
+from cifarkit.images import DEFAULT_FIT, display_path, expand_paths, load_image
 from cifarkit.text import csv_row, printable
 
 if TYPE_CHECKING:
@@ -41,7 +41,8 @@ def _reason(message: str | None, path: Path) -> str | None:
 
 
 def iter_predictions(model: str | Path | None, paths: list[str | Path], top_k: int = 5, tta: bool = False,
-                     device: str = "cpu", trained: TrainedModel | None = None, batch_size: int = BATCH):
+                     device: str = "cpu", trained: TrainedModel | None = None, batch_size: int = BATCH,
+                     fit: str = DEFAULT_FIT):
     """Predictions in file order, yielded a batch at a time: the first results arrive after one batch, and
     memory stays that of one batch however many files there are.
     `model`: a pretrained name (None: the default), a run directory or a checkpoint file."""
@@ -58,7 +59,7 @@ def iter_predictions(model: str | Path | None, paths: list[str | Path], top_k: i
             if problem:
                 continue
             try:
-                images.append(load_image(path))
+                images.append(load_image(path, fit=fit))
                 ok.append(i)
             except ImageError as e:
                 results[i].error = _reason(str(e), path)
@@ -72,9 +73,9 @@ def iter_predictions(model: str | Path | None, paths: list[str | Path], top_k: i
 
 
 def predict_files(model: str | Path | None, paths: list[str | Path], top_k: int = 5, tta: bool = False,
-                  device: str = "cpu", trained: TrainedModel | None = None) -> list[Prediction]:
+                  device: str = "cpu", trained: TrainedModel | None = None, fit: str = DEFAULT_FIT) -> list[Prediction]:
     """Every prediction as a list (`iter_predictions` streams them)."""
-    return list(iter_predictions(model, paths, top_k, tta, device, trained))
+    return list(iter_predictions(model, paths, top_k, tta, device, trained, fit=fit))
 
 
 def _as_json(r: Prediction) -> dict:

@@ -54,13 +54,14 @@ try {
     // The golden preprocessing vectors, through the browser's decoder and the library the page uses.
     const goldenFolder = new URL("../packages/classify/test/golden/", import.meta.url);
     report.golden = {};
-    for (const { file, pixels } of JSON.parse(readFileSync(new URL("golden.json", goldenFolder), "utf8"))) {
+    for (const { file, fit = "squash", pixels } of JSON.parse(readFileSync(new URL("golden.json", goldenFolder),
+                                                                          "utf8"))) {
       const base64 = readFileSync(new URL(file, goldenFolder)).toString("base64");
-      const got = await page.evaluate(async (data) => {
+      const got = await page.evaluate(async ([data, how]) => {
         const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
-        return window.cifarkitPixels(new Blob([bytes], { type: "image/png" }));
-      }, base64);
-      report.golden[file] = got.length === pixels.length
+        return window.cifarkitPixels(new Blob([bytes], { type: "image/png" }), how);
+      }, [base64, fit]);
+      report.golden[`${file} (${fit})`] = got.length === pixels.length
         ? Math.max(...got.map((v, i) => Math.abs(v - pixels[i]))) : `length ${got.length}`;
     }
     for (const file of files) report.results.push({ file, ...(await upload(file)) });

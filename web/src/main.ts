@@ -2,6 +2,7 @@
  * and its top-5 classes. Everything runs in the browser. */
 import {
   decodeImage, loadClassifier, ModelLoadError, SIZE, toModelPixels, type BrowserClassifier, type Classification,
+  type Fit,
 } from "@cifarkit/classify";
 import "./style.css";
 
@@ -58,13 +59,22 @@ function showOriginal(blob: Blob) {
   original.src = URL.createObjectURL(blob);
 }
 
+// "Keep the picture's shape": its centre square instead of the whole picture squashed (--fit crop)
+const cropToggle = $<HTMLInputElement>("fit-crop");
+const fit = (): Fit => (cropToggle.checked ? "crop" : "squash");
+let last: { blob: Blob; label: string } | null = null;
+cropToggle.addEventListener("change", () => {
+  if (last) void classify(last.blob, last.label);
+});
+
 async function classify(blob: Blob, label: string) {
+  last = { blob, label };
   if (!classifier) return say("The model is not loaded yet.", "error");
   say(`Classifying ${label}…`);
   try {
     const image = await decodeImage(blob);
     showOriginal(blob);
-    const pixels = toModelPixels(image);
+    const pixels = toModelPixels(image, fit());
     showPreview(pixels);
     showResults((await classifier.classifyPixels([pixels]))[0]!);
     say(`${label}: ${image.width}×${image.height} → 32×32`);
@@ -179,7 +189,7 @@ async function start() {
 }
 
 // For the end-to-end test: the pixels the page makes of a picture (checked against the golden vectors).
-(window as unknown as { cifarkitPixels: (blob: Blob) => Promise<number[]> }).cifarkitPixels = async (blob) =>
-  Array.from(toModelPixels(await decodeImage(blob)));
+(window as unknown as { cifarkitPixels: (blob: Blob, fit?: Fit) => Promise<number[]> }).cifarkitPixels =
+  async (blob, how = "squash") => Array.from(toModelPixels(await decodeImage(blob), how));
 
 void start();

@@ -14,7 +14,7 @@ import {
 import type { RGBAImage } from "./preprocess.js";
 
 export * from "./core.js";
-export { SIZE, toModelPixels, type RGBAImage } from "./preprocess.js";
+export { centreSquare, DEFAULT_FIT, FITS, SIZE, toModelPixels, type Fit, type RGBAImage } from "./preprocess.js";
 
 /** A Blob/File, an <img>, a <canvas>, an ImageBitmap, ImageData, a URL, or decoded pixels. */
 export type BrowserImageInput = Blob | HTMLImageElement | HTMLCanvasElement | OffscreenCanvas | ImageBitmap |

@@ -1,18 +1,21 @@
 #!/usr/bin/env node
 /**
- * cifarkit-classify [--model model.onnx] [--top-k K] [--format table|json|csv] FILES_OR_DIRS...
+ * cifarkit-classify [--model model.onnx] [--top-k K] [--format table|json|csv] [--fit squash|crop] FILES_OR_DIRS...
  *
  * The same output as `cifarkit predict` (JSON field names identical): one error line per file that cannot be
  * classified, the others still classified; exit status 1 if any file failed, 2 for bad arguments.
  */
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { CifarkitError, displayPath, loadClassifier, pathBuffer, type Classification } from "./node.js";
+import {
+  CifarkitError, DEFAULT_FIT, displayPath, FITS, loadClassifier, pathBuffer, type Classification, type Fit,
+} from "./node.js";
 
 // what sharp decodes (BMP, PPM and PGM, which `cifarkit predict` reads through Pillow, sharp cannot: they are
 // not listed from folders; named one by one, each gets its one-line error)
 const IMAGE_SUFFIXES = new Set([".png", ".jpg", ".jpeg", ".gif", ".webp", ".tif", ".tiff"]);
-const USAGE = "usage: cifarkit-classify [--model model.onnx] [--top-k K] [--format table|json|csv] FILES_OR_DIRS...";
+const USAGE = "usage: cifarkit-classify [--model model.onnx] [--top-k K] [--format table|json|csv] " +
+  "[--fit squash|crop] FILES_OR_DIRS...";
 const BATCH = 64; // pictures decoded and classified at a time: results stream out batch by batch
 
 interface Result {
@@ -148,6 +151,7 @@ async function main(argv: string[]): Promise<number> {
     ({ values, positionals } = parseArgs({
       args: argv, allowPositionals: true,
       options: { model: { type: "string" }, "top-k": { type: "string", short: "k", default: "5" },
+                 fit: { type: "string", default: DEFAULT_FIT },
                  format: { type: "string", default: "table" }, help: { type: "boolean", short: "h" } },
     }));
   } catch (error) {
@@ -158,6 +162,11 @@ async function main(argv: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
+  if (!Object.hasOwn(FITS, values.fit!)) {
+    console.error(`cifarkit-classify: error: --fit must be ${Object.keys(FITS).join(" or ")}, got ${values.fit}`);
+    return 2;
+  }
+  const fit = values.fit as Fit;
   const topK = Number(values["top-k"]);
   if (!Number.isInteger(topK) || topK < 1) {
     console.error(`cifarkit-classify: error: --top-k expects a whole number >= 1, got ${values["top-k"]}`);
@@ -187,7 +196,7 @@ async function main(argv: string[]): Promise<number> {
       results.push(result);
       if (error) continue;
       try {
-        ready.push({ result, pixels: await classifier.pixels(pathBuffer(name)) });
+        ready.push({ result, pixels: await classifier.pixels(pathBuffer(name), fit) });
       } catch (err) {
         if (!(err instanceof CifarkitError)) throw err;
         result.error = err.message.startsWith(`${shown}: `) ? err.message.slice(shown.length + 2) : err.message;

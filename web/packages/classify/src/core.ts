@@ -6,7 +6,7 @@
  */
 import type { InferenceSession, Tensor } from "onnxruntime-common";
 import { EXPORT_SCHEMA } from "./export-schema.js";
-import { SIZE, toModelPixels, type RGBAImage } from "./preprocess.js";
+import { DEFAULT_FIT, SIZE, toModelPixels, type Fit, type RGBAImage } from "./preprocess.js";
 
 /** The same limit as the Python side (cifarkit.images.MAX_PIXELS): larger pictures are refused, not decoded. */
 export const MAX_PIXELS = 40_000_000;
@@ -89,6 +89,8 @@ export interface RawPixels {
 export interface ClassifyOptions {
   /** classes per picture (default 5) */
   topK?: number;
+  /** how a picture becomes square before it is shrunk to 32x32: "squash" (default) or "crop" (its centre) */
+  fit?: Fit;
 }
 
 export function isRawPixels(input: unknown): input is RawPixels {
@@ -399,9 +401,10 @@ export class Classifier<Input> {
     return this.info.classes;
   }
 
-  /** The 32x32x3 uint8 pixels (NHWC, RGB) the model sees for `input`, exactly as `cifarkit predict` makes them. */
-  async pixels(input: Input): Promise<Uint8Array> {
-    return toModelPixels(await this.runtime.decode(input));
+  /** The 32x32x3 uint8 pixels (NHWC, RGB) the model sees for `input`, exactly as `cifarkit predict` makes them
+   * (with the same `fit`). */
+  async pixels(input: Input, fit: Fit = DEFAULT_FIT): Promise<Uint8Array> {
+    return toModelPixels(await this.runtime.decode(input), fit);
   }
 
   /** Rank the classes of one picture, or of each picture of a list (batched). */
@@ -411,7 +414,7 @@ export class Classifier<Input> {
     const many = Array.isArray(input);
     const list = many ? (input as Input[]) : [input as Input];
     const pixels = [];
-    for (const item of list) pixels.push(await this.pixels(item));
+    for (const item of list) pixels.push(await this.pixels(item, options.fit));
     const ranked = await this.classifyPixels(pixels, options);
     return many ? ranked : ranked[0]!;
   }

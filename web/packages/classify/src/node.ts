@@ -18,7 +18,7 @@ import {
 import type { RGBAImage } from "./preprocess.js";
 
 export * from "./core.js";
-export { SIZE, toModelPixels, type RGBAImage } from "./preprocess.js";
+export { centreSquare, DEFAULT_FIT, FITS, SIZE, toModelPixels, type Fit, type RGBAImage } from "./preprocess.js";
 
 /** A file path, the bytes of an encoded picture (PNG, JPEG, WebP, GIF, TIFF, AVIF...), or decoded pixels. */
 export type NodeImageInput = string | URL | Buffer | Uint8Array | ArrayBuffer | RawPixels;

@@ -136,7 +136,30 @@ export function resizeBilinear(rgb: Uint8Array, width: number, height: number, o
   return vertical ? resizeColumns(columns, outW, height, outH) : columns;
 }
 
+/** The largest centred square of a picture (offsets rounded down), as Pillow's crop takes it. */
+export function centreSquare(image: RGBAImage): RGBAImage {
+  const side = Math.min(image.width, image.height);
+  const left = Math.floor((image.width - side) / 2);
+  const top = Math.floor((image.height - side) / 2);
+  if (side === image.width && side === image.height) return image;
+  const data = new Uint8Array(side * side * 4);
+  for (let y = 0; y < side; y++) {
+    const from = ((top + y) * image.width + left) * 4;
+    data.set(image.data.subarray(from, from + side * 4), y * side * 4);
+  }
+  return { width: side, height: side, data };
+}
+
+/** How a picture becomes square before it is shrunk to 32x32, as cifarkit.images.FITS: "squash" resizes the
+ * whole picture (its shape distorted), "crop" keeps its centre square (its edges lost). */
+export const FITS = { squash: (image: RGBAImage) => image, crop: centreSquare } as const;
+export type Fit = keyof typeof FITS;
+export const DEFAULT_FIT: Fit = "squash";
+
 /** The model's input: 32x32x3 uint8, NHWC, RGB. */
-export function toModelPixels(image: RGBAImage): Uint8Array {
-  return resizeBilinear(compositeOnWhite(image), image.width, image.height);
+export function toModelPixels(image: RGBAImage, fit: Fit = DEFAULT_FIT): Uint8Array {
+  const make = FITS[fit];
+  if (!make) throw new RangeError(`fit must be one of ${Object.keys(FITS).join(", ")}, got ${String(fit)}`);
+  const square = make(image);
+  return resizeBilinear(compositeOnWhite(square), square.width, square.height);
 }

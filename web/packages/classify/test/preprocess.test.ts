@@ -2,10 +2,11 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { PNG } from "pngjs";
 import { describe, expect, it } from "vitest";
-import { compositeOnWhite, resizeBilinear, toModelPixels } from "../src/preprocess.js";
+import { compositeOnWhite, resizeBilinear, toModelPixels, type Fit } from "../src/preprocess.js";
 
 interface GoldenCase {
   file: string;
+  fit?: Fit; // absent: "squash"
   pixels: number[];
 }
 
@@ -13,9 +14,9 @@ const folder = join(__dirname, "golden");
 const golden = JSON.parse(readFileSync(join(folder, "golden.json"), "utf8")) as GoldenCase[];
 
 describe("preprocessing matches cifarkit predict (golden vectors from Python)", () => {
-  it.each(golden.map((c) => [c.file, c] as const))("%s", (_, { file, pixels }) => {
+  it.each(golden.map((c) => [`${c.file} (${c.fit ?? "squash"})`, c] as const))("%s", (_, { file, fit, pixels }) => {
     const png = PNG.sync.read(readFileSync(join(folder, file)));
-    const got = toModelPixels({ width: png.width, height: png.height, data: png.data });
+    const got = toModelPixels({ width: png.width, height: png.height, data: png.data }, fit);
     expect(got.length).toBe(32 * 32 * 3);
     let worst = 0;
     for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i]! - pixels[i]!));
