@@ -49,7 +49,8 @@ def test_cifar100_speedrun_runs_every_row_and_resumes(tmp_path, fake_root):
     """The benchmark's code paths with seconds-long budgets on fake data (its figures come from real runs)."""
     out = tmp_path / "speedrun"
     command = [sys.executable, str(BENCHMARKS / "cifar100_speedrun.py"), "--data-dir", str(fake_root), "--out",
-               str(out), "--budget", "3", "--seeds", "1", "--rows", "fast100-cpu,record100,airbench94_muon-100,resnet-muon",
+               str(out), "--budget", "3", "--seeds", "1",
+               "--rows", "fast100-cpu,record100,airbench94_muon-100,resnet-muon",
                "--set", "data.val_per_class=2", "--set", "train.eval_every=2", "--set", "train.batch_size=64"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
