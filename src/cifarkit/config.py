@@ -151,6 +151,12 @@ class TrainConfig:
     # to metrics.jsonl and TensorBoard as activations/...
     log_activations: bool = False
 
+    @property
+    def budget(self) -> float | None:
+        """The wall-clock budget in seconds, or None for a run of fixed length: train.budget_seconds decoded once
+        (None and 0 both mean "no budget")."""
+        return self.budget_seconds or None
+
 
 @dataclass(frozen=True)
 class Config:

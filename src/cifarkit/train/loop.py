@@ -84,14 +84,14 @@ class Trainer:
         self.step, self.total_steps = 0, plan_steps(t, len(run.loader))
         self.best_val_loss, self.best_step, self.skipped_steps = float("inf"), -1, 0
         self.lr, self.wall_seconds = config.optim.lr, 0.0
-        self.clock = RunClock(0.0, t.budget_seconds or None, t.eval_every)
+        self.clock = RunClock(0.0, t.budget, t.eval_every)
         if resume_from is not None:
             self._restore(resume_from)
         self.metrics = (MetricsLog(self.run_dir, resume_after=self.step if resume_from is not None else None)
                         if dist.is_main else None)
         self.probe = self._activation_probe() if t.log_activations else None
         log(f"model: {config.model.name} ({run.n_params:,} parameters) | "
-            + (f"{t.budget_seconds:g}s budget" if t.budget_seconds else f"{self.total_steps} steps")
+            + (f"{t.budget:g}s budget" if t.budget else f"{self.total_steps} steps")
             + f" of batch {t.batch_size} ({len(run.loader)} steps per epoch)"
             + (f" | resumed at step {self.step}" if resume_from is not None else ""))
 
@@ -146,7 +146,7 @@ class Trainer:
         self.skipped_steps = state["skipped_steps"]
         # a budget run goes on planning against what is left of its budget (older checkpoints, which did not
         # record it, count their training time); an epoch- or step-based run keeps its length
-        self.clock = RunClock(state["train_seconds"], self.t.budget_seconds or None, self.t.eval_every,
+        self.clock = RunClock(state["train_seconds"], self.t.budget, self.t.eval_every,
                               budget_spent=state.get("budget_spent_seconds", state["train_seconds"]),
                               first_step=self.step)
         set_rng_state(state["rng"])
@@ -302,7 +302,7 @@ class Trainer:
 
     def _fit(self, evaluate_test: bool) -> dict:
         t, device = self.t, self.run.device
-        bar = progress_bar(None if t.budget_seconds else self.total_steps, self.step, self.run.dist.is_main, self.log)
+        bar = progress_bar(None if t.budget else self.total_steps, self.step, self.run.dist.is_main, self.log)
         clock = self.clock
         clock.start()
         cadence = CheckpointCadence(t.checkpoint_every, t.checkpoint_minutes)

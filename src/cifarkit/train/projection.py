@@ -149,8 +149,8 @@ def project(config: Config, device: torch.device, steps: int = 5,
     times = time_training_steps(config, device, steps, num_classes=spec.num_classes, log=log)
     model = create_model(config.model.name, spec.num_classes, **config.model.kwargs).to(device)
     step_seconds = statistics.median(times)
-    if config.train.budget_seconds:  # the run plans its steps to fill the budget
-        total_steps = max(1, int(config.train.budget_seconds / step_seconds))
+    if config.train.budget:  # the run plans its steps to fill the budget
+        total_steps = max(1, int(config.train.budget / step_seconds))
     else:  # as the training loop plans them: epochs over the training split, else train.steps
         val = spec.default_val_per_class if config.data.val_per_class is None else config.data.val_per_class
         images = min(config.data.train_subset or spec.train_size, spec.train_size) - val * spec.num_classes

@@ -283,7 +283,7 @@ def set_up_process(config: Config) -> tuple[distributed.DistInfo, torch.device, 
     determinism where asked: everything that can refuse the config before the data is read or a folder made."""
     t = config.train
     dist = distributed.setup(t.device)
-    if dist.enabled and t.budget_seconds:
+    if dist.enabled and t.budget:
         raise ConfigError("train.budget_seconds plans steps from one process's speed; use it without torchrun")
     device = distributed.device_for(dist, resolve_device(t.device))
     amp = choose_autocast(t.amp, device)
