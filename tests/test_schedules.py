@@ -47,7 +47,8 @@ def test_cosine_and_linear_end_points():
 
 
 def test_unknown_schedule():
-    with pytest.raises(ConfigError, match="schedule.lr must be one of step, constant, cosine, linear, wsd; got 'zigzag'"):
+    with pytest.raises(ConfigError,
+                       match="schedule.lr must be one of step, constant, cosine, linear, wsd; got 'zigzag'"):
         load_config("elu-seed", ["schedule.lr=zigzag"])
 
 
