@@ -39,6 +39,9 @@ def main() -> None:
                                            "as cifarkit.device.describe_cpu describes it)")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="ship without a temperature (by default one is fitted on the validation split)")
+    parser.add_argument("--calibrate-for", choices=["nll", "ece"], default="nll",
+                        help="fit the temperature for the validation NLL (the standard) or the validation ECE (what "
+                             "the card reports; label smoothing can set the two apart)")
     args = parser.parse_args()
 
     from cifarkit.evaluate import evaluate_checkpoint
@@ -69,7 +72,7 @@ def main() -> None:
 
     package(card_extra)  # a first card, so that the shipped weights can be loaded and measured
     if results["val"] is not None and not args.no_calibrate:
-        card_extra["calibration"] = calibrate(args.name, args.data_dir)
+        card_extra["calibration"] = calibrate(args.name, args.data_dir, args.calibrate_for)
         package(card_extra)  # the shipped model now divides its logits by the fitted temperature
     metrics = dict(card_extra["metrics"])
     for tta, key in ((False, "test"), ("flip", "test_tta"), ("flip_translate", "test_tta_translate")):
@@ -148,14 +151,18 @@ def _ece(logits, labels, temperature: float) -> float:
     return expected_calibration_error(probabilities.max(1).values.numpy(), correct)[0]
 
 
-def calibrate(name: str, data_dir: str) -> dict:
-    """The temperature fitted on the run's validation split (held-out training images: never the test set),
-    with the validation NLL and ECE it changes."""
-    from cifarkit.calibration import fit_temperature, nll
+def calibrate(name: str, data_dir: str, target: str = "nll") -> dict:
+    """The temperature fitted on the run's validation split (held-out training images: never the test set) for
+    its NLL or its ECE, with the validation NLL and ECE it changes, and the other fit's figures beside them."""
+    from cifarkit.calibration import fit_temperature, fit_temperature_for_ece, nll
 
     logits, labels = _logits_and_labels(name, data_dir, "val")
-    temperature = fit_temperature(logits, labels)
-    fitted = {"temperature": temperature, "fitted_on": f"the validation split ({len(labels)} held-out training "
+    fits = {"nll": fit_temperature(logits, labels), "ece": fit_temperature_for_ece(logits, labels)}
+    temperature = fits[target]
+    fitted = {"temperature": temperature, "fitted_for": f"the validation {target.upper()}",
+              "alternatives": {key: {"temperature": t, "val_nll": nll(logits, labels, t),
+                                     "val_ece": _ece(logits, labels, t)} for key, t in fits.items()},
+              "fitted_on": f"the validation split ({len(labels)} held-out training "
               "images), single view; never the test set",
               "val_nll": {"before": nll(logits, labels, 1.0), "after": nll(logits, labels, temperature)},
               "val_ece": {"before": _ece(logits, labels, 1.0), "after": _ece(logits, labels, temperature)}}

@@ -71,3 +71,20 @@ def test_the_export_bakes_the_temperature_into_the_graph(trained_run, tmp_path):
     expected = load_model(calibrated).probabilities(torch.from_numpy(pixels).permute(0, 3, 1, 2)).numpy()
     assert np.abs(run_onnx(tmp_path / "model.onnx", pixels) - expected).max() < 1e-5
     assert load_model(trained_run).temperature == 1.0  # a checkpoint without one is uncalibrated
+
+
+def test_the_ece_fit_is_no_worse_in_ece_than_the_nll_fit():
+    from cifarkit.calibration import expected_calibration_error, fit_temperature_for_ece
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(5_000, 10, generator=generator) * 3
+    labels = torch.multinomial((logits / 2.0).softmax(1), 1, generator=generator).squeeze(1)
+    by_nll, by_ece = fit_temperature(logits, labels), fit_temperature_for_ece(logits, labels)
+    assert by_ece == pytest.approx(2.0, rel=0.1)
+    assert expected_calibration_error(logits, labels, by_ece) <= expected_calibration_error(logits, labels, by_nll)
+    probabilities = (logits / by_nll).softmax(1)  # the same ECE as `cifarkit evaluate` computes
+    from cifarkit.evaluate import expected_calibration_error as evaluate_ece
+
+    correct = (probabilities.argmax(1) == labels).numpy()
+    assert expected_calibration_error(logits, labels, by_nll) == pytest.approx(
+        evaluate_ece(probabilities.max(1).values.numpy(), correct)[0], abs=1e-6)  # float32 there
