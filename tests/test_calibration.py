@@ -88,3 +88,25 @@ def test_the_ece_fit_is_no_worse_in_ece_than_the_nll_fit():
     correct = (probabilities.argmax(1) == labels).numpy()
     assert expected_calibration_error(logits, labels, by_nll) == pytest.approx(
         evaluate_ece(probabilities.max(1).values.numpy(), correct)[0], abs=1e-6)  # float32 there
+
+
+def test_cifarkit_calibrate_fits_a_runs_temperature_that_predict_and_export_then_use(trained_run, tmp_path,
+                                                                                   fake_root, capsys):
+    import json
+    import os
+    import shutil
+
+    from cifarkit.cli import main
+    from cifarkit.pretrained import load_model
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    data_dir = os.environ.get("CIFARKIT_TEST_CIFAR10") or str(fake_root)
+    assert load_model(run).temperature == 1.0
+    assert main(["calibrate", str(run), "--data-dir", data_dir]) == 0
+    assert "temperature" in capsys.readouterr().out
+    record = json.loads((run / "calibration.json").read_text())
+    assert load_model(run).temperature == pytest.approx(record["temperature"]) != 1.0
+    assert record["val_nll"]["after"] <= record["val_nll"]["before"]
+    (run / "calibration.json").write_text(json.dumps({**record, "checkpoint_sha256": "0" * 64}))
+    assert load_model(run).temperature == 1.0  # fitted for another checkpoint: not used

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cifarkit.data import load_dataset, split_for
 from cifarkit.data.loader import to_device_images
@@ -185,3 +186,39 @@ def _write_report_files(report: dict, probabilities: np.ndarray, images: np.ndar
     atomic_write_bytes(out / "report.json", (json_text(report) + "\n").encode())
     return [name for name in ("confusion.csv", "confusion.png", "reliability.png", "misclassified.png",
                               "report.json") if (out / name).exists()]
+
+
+def calibrate_run(run: str | Path, data_dir: str | None = None, target: str = "nll", device: str = "cpu") -> dict:
+    """Fit a run's temperature on its validation split (held-out training images, never the test set), for the
+    NLL or the ECE (cifarkit.calibration), and write RUN/calibration.json for the checkpoint it fitted: predict,
+    evaluate and export then use it. Returns the record."""
+    from cifarkit.calibration import expected_calibration_error as ece
+    from cifarkit.calibration import fit_temperature, fit_temperature_for_ece, nll
+    from cifarkit.inference import CALIBRATION_FILE
+    from cifarkit.tta import predict_logits
+
+    fits = {"nll": fit_temperature, "ece": fit_temperature_for_ece}
+    if target not in fits:
+        raise ConfigError(f"--for must be one of {', '.join(fits)}, got {target!r}")
+    run = Path(run)
+    if not run.is_dir():
+        raise ConfigError(f"{run} is not a run directory; calibrate the run a checkpoint belongs to")
+    trained = load_model(run, device)
+    folder = trained.checkpoint.parent
+    c = trained.config.data
+    data = load_dataset(c.dataset, data_dir or c.data_dir, download=c.download)
+    index = split_for(data, c).val
+    pixels = to_device_images(data.train_images[index], device)
+    with torch.no_grad():
+        logits = torch.cat([predict_logits(trained.model, trained.preprocess(pixels[i : i + 500]), False)
+                            for i in range(0, len(pixels), 500)]).double().cpu()
+    labels = torch.from_numpy(data.train_labels[index]).long()
+    temperature = fits[target](logits, labels)  # refuses what cannot calibrate (no validation split, NaN...)
+    record = {"temperature": temperature, "fitted_for": f"the validation {target.upper()}",
+              "fitted_on": f"the validation split ({len(labels)} held-out training images), single view",
+              "checkpoint": trained.checkpoint.name, "checkpoint_sha256": trained.sha256,
+              "val_nll": {"before": nll(logits, labels, 1.0), "after": nll(logits, labels, temperature)},
+              "val_ece": {"before": ece(logits, labels, 1.0), "after": ece(logits, labels, temperature)}}
+    atomic_write_bytes(folder / CALIBRATION_FILE, (json_text(record) + "\n").encode())
+    record["file"] = str(folder / CALIBRATION_FILE)
+    return record

@@ -90,10 +90,37 @@ def predict_arrays(trained: TrainedModel, images_nhwc: np.ndarray, top_k: int = 
     return top.indices.numpy(), top.values.numpy(), probabilities.numpy()
 
 
+CALIBRATION_FILE = "calibration.json"  # written by `cifarkit calibrate RUN` beside the run's checkpoints
+
+
+def run_calibration(checkpoint: Path, sha256: str) -> float | None:
+    """The temperature `cifarkit calibrate` fitted for exactly this checkpoint (its sha256), from the run folder's
+    calibration.json; None when there is none, or it was fitted for another checkpoint of the run."""
+    from cifarkit.files import read_json
+
+    for folder in (checkpoint.parent, checkpoint.parent.parent):  # RUN/best.pt, RUN/checkpoints/step-N.pt
+        path = folder / CALIBRATION_FILE
+        if path.is_file():
+            try:
+                record = read_json(path, 1 << 20, CheckpointError, "calibration file")
+            except CheckpointError:
+                return None
+            temperature = record.get("temperature") if isinstance(record, dict) else None
+            if (record.get("checkpoint_sha256") == sha256 and isinstance(temperature, (int, float))
+                    and not isinstance(temperature, bool) and 0.05 <= temperature <= 20):
+                return float(temperature)
+            return None
+    return None
+
+
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     checkpoint = resolve_checkpoint(path)
     bundle = ModelBundle.from_state(load_checkpoint(checkpoint), checkpoint)
-    return trained_model_from_bundle(bundle, checkpoint, file_sha256(checkpoint), device)
+    sha256 = file_sha256(checkpoint)
+    trained = trained_model_from_bundle(bundle, checkpoint, sha256, device)
+    if (temperature := run_calibration(checkpoint, sha256)) is not None:
+        trained.temperature = temperature
+    return trained
 
 
 def trained_model_from_bundle(bundle: ModelBundle, source: Path, sha256: str, device: str | torch.device = "cpu",
