@@ -44,7 +44,7 @@ from torch import nn
 from cifarkit.config import load_config
 from cifarkit.device import autocast, choose_autocast, cpu_bf16_flags, describe_cpu
 from cifarkit.files import atomic_write_text
-from cifarkit.models.resnet import BasicBlock  # the anchor's block is the standard one, exactly
+from cifarkit.models.resnet import BasicBlock, StagedResNet  # the anchor's block is the standard one, exactly
 from cifarkit.train import train
 from cifarkit.train.setup import prepare_data
 
@@ -64,21 +64,10 @@ DEFAULT_ROWS = ("fast100-cpu", "record100", "airbench94_muon-100", "resnet-muon"
 
 # -- the ResNet + Muon anchor, from its published recipe ---------------------------------------------------------
 
-class SpeedrunResNet(nn.Module):
-    def __init__(self, num_classes: int = 100, widths=(64, 128, 256), blocks=(2, 2, 2)):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
-                                  nn.ReLU(inplace=True))
-        layers, channels = [], widths[0]
-        for stage, (width, count) in enumerate(zip(widths, blocks, strict=True)):
-            for i in range(count):
-                layers.append(BasicBlock(channels, width, 2 if stage > 0 and i == 0 else 1))
-                channels = width
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(channels, num_classes, bias=False)
-
-    def forward(self, x):
-        return self.head(F.adaptive_avg_pool2d(self.body(self.stem(x)), 1).flatten(1))
+def SpeedrunResNet(num_classes: int = 100, widths=(64, 128, 256), blocks=(2, 2, 2)) -> nn.Module:  # noqa: N802
+    """The anchor's network: cifarkit's StagedResNet with the standard basic block (the record's differs only in
+    its downsampling skip), exactly the script's layers."""
+    return StagedResNet(BasicBlock, num_classes, widths, blocks)
 
 
 @torch.no_grad()

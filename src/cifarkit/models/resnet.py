@@ -134,12 +134,13 @@ class ResNetDBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.skip(x))
 
 
-class ResNetD(nn.Module):
-    """The record's network: a 3x3 stem (conv, BN, ReLU) at full resolution, stages of ResNet-D blocks (each
-    stage after the first halves the resolution), global average pooling and a bias-free linear head. Average
-    pooling makes it take any input size, which progressive resizing (augment.resize_px) relies on."""
+class StagedResNet(nn.Module):
+    """A 3x3 stem (conv, BN, ReLU) at full resolution, stages of `block`s (each stage after the first halves the
+    resolution), global average pooling and a bias-free linear head: the CIFAR-100 speedrun's network, with its
+    own blocks (`BasicBlock`: its baseline; `ResNetDBlock`: its record). Average pooling makes it take any input
+    size, which progressive resizing (augment.resize_px) relies on."""
 
-    def __init__(self, num_classes: int = 100, widths: tuple[int, ...] = (64, 128, 256),
+    def __init__(self, block: type[nn.Module], num_classes: int = 100, widths: tuple[int, ...] = (64, 128, 256),
                  blocks: tuple[int, ...] = (2, 2, 2)):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]),
@@ -147,7 +148,7 @@ class ResNetD(nn.Module):
         layers, channels = [], widths[0]
         for stage, (width, count) in enumerate(zip(widths, blocks, strict=True)):
             for i in range(count):
-                layers.append(ResNetDBlock(channels, width, 2 if stage > 0 and i == 0 else 1))
+                layers.append(block(channels, width, 2 if stage > 0 and i == 0 else 1))
                 channels = width
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(channels, num_classes, bias=False)
@@ -167,6 +168,6 @@ def _check_resnet_d(widths=(64, 128, 256), blocks=(2, 2, 2)) -> None:
 
 @register_model(check_options=_check_resnet_d)
 def resnet_d(num_classes: int = 100, widths: tuple[int, ...] = (64, 128, 256),
-             blocks: tuple[int, ...] = (2, 2, 2)) -> ResNetD:
+             blocks: tuple[int, ...] = (2, 2, 2)) -> StagedResNet:
     """The CIFAR-100 speedrun record's ResNet-D (2.8M parameters at the default widths)."""
-    return ResNetD(num_classes, tuple(widths), tuple(blocks))
+    return StagedResNet(ResNetDBlock, num_classes, tuple(widths), tuple(blocks))
