@@ -415,8 +415,10 @@ def test_a_failed_cell_is_recorded_and_retried_on_request(tmp_path, fake_root, c
     study = load_study(tmp_path / "fails")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
     assert "not finite" in study.trials[1].user_attrs["error"]
-    assert "--retry-failed" in capsys.readouterr().out
-    assert main(args) == 0 and len(load_study(tmp_path / "fails").trials) == 2  # not retried unasked
+    assert "--retry-failed" in capsys.readouterr().err
+    # not retried unasked; the failure is still said (and the exit status says it)
+    assert main(args) == 1 and len(load_study(tmp_path / "fails").trials) == 2
+    assert "1 cell(s) of this sweep failed" in capsys.readouterr().err
     assert main([*args, "--retry-failed"]) == 1
     trials = load_study(tmp_path / "fails").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"] and trials[2].user_attrs["retry_of"] == 1

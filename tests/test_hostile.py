@@ -128,7 +128,7 @@ def test_predictions_stream_a_batch_at_a_time(trained_run, tmp_path, monkeypatch
         Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(tmp_path / f"{i:02d}.png")
     loaded = []
     real_load = predict.load_image
-    monkeypatch.setattr(predict, "load_image", lambda path: loaded.append(path) or real_load(path))
+    monkeypatch.setattr(predict, "load_image", lambda path, **kw: loaded.append(path) or real_load(path, **kw))
     stream = predict.iter_predictions(trained_run, [tmp_path], batch_size=3)
     first = next(stream)
     assert first.path.endswith("00.png") and len(loaded) == 3  # the first result after one batch, not ten

@@ -83,7 +83,7 @@ class Trainer:
         self.train_acc = Accumulator(device)
         self.step, self.total_steps = 0, plan_steps(t, len(run.loader))
         self.best_val_loss, self.best_step, self.skipped_steps = float("inf"), -1, 0
-        self.lr, self.wall_seconds = config.optim.lr, 0.0
+        self.lr, self.wall_seconds, self.wall_before = config.optim.lr, 0.0, 0.0
         self.clock = RunClock(0.0, t.budget, t.eval_every)
         if resume_from is not None:
             self._restore(resume_from)
@@ -131,6 +131,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "train_seconds": self.clock.train_seconds,
             "budget_spent_seconds": self.clock.planner.used(),  # wall-clock, validation passes included
+            "wall_seconds": self.wall_before + self.clock.elapsed(),  # the loop's, across resumes
         }
 
     def _restore(self, state: dict) -> None:
@@ -144,6 +145,7 @@ class Trainer:
         self.step, self.total_steps = state["step"], state["total_steps"]
         self.best_val_loss, self.best_step = state["best_val_loss"], state["best_step"]
         self.skipped_steps = state["skipped_steps"]
+        self.wall_before = state.get("wall_seconds", state["train_seconds"])  # older checkpoints: training time
         # a budget run goes on planning against what is left of its budget (older checkpoints, which did not
         # record it, count their training time); an epoch- or step-based run keeps its length
         self.clock = RunClock(state["train_seconds"], self.t.budget, self.t.eval_every,
@@ -340,7 +342,7 @@ class Trainer:
                         f"checkpoint. Resume with: cifarkit train --resume {self.run_dir}")
         synchronize(device)
         self.check_nonfinite()
-        self.wall_seconds = clock.elapsed()
+        self.wall_seconds = self.wall_before + clock.elapsed()
         bar.close()
         if self.metrics is not None:
             self.metrics.close()

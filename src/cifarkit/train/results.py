@@ -54,7 +54,7 @@ def test_once(trainer: Trainer, evaluate_test: bool = True) -> dict:
         "device": device_name_of(run.device),
         "torch": torch.__version__,
         "train_seconds": train_seconds,  # optimizer steps only, across resumes
-        "wall_seconds": trainer.wall_seconds,  # this process's loop, validation passes included
+        "wall_seconds": trainer.wall_seconds,  # the loop's, validation passes included, across resumes
         "images_per_second": (trainer.step - trainer.skipped_steps) * t.batch_size / max(train_seconds, 1e-9),
         "train_images": len(run.prepared.train_x),
         "selection": selection,

@@ -80,10 +80,9 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, log: Callabl
         raise CheckpointError(f"{run_dir} is not a run directory")
     state = check_payload(CheckpointStore(run_dir).load_latest(log), run_dir, FOR_RESUME)
     _check_belongs(run_dir, state, log)
-    if state["step"] >= state["total_steps"] and (run_dir / "results.json").is_file():
-        log(f"{run_dir} finished at step {state['step']} of {state['total_steps']}; nothing to resume (its results "
-            "stay as they are). To train longer, start a new run")
-        return read_json(run_dir / "results.json", 16 << 20, CheckpointError, "results file")
+    if state["step"] >= state["total_steps"]:  # the test figures are computed again from the verified checkpoint
+        log(f"{run_dir} finished at step {state['step']} of {state['total_steps']}: nothing to train; testing it "
+            "again. To train longer, start a new run")
     config = config_from_dict(apply_overrides(state["config"], overrides or []))
     log(f"resuming {run_dir} from step {state['step']}")
     return Trainer(config, log, prepared, run_dir=run_dir, resume_from=state, on_validation=on_validation).fit(
