@@ -64,6 +64,14 @@ def pictures(tmp_path_factory) -> Path:
     return folder
 
 
+def shipped_tolerance() -> float:
+    """How far the shipped web model's probabilities may be from the Python model's: 1e-4 for a float32 export;
+    for one with float16 weights (the default model's, folded BatchNorm included), its export's measured
+    difference from the float32 graph, with room."""
+    quantization = json.loads((WEB / "public" / "model" / "model.json").read_text()).get("quantization")
+    return 1e-4 if not quantization else max(1e-4, 4 * quantization["max_abs_difference_from_float"])
+
+
 def test_node_library_matches_cifarkit_predict(pictures):
     from cifarkit.predict import format_predictions, predict_files
 
@@ -78,12 +86,13 @@ def test_node_library_matches_cifarkit_predict(pictures):
         # colour management (lcms2 in both, different code around it) may move a sample by one level in about
         # 1% of a picture's values: the answer is the same, the scores equal to a few thousandths
         managed = Path(py["path"]).name.startswith("p3")
-        if not managed:
+        tolerance = shipped_tolerance()
+        if not managed and tolerance == 1e-4:  # with float16 weights near-ties may swap below the top-1
             assert [t["class"] for t in js["top"]] == [t["class"] for t in py["top"]], py["path"]
         assert js["top"][0]["class"] == py["top"][0]["class"], py["path"]
         for a, b in zip(py["top"], js["top"], strict=True):
             assert set(a) == set(b) == {"class", "probability"}
-            assert abs(a["probability"] - b["probability"]) < (5e-3 if managed else 1e-4), py["path"]
+            assert abs(a["probability"] - b["probability"]) < (5e-3 if managed else tolerance), py["path"]
 
 
 def test_cli_reports_each_bad_file_and_goes_on(pictures, tmp_path):
@@ -232,9 +241,9 @@ def test_fit_crop_gives_one_answer_in_python_and_node(pictures):
     result = node_classify("--format", "json", "--top-k", "3", "--fit", "crop", *files)
     assert result.returncode == 0, result.stderr
     for py, js in zip(python, json.loads(result.stdout), strict=True):
-        assert [t["class"] for t in js["top"]] == [t["class"] for t in py["top"]], py["path"]
+        assert js["top"][0]["class"] == py["top"][0]["class"], py["path"]
         for a, b in zip(py["top"], js["top"], strict=True):
-            assert abs(a["probability"] - b["probability"]) < 1e-4
+            assert abs(a["probability"] - b["probability"]) < shipped_tolerance()
     squashed = json.loads(format_predictions(predict_files(None, files, top_k=3), "json"))
     assert [p["top"] for p in squashed] != [p["top"] for p in python]  # the option does change what is seen
     bad = node_classify("--fit", "stretch", files[0])

@@ -22,11 +22,13 @@ WEB_MODEL = Path(__file__).resolve().parents[1] / "web" / "public" / "model"
 
 
 def test_the_default_model_ships_and_is_listed(capsys):
-    assert DEFAULT_PRETRAINED == "airbench-cifar100" and set(PRETRAINED) == {"airbench-cifar100", "airbench-cifar10"}
+    assert DEFAULT_PRETRAINED == "resnetd-cifar100"
+    assert set(PRETRAINED) == {"resnetd-cifar100", "airbench-cifar100", "airbench-cifar10"}
     card = read_card(DEFAULT_PRETRAINED)
     assert card["dataset"]["name"] == "cifar100" and len(card["class_names"]) == 100
-    assert card["metrics"]["test"]["top1"] >= 0.68  # the card's promise: 68.40% single view
-    assert card["metrics"]["test"]["ece"] < card["metrics"]["test"]["ece_uncalibrated"] / 4  # calibrated
+    assert card["metrics"]["test"]["top1"] >= 0.71  # the card's promise: 71.76% single view
+    assert card["metrics"]["test"]["ece"] <= 0.02 < card["metrics"]["test"]["ece_uncalibrated"]  # calibrated
+    assert read_card("airbench-cifar100")["metrics"]["test"]["top1"] >= 0.68  # the previous default, by name
     assert card["training"]["hardware"]["cpu"] and card["web_model"]["sha256"]  # the card names both
     assert read_card("airbench-cifar10")["metrics"]["test"]["top1"] >= 0.90  # still there, by name
     for name in PRETRAINED:
@@ -113,7 +115,11 @@ def test_the_page_model_agrees_with_pytorch():
     onnx = session.run(["probabilities"], {"pixels": pixels})[0]
     model = cifarkit.load_pretrained()
     torch_probabilities = model.probabilities(torch.from_numpy(pixels).permute(0, 3, 1, 2)).numpy()
-    assert np.abs(onnx - torch_probabilities).max() < 1e-4
+    # float16 weights (within 0.3 points of the float model's accuracy, measured at export) or float32
+    quantization = metadata.get("quantization")
+    tolerance = 1e-4 if not quantization else 4 * quantization["max_abs_difference_from_float"]
+    assert quantization is None or abs(quantization["change"]) <= 0.003
+    assert np.abs(onnx - torch_probabilities).max() < tolerance
 
 
 @pytest.mark.realdata
@@ -133,13 +139,14 @@ def test_the_card_accuracy_is_reproduced_on_the_real_test_set(real_cifar10_jpeg,
 
 
 @pytest.mark.realdata
-def test_the_cifar100_card_is_reproduced_on_the_real_test_set(real_cifar100, tmp_path):
+@pytest.mark.parametrize("name", ["resnetd-cifar100", "airbench-cifar100"])
+def test_the_cifar100_card_is_reproduced_on_the_real_test_set(real_cifar100, tmp_path, name):
     """The default model's card: single view top-1/top-5, superclass top-1 and ECE on the real CIFAR-100 test
     set, with the weights as shipped (its temperature applied)."""
     from cifarkit.evaluate import evaluate_checkpoint
 
-    report = evaluate_checkpoint("airbench-cifar100", "test", data_dir=str(real_cifar100), out_dir=tmp_path / "eval")
-    card = read_card("airbench-cifar100")["metrics"]["test"]
+    report = evaluate_checkpoint(name, "test", data_dir=str(real_cifar100), out_dir=tmp_path / "eval")
+    card = read_card(name)["metrics"]["test"]
     assert (report["top1"], report["top5"]) == (card["top1"], card["top5"])  # exactly: same weights, same code
     assert report["superclass"]["top1"] == card["superclass_top1"]
     assert report["calibration"]["ece"] == pytest.approx(card["ece"], abs=1e-5)  # see the CIFAR-10 test's note
