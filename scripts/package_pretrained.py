@@ -122,33 +122,16 @@ WEB_MODEL_LIMIT = 10 * 2**20  # what the page and @cifarkit/classify ship
 
 def _logits_and_labels(name: str, data_dir: str, split: str):
     """The shipped model's single-view logits (before any temperature) on the validation split or the test set."""
-    import torch
-
-    from cifarkit.data import load_dataset, split_for
-    from cifarkit.data.loader import to_device_images
+    from cifarkit.evaluate import split_logits
     from cifarkit.pretrained import load_model
-    from cifarkit.tta import predict_logits
 
-    trained = load_model(name)
-    data = load_dataset(trained.config.data.dataset, data_dir, download=False)
-    if split == "val":
-        index = split_for(data, trained.config.data).val
-        images, labels = data.train_images[index], data.train_labels[index]
-    else:
-        images, labels = data.test_images, data.test_labels
-    pixels = to_device_images(images, "cpu")
-    with torch.no_grad():
-        logits = torch.cat([predict_logits(trained.model, trained.preprocess(pixels[i : i + 500]), False)
-                            for i in range(0, len(pixels), 500)]).double()
-    return logits, torch.from_numpy(labels).long()
+    return split_logits(load_model(name), split, data_dir)
 
 
 def _ece(logits, labels, temperature: float) -> float:
-    from cifarkit.evaluate import expected_calibration_error
+    from cifarkit.calibration import expected_calibration_error
 
-    probabilities = (logits / temperature).softmax(1)
-    correct = (probabilities.argmax(1) == labels).numpy()
-    return expected_calibration_error(probabilities.max(1).values.numpy(), correct)[0]
+    return expected_calibration_error(logits, labels, temperature)
 
 
 def calibrate(name: str, data_dir: str, target: str = "nll") -> dict:

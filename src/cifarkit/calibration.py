@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -71,19 +72,26 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, iterations: int 
     return 1 / beta
 
 
-def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, temperature: float,
-                               bins: int = 15) -> float:
-    """ECE of softmax(logits / T) with equal-width confidence bins (as `cifarkit evaluate` reports it)."""
-    probabilities = (logits.double() / temperature).softmax(1)
-    confidence, predicted = probabilities.max(1)
-    correct = (predicted == labels).double()
-    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
-    ece = 0.0
+def binned_ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[float, list]:
+    """ECE with equal-width confidence bins, and the per-bin table for a reliability diagram: the one
+    implementation (`cifarkit evaluate` reports it, the ECE fit minimises it)."""
+    edges = np.linspace(0, 1, bins + 1)
+    table, ece = [], 0.0
     for low, high in zip(edges[:-1], edges[1:], strict=True):
         inside = (confidence > low) & (confidence <= high)
         if inside.any():
-            ece += float(inside.double().mean() * (correct[inside].mean() - confidence[inside].mean()).abs())
-    return ece
+            accuracy, mean_confidence = float(correct[inside].mean()), float(confidence[inside].mean())
+            ece += inside.mean() * abs(accuracy - mean_confidence)
+            table.append({"low": float(low), "high": float(high), "count": int(inside.sum()),
+                          "accuracy": accuracy, "confidence": mean_confidence})
+    return float(ece), table
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, temperature: float,
+                               bins: int = 15) -> float:
+    """ECE of softmax(logits / T), in float64 (as `cifarkit evaluate` reports it for the model's scores)."""
+    confidence, predicted = (logits.double() / temperature).softmax(1).max(1)
+    return binned_ece(confidence.numpy(), (predicted == labels).numpy(), bins)[0]
 
 
 def fit_temperature_for_ece(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15, points: int = 400) -> float:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cifarkit.calibration import binned_ece as expected_calibration_error  # its name here since before
 from cifarkit.data import load_dataset, split_for
 from cifarkit.data.loader import to_device_images
 from cifarkit.errors import ConfigError
@@ -30,20 +31,6 @@ from cifarkit.pretrained import load_model
 from cifarkit.text import csv_text
 
 SPLITS = ("val", "test")
-
-
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[float, list]:
-    """ECE with equal-width confidence bins; also the per-bin table for the reliability diagram."""
-    edges = np.linspace(0, 1, bins + 1)
-    table, ece = [], 0.0
-    for low, high in zip(edges[:-1], edges[1:], strict=True):
-        inside = (confidence > low) & (confidence <= high)
-        if inside.any():
-            accuracy, mean_confidence = float(correct[inside].mean()), float(confidence[inside].mean())
-            ece += inside.mean() * abs(accuracy - mean_confidence)
-            table.append({"low": float(low), "high": float(high), "count": int(inside.sum()),
-                          "accuracy": accuracy, "confidence": mean_confidence})
-    return float(ece), table
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int) -> np.ndarray:
@@ -188,6 +175,25 @@ def _write_report_files(report: dict, probabilities: np.ndarray, images: np.ndar
                               "report.json") if (out / name).exists()]
 
 
+def split_logits(trained: TrainedModel, split: str, data_dir: str | None = None, device: str = "cpu"):
+    """The model's single-view logits before any temperature (float64, on the CPU) and the labels, on its
+    validation split (held-out training images) or the test set."""
+    from cifarkit.tta import predict_logits
+
+    c = trained.config.data
+    data = load_dataset(c.dataset, data_dir or c.data_dir, download=c.download)
+    if split == "val":
+        index = split_for(data, c).val
+        images, labels = data.train_images[index], data.train_labels[index]
+    else:
+        images, labels = data.test_images, data.test_labels
+    pixels = to_device_images(images, device)
+    with torch.no_grad():
+        logits = torch.cat([predict_logits(trained.model, trained.preprocess(pixels[i : i + 500]), False)
+                            for i in range(0, len(pixels), 500)]).double().cpu()
+    return logits, torch.from_numpy(labels).long()
+
+
 def calibrate_run(run: str | Path, data_dir: str | None = None, target: str = "nll", device: str = "cpu") -> dict:
     """Fit a run's temperature on its validation split (held-out training images, never the test set), for the
     NLL or the ECE (cifarkit.calibration), and write RUN/calibration.json for the checkpoint it fitted: predict,
@@ -195,7 +201,6 @@ def calibrate_run(run: str | Path, data_dir: str | None = None, target: str = "n
     from cifarkit.calibration import expected_calibration_error as ece
     from cifarkit.calibration import fit_temperature, fit_temperature_for_ece, nll
     from cifarkit.inference import CALIBRATION_FILE
-    from cifarkit.tta import predict_logits
 
     fits = {"nll": fit_temperature, "ece": fit_temperature_for_ece}
     if target not in fits:
@@ -205,14 +210,7 @@ def calibrate_run(run: str | Path, data_dir: str | None = None, target: str = "n
         raise ConfigError(f"{run} is not a run directory; calibrate the run a checkpoint belongs to")
     trained = load_model(run, device)
     folder = trained.checkpoint.parent
-    c = trained.config.data
-    data = load_dataset(c.dataset, data_dir or c.data_dir, download=c.download)
-    index = split_for(data, c).val
-    pixels = to_device_images(data.train_images[index], device)
-    with torch.no_grad():
-        logits = torch.cat([predict_logits(trained.model, trained.preprocess(pixels[i : i + 500]), False)
-                            for i in range(0, len(pixels), 500)]).double().cpu()
-    labels = torch.from_numpy(data.train_labels[index]).long()
+    logits, labels = split_logits(trained, "val", data_dir, device)
     temperature = fits[target](logits, labels)  # refuses what cannot calibrate (no validation split, NaN...)
     record = {"temperature": temperature, "fitted_for": f"the validation {target.upper()}",
               "fitted_on": f"the validation split ({len(labels)} held-out training images), single view",
