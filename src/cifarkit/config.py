@@ -415,6 +415,9 @@ RANGES: dict[str, Callable[[Any], str | None]] = {
     "augment.pad": _within(0, 17),
     "augment.resize_px": _within(0, 1024),
     "augment.resize_fraction": _fraction,
+    "augment.mix_alpha": _between(0, 100),
+    "augment.mix_probability": _fraction,
+    "augment.mix_fraction": _fraction,
     # at most 1e30: room for divergence experiments (the tests drive runs to non-finite losses on purpose), while
     # the batch-scaled rate times a gradient stays a float32 number (1e300 overflowed inside the optimizer)
     "optim.lr": _between(0, 1e30),

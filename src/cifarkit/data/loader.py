@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cifarkit.data.mixing import MIXES, Labels, MixedLabels, draw_mix, partner_positions
 from cifarkit.errors import ConfigError
 
 
@@ -33,6 +34,13 @@ class AugmentConfig:
     # full-size step; evaluation is always at full size. 0: off. Needs a network that takes any input size.
     resize_px: int = 0
     resize_fraction: float = 0.0
+    # Batch mixing (cifarkit.data.mixing): "cutmix" pastes a box of a partner image into each image, "mixup" blends
+    # the two; the loss is shared between both labels in proportion. The weight is drawn from Beta(mix_alpha,
+    # mix_alpha); a batch is mixed with probability mix_probability, during the first mix_fraction of the run.
+    mix: Literal["none", "cutmix", "mixup"] = "none"
+    mix_alpha: float = 1.0
+    mix_probability: float = 1.0
+    mix_fraction: float = 1.0
 
 
 PAD_MODES = {"zeros": "constant", "reflect": "reflect"}
@@ -156,15 +164,30 @@ class DeviceLoader:
         self.position += 1
         return self.epoch_indices()[start : start + self.batch_size]
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's part of the next global batch; a new epoch (and permutation) starts when one runs out."""
+    def next_batch(self, mix: bool = False) -> tuple[torch.Tensor, Labels]:
+        """This rank's part of the next global batch; a new epoch (and permutation) starts when one runs out.
+        `mix`: this batch may be mixed (augment.mix); its labels are then MixedLabels."""
         global_index = self.next_indices()
         draw = draw_augmentation(len(global_index), self.augment_config, self.augment_generator)
         if self.augment_config.flip_mode == "alternate":
             draw["flip"] = self.flip_parity[global_index] ^ bool(self.epoch % 2)
-        index = global_index[self.shard].to(self.images.device)
+        x, y = self._augmented(global_index, draw, torch.arange(len(global_index))[self.shard])
+        mixing = draw_mix(self.augment_generator, self.augment_config.mix_alpha,
+                          self.augment_config.mix_probability) if mix else None
+        if mixing is None:
+            return x, y
+        # each image's partner as one process would see it: the same picture, with the partner's own augmentation
+        partner, partner_y = self._augmented(global_index, draw, partner_positions(len(global_index))[self.shard])
+        weight, rng = mixing
+        x, weight = MIXES[self.augment_config.mix](x, partner, weight, rng)
+        return x, MixedLabels(y, partner_y, weight)
+
+    def _augmented(self, global_index: torch.Tensor, draw: dict[str, torch.Tensor],
+                   positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images at `positions` of the global batch, preprocessed and augmented as drawn, with their labels."""
+        index = global_index[positions].to(self.images.device)
         x = self.preprocess(self.images[index])
-        x = apply_augmentation(x, {k: v[self.shard] for k, v in draw.items()}, self.augment_config)
+        x = apply_augmentation(x, {k: v[positions] for k, v in draw.items()}, self.augment_config)
         return x, self.labels[index]
 
     def state_dict(self) -> dict:

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from cifarkit.bundle import ModelBundle
 from cifarkit.config import Config
 from cifarkit.data.loader import DeviceLoader, eval_batches, resize_for_step
+from cifarkit.data.mixing import accuracy_labels, mixing_at, training_loss
 from cifarkit.device import autocast, synchronize
 from cifarkit.files import atomic_write_text, json_text
 from cifarkit.models.protocol import FreezesParameters
@@ -163,14 +163,15 @@ class Trainer:
         set_muon_momentum(run.optimizer, step, self.total_steps, config.optim)
         if run.initial_dropout:
             run.model.set_dropout_rates(dropout_at(step, run.initial_dropout, config.schedule.dropout_events))
-        x, y = run.loader.next_batch()
+        x, y = run.loader.next_batch(mix=mixing_at(step, self.total_steps, config.augment.mix,
+                                                   config.augment.mix_fraction))
         x = resize_for_step(x, step, self.total_steps, config.augment)
         if config.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self.guard.snapshot()  # before the forward pass, which updates BatchNorm statistics
         with autocast(run.device, run.amp_dtype):
             logits = run.forward(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.optim.label_smoothing)
+        loss = training_loss(logits.float(), y, config.optim.label_smoothing)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for param in self.frozen_parameters(step):
@@ -180,7 +181,7 @@ class Trainer:
             run.averager.update(run.model, step, self.total_steps)
         finite = self._step_was_finite(loss)
         self.guard.settle(finite, step)  # a non-finite step is undone, on the device
-        self.train_acc.add(logits.float(), y, loss, keep=finite)
+        self.train_acc.add(logits.float(), accuracy_labels(y), loss, keep=finite)
         self.step += 1
         self.lr = lr
         if run.device.type != "cuda":  # reading the flag costs nothing here: act on it at once, as always
