@@ -489,11 +489,12 @@ def test_another_programs_database_is_never_written(tmp_path, capsys):
     assert db.read_bytes() == before
 
 
-def test_a_read_only_study_is_one_line(tmp_path, fake_root, capsys):
+def test_a_read_only_study_is_one_line(tmp_path, fake_root, capsys, monkeypatch):
     import sqlite3
 
     from cifarkit.experiments.study import ExperimentError, open_storage
 
+    monkeypatch.chdir(tmp_path)  # the storage makes the URL's "file:..." parent folders relative to here
     db = tmp_path / "study.db"
     open_storage(f"sqlite:///{db}")  # a real, empty Optuna study database
     url = f"sqlite:///file:{db}?mode=ro&uri=true"
