@@ -5,9 +5,10 @@
 
 1. Writes src/cifarkit/pretrained/NAME.safetensors (fp16) and NAME.json (the card) from RUN_DIR's last.pt
    (or best.pt when the run had a validation split), with machine-specific paths removed from the config.
-2. Fits a temperature on the run's validation split (when it has one; cifarkit.calibration), stores it in the
-   card, and measures the *shipped* (fp16) weights, as users will load them: test top-1/top-5 single view, with flip and
-   flip+translate TTA, and calibration (ECE), via `cifarkit evaluate`'s own code; the validation figures and
+2. Fits a temperature on the run's validation split (when it has one; cifarkit.calibration) and the outlier
+   threshold (cifarkit.outlier: 95% of that split known), stores both in the card, and measures the *shipped*
+   (fp16) weights, as users will load them: test top-1/top-5 single view, with flip and flip+translate TTA,
+   and calibration (ECE), via `cifarkit evaluate`'s own code; the validation figures and
    training time come from the run. They go into the card.
 3. Prints the registry line to paste into src/cifarkit/pretrained/__init__.py (both files' sha256).
 4. Exports the shipped model to ONNX for the web page (verified against PyTorch by the export itself), with
@@ -138,6 +139,7 @@ def calibrate(name: str, data_dir: str, target: str = "nll") -> dict:
     """The temperature fitted on the run's validation split (held-out training images: never the test set) for
     its NLL or its ECE, with the validation NLL and ECE it changes, and the other fit's figures beside them."""
     from cifarkit.calibration import fit_temperature, fit_temperature_for_ece, nll
+    from cifarkit.outlier import fit_record
 
     logits, labels = _logits_and_labels(name, data_dir, "val")
     fits = {"nll": fit_temperature(logits, labels), "ece": fit_temperature_for_ece(logits, labels)}
@@ -148,7 +150,9 @@ def calibrate(name: str, data_dir: str, target: str = "nll") -> dict:
               "fitted_on": f"the validation split ({len(labels)} held-out training "
               "images), single view; never the test set",
               "val_nll": {"before": nll(logits, labels, 1.0), "after": nll(logits, labels, temperature)},
-              "val_ece": {"before": _ece(logits, labels, 1.0), "after": _ece(logits, labels, temperature)}}
+              "val_ece": {"before": _ece(logits, labels, 1.0), "after": _ece(logits, labels, temperature)},
+              # "none of these": the default outlier score's threshold, 95% of the validation split known
+              "outlier": fit_record(logits.float().numpy(), temperature)}
     print(f"temperature {temperature:.4f} (validation ECE {fitted['val_ece']['before']:.4f} -> "
           f"{fitted['val_ece']['after']:.4f})")
     return fitted

@@ -72,8 +72,28 @@ def shipped_tolerance() -> float:
     return 1e-4 if not quantization else max(1e-4, 4 * quantization["max_abs_difference_from_float"])
 
 
+def colour_wheel(path: Path, size: int = 256) -> Path:
+    """Hue around, saturation outwards, on white: a picture of none of CIFAR-100's classes."""
+    y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
+    radius, hue = np.hypot(x, y), (np.arctan2(y, x) / (2 * np.pi)) % 1
+    sector, fraction = np.floor(hue * 6), hue * 6 - np.floor(hue * 6)
+    s = np.clip(radius, 0, 1)
+    p, q, t = 1 - s, 1 - s * fraction, 1 - s * (1 - fraction)
+    table = [(1, t, p), (q, 1, p), (p, 1, t), (p, q, 1), (t, p, 1), (1, p, q)]  # HSV -> RGB with value 1
+    rgb = np.ones((size, size, 3))
+    for k, channels in enumerate(table):
+        mask = (sector == k) & (radius <= 1)
+        for c in range(3):
+            rgb[..., c][mask] = (channels[c] * np.ones_like(radius))[mask] if np.ndim(channels[c]) else channels[c]
+    Image.fromarray((rgb * 255).astype(np.uint8)).save(path)
+    return path
+
+
 def test_node_library_matches_cifarkit_predict(pictures):
     from cifarkit.predict import format_predictions, predict_files
+    from cifarkit.pretrained import load_pretrained
+
+    threshold = load_pretrained().outlier["threshold"]
 
     python = json.loads(format_predictions(predict_files(None, [pictures], top_k=5), "json"))
     result = node_classify("--format", "json", "--top-k", "5", str(pictures))
@@ -81,7 +101,7 @@ def test_node_library_matches_cifarkit_predict(pictures):
     node = json.loads(result.stdout)
     assert [r["path"] for r in node] == [r["path"] for r in python] and len(node) == 26
     for py, js in zip(python, node, strict=True):
-        assert set(js) == set(py) == {"path", "error", "superclass", "top"}  # the same JSON shape
+        assert set(js) == set(py) == {"path", "error", "superclass", "top", "known", "outlier_score"}  # one shape
         assert js["superclass"] == py["superclass"] and py["superclass"]  # the CIFAR-100 model has them
         # colour management (lcms2 in both, different code around it) may move a sample by one level in about
         # 1% of a picture's values: the answer is the same, the scores equal to a few thousandths
@@ -93,6 +113,32 @@ def test_node_library_matches_cifarkit_predict(pictures):
         for a, b in zip(py["top"], js["top"], strict=True):
             assert set(a) == set(b) == {"class", "probability"}
             assert abs(a["probability"] - b["probability"]) < (5e-3 if managed else tolerance), py["path"]
+        # "none of these": the same outlier score (a max logit: float16 weights move it by hundredths at most)
+        # and the same verdict wherever the score is not within that of the threshold
+        assert abs(js["outlier_score"] - py["outlier_score"]) < 0.05, py["path"]
+        if abs(py["outlier_score"] - threshold) > 0.05:
+            assert js["known"] is py["known"], py["path"]
+    assert any(r["known"] for r in python)  # the model's own kind of picture is known
+
+
+def test_none_of_these_reads_the_same_in_python_and_node(tmp_path):
+    """A picture of none of the classes (a colour gradient) says so in the table, in both; the colour wheel, which
+    the shipped model's score still takes for an apple, gets that same answer in both."""
+    from cifarkit.predict import format_predictions, predict_files
+
+    wheel = colour_wheel(tmp_path / "wheel.png")
+    ramp = np.linspace(0, 255, 64)
+    gradient = np.stack([*np.meshgrid(ramp, ramp), np.full((64, 64), 80.0)], axis=-1).astype(np.uint8)
+    Image.fromarray(gradient).save(tmp_path / "gradient.png")
+    files = [wheel, tmp_path / "gradient.png"]
+    python = format_predictions(predict_files(None, files, top_k=3), "table")
+    result = node_classify("--top-k", "3", *map(str, files))
+    assert result.returncode == 0, result.stderr
+    assert "none of the 100 classes (closest: " in python
+    for py, js in zip(python.splitlines(), result.stdout.splitlines(), strict=True):
+        # the same verdict and the same closest class (the percentages differ by the web model's float16 weights)
+        assert ("none of the 100 classes" in py) == ("none of the 100 classes" in js)
+        assert py.split("%")[0].rsplit(" ", 1)[0] == js.split("%")[0].rsplit(" ", 1)[0]
 
 
 def test_cli_reports_each_bad_file_and_goes_on(pictures, tmp_path):
@@ -108,7 +154,8 @@ def test_cli_reports_each_bad_file_and_goes_on(pictures, tmp_path):
     assert "empty file" in lines[2] and "no such file" in lines[3]
     assert "3 of 4 files could not be classified" in result.stderr and "at " not in result.stderr  # no stack trace
     csv = node_classify("--format", "csv", "-k", "2", str(good))
-    assert csv.returncode == 0 and csv.stdout.splitlines()[0] == "path,rank,class,probability,superclass,error"
+    header = "path,rank,class,probability,superclass,error,known,outlier_score"
+    assert csv.returncode == 0 and csv.stdout.splitlines()[0] == header
     assert len(csv.stdout.strip().splitlines()) == 3
     for bad in (["--top-k", "0", str(good)], ["--format", "xml", str(good)], []):
         result = node_classify(*bad)
@@ -196,7 +243,10 @@ def test_python_and_node_give_one_verdict_on_model_metadata(tmp_path):
     shipped = json.loads((WEB / "public" / "model" / "model.json").read_text())
     cases = {
         "shipped": json.dumps(shipped), "version-null": json.dumps({**shipped, "version": None}),
-        "version-2": json.dumps({**shipped, "version": 2}), "bom": "\ufeff" + json.dumps(shipped),
+        "version-3": json.dumps({**shipped, "version": 3}), "version-1": json.dumps({**shipped, "version": 1}),
+        "fingerprint-short": json.dumps({**shipped, "features": {**shipped["features"], "fingerprint": "ab"}}),
+        "threshold-text": json.dumps({**shipped, "outlier": {**shipped["outlier"], "threshold": "low"}}),
+        "outlier-misnamed": json.dumps({**shipped, "outlier": {**shipped["outlier"], "name": "x"}}), "bom": "\ufeff" + json.dumps(shipped),
         "numeric-dataset": json.dumps({**shipped, "dataset": 100}),
         "no-model-file": json.dumps({k: v for k, v in shipped.items() if k != "model_file"}),
         "no-sha256": json.dumps({k: v for k, v in shipped.items() if k != "model_sha256"}),
@@ -230,7 +280,7 @@ def test_python_and_node_give_one_verdict_on_model_metadata(tmp_path):
     python = {f: python_verdict(Path(f)) for f in files}
     assert node == python
     accepted = {Path(f).stem for f, ok in python.items() if ok}
-    assert accepted == {"shipped", "no-version"}
+    assert accepted == {"shipped", "no-version", "version-1"}
 
 
 def test_fit_crop_gives_one_answer_in_python_and_node(pictures):

@@ -129,6 +129,19 @@ def test_page_works_out_of_the_box_with_the_shipped_model(tmp_path):
     predictions = predict_files(None, pictures)
     expected = {Path(p.path).name: p.classes[0][0] for p in predictions}
     assert {Path(r["file"]).name: r["top1"] for r in report["results"]} == expected
-    # the page shows the superclass of its answer, as `cifarkit predict` names it
+    # the page shows the superclass of its answer, as `cifarkit predict` names it (none for "none of these")
     assert {Path(r["file"]).name: r["superclass"] for r in report["results"]} == {
-        Path(p.path).name: f"superclass: {p.superclass}" for p in predictions}
+        Path(p.path).name: f"superclass: {p.superclass}" if p.known is not False else None for p in predictions}
+    # ...and says "none of the classes" where `cifarkit predict` does: the same outlier score (the web model's
+    # float16 weights move it by at most the measured difference) and the same verdict away from the threshold
+    from cifarkit.pretrained import load_pretrained
+
+    threshold = load_pretrained().outlier["threshold"]
+    page = {Path(r["file"]).name: r for r in report["results"]}
+    for p in predictions:
+        shown = page[Path(p.path).name]
+        assert abs(shown["outlierScore"] - p.outlier_score) < 0.05, (p.path, shown, p.outlier_score)
+        if abs(p.outlier_score - threshold) > 0.05:
+            assert shown["known"] is p.known, (p.path, shown, p.outlier_score)
+            assert (shown["verdict"] or "").startswith("None of the 100 classes") is (not p.known)
+    assert any(p.known is False for p in predictions) and any(p.known for p in predictions)

@@ -28,13 +28,14 @@ class ModelBundle:
     fine_to_coarse: list[int] | None = None  # each class's superclass index
     val: dict[str, float] = field(default_factory=dict)  # validation figures at `step`; empty before any
     temperature: float = 1.0  # divides the logits before the softmax (cifarkit.calibration); 1: uncalibrated
+    outlier: dict | None = None  # {"score", "threshold", "known_rate"} (cifarkit.outlier); None: not fitted
 
     def to_state(self) -> dict[str, Any]:
         """The bundle's checkpoint fields (plain data and tensors, loadable with weights_only=True)."""
         return {"config": self.config, "model": self.model, "preprocess": self.preprocess,
                 "class_names": list(self.class_names), "coarse_names": list(self.coarse_names),
                 "fine_to_coarse": self.fine_to_coarse, "step": self.step, "val": self.val,
-                "temperature": self.temperature}
+                "temperature": self.temperature, "outlier": self.outlier}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], source: object) -> ModelBundle:
@@ -44,4 +45,5 @@ class ModelBundle:
         return cls(config=state["config"], model=state["model"], preprocess=state["preprocess"],
                    class_names=list(state["class_names"]), step=int(state["step"]),
                    coarse_names=list(state.get("coarse_names") or []), fine_to_coarse=state.get("fine_to_coarse"),
-                   val=dict(state.get("val") or {}), temperature=float(state.get("temperature", 1.0)))
+                   val=dict(state.get("val") or {}), temperature=float(state.get("temperature", 1.0)),
+                   outlier=state.get("outlier"))

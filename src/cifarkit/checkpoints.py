@@ -134,6 +134,7 @@ FIELDS = {  # field: (what it must be, check)
     "skipped_steps": ("a whole number >= 0", lambda v: _is_int(v) and v >= 0),
     "train_seconds": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
     "temperature": ("a number in [0.05, 20]", lambda v: _is_number(v) and 0.05 <= v <= 20),
+    "outlier": ("null or an outlier record (cifarkit.outlier)", lambda v: v is None or _outlier_problem(v) is None),
 }
 FOR_USE = ("step", "model", "config", "preprocess", "class_names")  # what evaluate / predict / export need
 FOR_RESUME = (*FOR_USE, "total_steps", "optimizer", "loader", "rng", "train_accumulator", "best_val_loss",
@@ -159,3 +160,9 @@ def check_payload(payload: dict, source, required: tuple[str, ...] = ("step", "m
             raise CheckpointError(f"{source}: its fine-to-coarse map does not fit its {len(classes or [])} classes "
                                   f"and {len(coarse)} superclasses; the file is damaged or crafted")
     return payload
+
+
+def _outlier_problem(record) -> str | None:
+    from cifarkit.outlier import record_problem  # here: cifarkit.outlier imports torch
+
+    return record_problem(record)

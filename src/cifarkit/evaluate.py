@@ -196,11 +196,13 @@ def split_logits(trained: TrainedModel, split: str, data_dir: str | None = None,
 
 def calibrate_run(run: str | Path, data_dir: str | None = None, target: str = "nll", device: str = "cpu") -> dict:
     """Fit a run's temperature on its validation split (held-out training images, never the test set), for the
-    NLL or the ECE (cifarkit.calibration), and write RUN/calibration.json for the checkpoint it fitted: predict,
-    evaluate and export then use it. Returns the record."""
+    NLL or the ECE (cifarkit.calibration), and its outlier threshold (cifarkit.outlier: the default score, 95% of
+    the split known), and write RUN/calibration.json for the checkpoint it fitted: predict, evaluate and export
+    then use both. Returns the record."""
     from cifarkit.calibration import expected_calibration_error as ece
     from cifarkit.calibration import fit_temperature, fit_temperature_for_ece, nll
     from cifarkit.inference import CALIBRATION_FILE
+    from cifarkit.outlier import fit_record
 
     fits = {"nll": fit_temperature, "ece": fit_temperature_for_ece}
     if target not in fits:
@@ -216,7 +218,8 @@ def calibrate_run(run: str | Path, data_dir: str | None = None, target: str = "n
               "fitted_on": f"the validation split ({len(labels)} held-out training images), single view",
               "checkpoint": trained.checkpoint.name, "checkpoint_sha256": trained.sha256,
               "val_nll": {"before": nll(logits, labels, 1.0), "after": nll(logits, labels, temperature)},
-              "val_ece": {"before": ece(logits, labels, 1.0), "after": ece(logits, labels, temperature)}}
+              "val_ece": {"before": ece(logits, labels, 1.0), "after": ece(logits, labels, temperature)},
+              "outlier": fit_record(logits.float().numpy(), temperature)}
     atomic_write_bytes(folder / CALIBRATION_FILE, (json_text(record) + "\n").encode())
     record["file"] = str(folder / CALIBRATION_FILE)
     return record

@@ -1,7 +1,9 @@
 """`cifarkit export`: an ONNX model that takes raw pixels and returns probabilities, checked by ONNX Runtime.
 
 The graph's input is uint8 RGB pixels, NHWC (batch, 32, 32, 3), with a dynamic batch size; all of the
-checkpoint's preprocessing (scaling, GCN, ZCA or mean/std) is inside it, and it ends in a softmax. Beside it, a
+checkpoint's preprocessing (scaling, GCN, ZCA or mean/std) is inside it, and it ends in a softmax. From the same
+single pass it also outputs `features` (the penultimate layer, what a head for new classes is taught on) and,
+for a model with an outlier record, `outlier_score` (cifarkit.outlier). Beside it, a
 JSON file named after it (model.onnx -> model.json) records the classes, superclasses, the input spec,
 the resize filter, the source checkpoint's hash and its validation/test accuracy. The export verifies
 itself: ONNX Runtime must reproduce PyTorch's outputs within 1e-4 on real images, or nothing is left on disk.
@@ -43,27 +45,53 @@ class ExportError(CifarkitError):
     """The exported graph could not be written or does not reproduce PyTorch's outputs."""
 
 
-class PixelsToProbabilities(nn.Module):
+class InferenceGraph(nn.Module):
     """uint8 NHWC pixels -> Preprocess -> network -> logits / temperature -> softmax: the whole inference path
-    in one graph, so every runtime (ONNX Runtime in Python, Node.js and browsers) gives calibrated scores."""
+    in one graph, so every runtime (ONNX Runtime in Python, Node.js and browsers) gives calibrated scores; beside
+    the probabilities, the features the logits came from and the outlier score, where the model has them."""
 
     def __init__(self, trained: TrainedModel):
         super().__init__()
-        self.preprocess, self.model, self.temperature = trained.preprocess, trained.model, trained.temperature
+        from cifarkit.models.protocol import HasFeatures
+        from cifarkit.outlier import outlier_module
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.permute(0, 3, 1, 2).float()
-        logits = self.model(self.preprocess(x))
+        self.preprocess, self.model, self.temperature = trained.preprocess, trained.model, trained.temperature
+        self.with_features = isinstance(trained.model, HasFeatures)
+        self.outlier = (outlier_module(trained.outlier, trained.temperature)
+                        if self.with_features and trained.outlier is not None else None)
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["probabilities"] + (["features"] if self.with_features else []) + \
+            (["outlier_score"] if self.outlier is not None else [])
+
+    def forward(self, pixels: torch.Tensor):
+        x = self.preprocess(pixels.permute(0, 3, 1, 2).float())
+        if not self.with_features:
+            return self._softmax(self.model(x))
+        features = self.model.embed(x)
+        logits = self.model.classify(features)
+        if self.outlier is None:
+            return self._softmax(logits), features
+        return self._softmax(logits), features, self.outlier(features, logits)
+
+    def _softmax(self, logits: torch.Tensor) -> torch.Tensor:
         return (logits if self.temperature == 1.0 else logits / self.temperature).softmax(dim=1)
 
+    @torch.no_grad()
+    def outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        out = self(torch.from_numpy(pixels))
+        out = out if isinstance(out, tuple) else (out,)
+        return {name: value.numpy() for name, value in zip(self.output_names, out, strict=True)}
 
-def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+
+def _onnx_export(module: InferenceGraph, example: torch.Tensor, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
     # The exporter narrates its passes and warns about optional packages (torchvision); keep the CLI quiet.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(path), input_names=["pixels"], output_names=["probabilities"],
+        torch.onnx.export(module, (example,), str(path), input_names=["pixels"], output_names=module.output_names,
                           dynamic_shapes={"pixels": {0: batch}}, dynamo=True, external_data=False, verbose=False,
                           optimize=True)
 
@@ -82,10 +110,18 @@ def make_session(path: Path | str, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(path: Path | str, pixels: np.ndarray, batch_size: int = 500) -> np.ndarray:
+def run_onnx(path: Path | str, pixels: np.ndarray, batch_size: int = 500, output: str = "probabilities") -> np.ndarray:
     session = make_session(path)
-    return np.concatenate([session.run(["probabilities"], {"pixels": pixels[i : i + batch_size]})[0]
+    return np.concatenate([session.run([output], {"pixels": pixels[i : i + batch_size]})[0]
                            for i in range(0, len(pixels), batch_size)])
+
+
+def run_onnx_outputs(path: Path | str, pixels: np.ndarray, batch_size: int = 500) -> dict[str, np.ndarray]:
+    """Every output of the exported graph, by name."""
+    session = make_session(path)
+    names = [o.name for o in session.get_outputs()]
+    parts = [session.run(names, {"pixels": pixels[i : i + batch_size]}) for i in range(0, len(pixels), batch_size)]
+    return {name: np.concatenate([part[k] for part in parts]) for k, name in enumerate(names)}
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, calibration_pixels: np.ndarray, batch_size: int = 64) -> None:
@@ -238,7 +274,7 @@ def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np
     _check_overwritable_export(out)
     check_writable_folder(out.parent, "the ONNX model")  # before the export, not after it
     trained = load_model(checkpoint, "cpu")
-    module = PixelsToProbabilities(trained).eval()
+    module = InferenceGraph(trained).eval()
     dataset = _dataset_for_int8(trained, data_dir) if quantize else None
     if check_images is None:  # the test images: from the dataset int8 loaded already, else looked up
         check_images = dataset.test_images[:64] if dataset is not None else real_check_images(trained,
@@ -255,17 +291,27 @@ def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np
             _onnx_export(module, torch.from_numpy(check_images[:2]), staged)
         except Exception as e:  # the exporter's own errors are long; keep the first line
             raise ExportError(f"ONNX export failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        with torch.no_grad():
-            expected = module(torch.from_numpy(check_images)).numpy()
-        got = run_onnx(staged, check_images)
-        for outputs, who in ((expected, "PyTorch"), (got, "ONNX Runtime")):
-            bad = int((~np.isfinite(outputs).all(axis=1)).sum())
+        expected_outputs = module.outputs(check_images)
+        got_outputs = run_onnx_outputs(staged, check_images)
+        expected, got = expected_outputs["probabilities"], got_outputs["probabilities"]
+        for outputs, who in ((expected_outputs, "PyTorch"), (got_outputs, "ONNX Runtime")):
+            rows = np.isfinite(outputs["probabilities"]).all(axis=1)
+            for name in ("features", "outlier_score"):
+                if name in outputs:
+                    rows &= np.isfinite(outputs[name].reshape(len(rows), -1)).all(axis=1)
+            bad = int((~rows).sum())
             if bad:  # NaN compares false with everything: "within nan" must not pass the parity check
-                raise ExportError(f"{non_finite_model(f'model {trained.name}', bad, len(outputs))} ({who}); "
+                raise ExportError(f"{non_finite_model(f'model {trained.name}', bad, len(rows))} ({who}); "
                                   "nothing was written")
         difference = float(np.abs(got - expected).max())
-        if difference > TOLERANCE:
-            raise ExportError(f"ONNX Runtime's outputs differ from PyTorch's by {difference:.2e} "
+        # features and outlier scores are not bounded by 1 as probabilities are: held to the same tolerance
+        # relative to their size
+        relative = {name: float(np.abs(got_outputs[name] - expected_outputs[name]).max()
+                                / max(1.0, float(np.abs(expected_outputs[name]).max())))
+                    for name in module.output_names[1:]}
+        worst = max([difference, *relative.values()])
+        if worst > TOLERANCE:
+            raise ExportError(f"ONNX Runtime's outputs differ from PyTorch's by {worst:.2e} "
                               f"(> {TOLERANCE:g}); nothing was written")
         if trained.pretrained:
             from cifarkit.pretrained import read_card
@@ -294,8 +340,17 @@ def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np
             "val": trained.val,
             "test": results.get("test"),
             "parity": {"images": int(len(check_images)), "source": source, "max_abs_difference": difference,
-                       "tolerance": TOLERANCE},
+                       "tolerance": TOLERANCE, **{f"{name}_max_relative_difference": value
+                                                  for name, value in relative.items()}},
         }
+        if module.with_features:
+            metadata["features"] = {"name": "features", "dtype": "float32",
+                                    "shape": ["batch", int(expected_outputs["features"].shape[1])],
+                                    "fingerprint": trained.feature_fingerprint}
+        if module.outlier is not None:
+            metadata["outlier"] = {"name": "outlier_score", "dtype": "float32", "shape": ["batch"],
+                                   "score": trained.outlier["score"], "threshold": trained.outlier["threshold"],
+                                   "known_rate": trained.outlier.get("known_rate")}
         if quantize:
             kind, make = QUANTIZATIONS[quantize]
             quantized = make(staged, Path(tmp), dataset, calibration_images)

@@ -12,7 +12,8 @@ from importlib import resources
 from typing import Any
 
 EXPORT_FORMAT = "cifarkit-onnx"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: the `features` output (and `outlier_score` where fitted) beside `probabilities`
+READABLE_VERSIONS = (1, 2)  # a version 1 export still loads: it classifies, but cannot be taught or say "none"
 
 
 def export_schema() -> dict:
@@ -29,6 +30,8 @@ def schema_problems(value: Any, schema: dict, where: str = "metadata") -> list[s
     problems = []
     if "const" in schema and value != schema["const"]:
         problems.append(f"{where} must be {schema['const']!r}, got {value!r}")
+    if "enum" in schema and not any(value == option and type(value) is type(option) for option in schema["enum"]):
+        problems.append(f"{where} must be one of {', '.join(map(repr, schema['enum']))}, got {value!r}")
     kinds = schema.get("type")
     if kinds is not None:
         kinds = [kinds] if isinstance(kinds, str) else kinds
@@ -53,10 +56,10 @@ def version_problem(metadata: dict) -> str | None:
     """Why a reader of this version cannot read `metadata`, or None. No version: an export from before the
     field existed, which is version 1."""
     version = metadata.get("version", 1)
-    if version == EXPORT_VERSION and not isinstance(version, bool):
+    if version in READABLE_VERSIONS and isinstance(version, int) and not isinstance(version, bool):
         return None
-    return (f"its metadata version is {json.dumps(version)} and this cifarkit reads version {EXPORT_VERSION}; "
-            "export the model with this cifarkit (or upgrade cifarkit)")
+    return (f"its metadata version is {json.dumps(version)} and this cifarkit reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; export the model with this cifarkit (or upgrade cifarkit)")
 
 
 FORBIDDEN_KEYS = ("__proto__", "constructor", "prototype")  # keys that mean something else to a JavaScript reader
@@ -108,6 +111,13 @@ def metadata_problems(metadata) -> list[str]:
     digest = metadata.get("model_sha256")
     if "model_sha256" in metadata and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
         problems.append("its model_sha256 is not a SHA-256 digest (64 hexadecimal digits)")
+    features = metadata.get("features")
+    if isinstance(features, dict) and not (isinstance(features.get("fingerprint"), str)
+                                           and re.fullmatch(r"[0-9a-f]{64}", features["fingerprint"])):
+        problems.append("its features fingerprint is not a SHA-256 digest (64 hexadecimal digits)")
+    outlier = metadata.get("outlier")
+    if isinstance(outlier, dict) and not _number(outlier.get("threshold")):
+        problems.append("its outlier threshold is not a finite number")
     parity = metadata.get("parity")
     if isinstance(parity, dict) and "max_abs_difference" in parity and not _number(parity["max_abs_difference"]):
         problems.append("its outputs were not finite numbers when it was exported (a model that diverged)")

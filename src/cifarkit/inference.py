@@ -37,21 +37,63 @@ class TrainedModel:
     name: str = ""  # the pretrained model's name, or the checkpoint's path
     pretrained: bool = False  # a shipped model (its files live inside the installed package)
     temperature: float = 1.0  # divides the logits before the softmax (cifarkit.calibration); 1: uncalibrated
+    # {"score", "threshold", "known_rate"} (cifarkit.outlier): when the model can say "none of these"; None: it
+    # has not been calibrated for it (`cifarkit calibrate`)
+    outlier: dict | None = None
 
     @torch.no_grad()
-    def probabilities(self, images_nchw_uint8: torch.Tensor, tta: bool = False, batch_size: int = 500):
-        """Softmax outputs for uint8 NCHW images, in batches (flip TTA averages the two views' logits)."""
+    def logits(self, images_nchw_uint8: torch.Tensor, tta: bool = False, batch_size: int = 500) -> torch.Tensor:
+        """Raw logits (before the temperature) for uint8 NCHW images, in batches (flip TTA averages the two
+        views' logits); a model whose outputs are not finite is refused."""
         device = next(self.model.parameters()).device
-        out = []
-        for start in range(0, len(images_nchw_uint8), batch_size):
-            x = self.preprocess(images_nchw_uint8[start : start + batch_size].to(device))
-            out.append((predict_logits(self.model, x, tta) / self.temperature).softmax(dim=1).cpu())
-        probabilities = torch.cat(out) if out else torch.empty(0, len(self.class_names))
-        bad = int((~torch.isfinite(probabilities).all(dim=1)).sum())
+        out = [predict_logits(self.model, self.preprocess(images_nchw_uint8[start : start + batch_size].to(device)),
+                              tta).float().cpu()
+               for start in range(0, len(images_nchw_uint8), batch_size)]
+        logits = torch.cat(out) if out else torch.empty(0, len(self.class_names))
+        bad = int((~torch.isfinite(logits).all(dim=1)).sum())
         if bad:  # a NaN is never an answer: it would rank arbitrarily and print as "nan%"
+            raise non_finite_model(f"model {self.name or self.checkpoint}", bad, len(logits))
+        return logits
+
+    def probabilities(self, images_nchw_uint8: torch.Tensor, tta: bool = False, batch_size: int = 500):
+        """Calibrated softmax outputs for uint8 NCHW images."""
+        return self.probabilities_from(self.logits(images_nchw_uint8, tta, batch_size))
+
+    def probabilities_from(self, logits: torch.Tensor) -> torch.Tensor:
+        probabilities = (logits / self.temperature).softmax(dim=1)
+        bad = int((~torch.isfinite(probabilities).all(dim=1)).sum())
+        if bad:
             raise non_finite_model(f"model {self.name or self.checkpoint}", bad, len(probabilities))
         return probabilities
 
+    @torch.no_grad()
+    def outlier_scores(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """Each picture's outlier score (higher: less likely one of the classes), or None for a model without
+        an outlier record. The stored scores use the logits alone (cifarkit.outlier.STORABLE_SCORES)."""
+        if self.outlier is None:
+            return None
+        from cifarkit.outlier import outlier_module
+
+        return outlier_module(self.outlier, self.temperature)(logits.new_zeros(len(logits), 0), logits)
+
+    @torch.no_grad()
+    def features(self, images_nchw_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+        """The penultimate layer after pooling, (N, D) float32, for uint8 NCHW images (cifarkit.features)."""
+        from cifarkit.features import require_features
+
+        model = require_features(self.model)
+        device = next(self.model.parameters()).device
+        out = [model.embed(self.preprocess(images_nchw_uint8[start : start + batch_size].to(device))).float().cpu()
+               for start in range(0, len(images_nchw_uint8), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, 0)
+
+    @property
+    def feature_fingerprint(self) -> str:
+        from cifarkit.features import feature_fingerprint
+
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = feature_fingerprint(self.model, self.preprocess)
+        return self._fingerprint
 
     def predict(self, pictures, top_k: int = 5, tta: bool | str = False, fit: str = "squash") -> list[list[dict]]:
         """Ranked [{"label", "score"}] (best first) for each picture: file paths, PIL images, or uint8 arrays
@@ -67,6 +109,25 @@ class TrainedModel:
         return [[self._ranked(i, p) for i, p in zip(row_i, row_p, strict=True)]
                 for row_i, row_p in zip(indices.tolist(), values.tolist(), strict=True)]
 
+    def assess(self, pictures, top_k: int = 5, tta: bool | str = False, fit: str = "squash") -> list[dict]:
+        """`predict`, plus whether each picture looks like one of the classes at all: {"ranked": [...],
+        "outlier_score": float, "known": bool} per picture (outlier_score and known are None for a model
+        without an outlier record)."""
+        from cifarkit.images import as_model_pixels
+
+        several = isinstance(pictures, (list, tuple)) or (isinstance(pictures, np.ndarray) and pictures.ndim == 4)
+        batch = [as_model_pixels(p, fit) for p in (pictures if several else [pictures])]
+        if not batch:
+            return []
+        indices, values, _, outlier = predict_arrays(self, np.stack(batch), top_k, tta, with_outlier=True)
+        rows = []
+        for n, (row_i, row_p) in enumerate(zip(indices.tolist(), values.tolist(), strict=True)):
+            score = None if outlier is None else float(outlier[n])
+            rows.append({"ranked": [self._ranked(i, p) for i, p in zip(row_i, row_p, strict=True)],
+                         "outlier_score": score,
+                         "known": None if score is None else bool(score <= self.outlier["threshold"])})
+        return rows
+
     def superclass_of(self, index: int) -> str | None:
         """The superclass of class `index`, for models that have them (CIFAR-100); None otherwise."""
         if self.fine_to_coarse is None or not self.coarse_names:
@@ -81,22 +142,31 @@ class TrainedModel:
         return item
 
 
-def predict_arrays(trained: TrainedModel, images_nhwc: np.ndarray, top_k: int = 5, tta: bool = False):
-    """Top-k (class index, probability) per image, plus the full probability matrix."""
+def predict_arrays(trained: TrainedModel, images_nhwc: np.ndarray, top_k: int = 5, tta: bool = False,
+                   with_outlier: bool = False):
+    """Top-k (class index, probability) per image, plus the full probability matrix (and, `with_outlier`, the
+    outlier scores, None for a model without an outlier record)."""
     x = torch.from_numpy(np.ascontiguousarray(images_nhwc)).permute(0, 3, 1, 2)
-    probabilities = trained.probabilities(x, tta=tta)
+    logits = trained.logits(x, tta=tta)
+    probabilities = trained.probabilities_from(logits)
     k = min(top_k, probabilities.shape[1])
     top = probabilities.topk(k, dim=1)
-    return top.indices.numpy(), top.values.numpy(), probabilities.numpy()
+    answer = top.indices.numpy(), top.values.numpy(), probabilities.numpy()
+    if not with_outlier:
+        return answer
+    outlier = trained.outlier_scores(logits)
+    return (*answer, None if outlier is None else outlier.numpy())
 
 
 CALIBRATION_FILE = "calibration.json"  # written by `cifarkit calibrate RUN` beside the run's checkpoints
 
 
-def run_calibration(checkpoint: Path, sha256: str) -> float | None:
-    """The temperature `cifarkit calibrate` fitted for exactly this checkpoint (its sha256), from the run folder's
-    calibration.json; None when there is none, or it was fitted for another checkpoint of the run."""
+def run_calibration(checkpoint: Path, sha256: str) -> dict | None:
+    """What `cifarkit calibrate` fitted for exactly this checkpoint (its sha256), from the run folder's
+    calibration.json: {"temperature": float, "outlier": record or None}; None when there is none, or it was
+    fitted for another checkpoint of the run."""
     from cifarkit.files import read_json
+    from cifarkit.outlier import record_problem
 
     for folder in (checkpoint.parent, checkpoint.parent.parent):  # RUN/best.pt, RUN/checkpoints/step-N.pt
         path = folder / CALIBRATION_FILE
@@ -108,7 +178,9 @@ def run_calibration(checkpoint: Path, sha256: str) -> float | None:
             temperature = record.get("temperature") if isinstance(record, dict) else None
             if (record.get("checkpoint_sha256") == sha256 and isinstance(temperature, (int, float))
                     and not isinstance(temperature, bool) and 0.05 <= temperature <= 20):
-                return float(temperature)
+                outlier = record.get("outlier")
+                return {"temperature": float(temperature),
+                        "outlier": outlier if record_problem(outlier) is None else None}
             return None
     return None
 
@@ -118,8 +190,8 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
     bundle = ModelBundle.from_state(load_checkpoint(checkpoint), checkpoint)
     sha256 = file_sha256(checkpoint)
     trained = trained_model_from_bundle(bundle, checkpoint, sha256, device)
-    if (temperature := run_calibration(checkpoint, sha256)) is not None:
-        trained.temperature = temperature
+    if (calibration := run_calibration(checkpoint, sha256)) is not None:
+        trained.temperature, trained.outlier = calibration["temperature"], calibration["outlier"]
     return trained
 
 
@@ -142,5 +214,5 @@ def trained_model_from_bundle(bundle: ModelBundle, source: Path, sha256: str, de
         model=model, preprocess=preprocess, config=config, class_names=bundle.class_names,
         coarse_names=bundle.coarse_names, fine_to_coarse=bundle.fine_to_coarse, checkpoint=source, sha256=sha256,
         step=bundle.step, val=bundle.val, name=name or str(source), pretrained=name is not None,
-        temperature=bundle.temperature,
+        temperature=bundle.temperature, outlier=bundle.outlier,
     )

@@ -17,7 +17,7 @@ import numpy as np
 from cifarkit.errors import ImageError
 from cifarkit.files import json_text
 from cifarkit.images import DEFAULT_FIT, display_path, expand_paths, load_image
-from cifarkit.text import csv_row, printable
+from cifarkit.text import Numeral, csv_row, printable
 
 if TYPE_CHECKING:
     from cifarkit.inference import TrainedModel
@@ -29,6 +29,11 @@ class Prediction:
     classes: list[tuple[str, float]] = field(default_factory=list)  # top-k (name, probability)
     superclass: str | None = None
     error: str | None = None
+    # cifarkit.outlier: higher = less likely one of the classes; known = at or below the model's threshold.
+    # None for a model without an outlier record.
+    outlier_score: float | None = None
+    known: bool | None = None
+    classes_count: int = 0  # how many classes the model has ("none of the 100 classes")
 
 
 BATCH = 256  # pictures decoded and classified at a time: results stream out batch by batch
@@ -64,11 +69,15 @@ def iter_predictions(model: str | Path | None, paths: list[str | Path], top_k: i
             except ImageError as e:
                 results[i].error = _reason(str(e), path)
         if images:
-            indices, values, _ = predict_arrays(trained, np.stack(images), top_k, tta)
+            indices, values, _, outlier = predict_arrays(trained, np.stack(images), top_k, tta, with_outlier=True)
             for row, i in enumerate(ok):
                 results[i].classes = [(trained.class_names[c], float(p))
                                       for c, p in zip(indices[row], values[row], strict=True)]
                 results[i].superclass = trained.superclass_of(indices[row][0])
+                results[i].classes_count = len(trained.class_names)
+                if outlier is not None:
+                    results[i].outlier_score = float(outlier[row])
+                    results[i].known = bool(outlier[row] <= trained.outlier["threshold"])
         yield from results
 
 
@@ -80,19 +89,28 @@ def predict_files(model: str | Path | None, paths: list[str | Path], top_k: int 
 
 def _as_json(r: Prediction) -> dict:
     return {"path": r.path, "error": r.error, "superclass": r.superclass,
-            "top": [{"class": c, "probability": p} for c, p in r.classes]}
+            "top": [{"class": c, "probability": p} for c, p in r.classes], "known": r.known,
+            "outlier_score": r.outlier_score}
+
+
+CSV_HEADER = ["path", "rank", "class", "probability", "superclass", "error", "known", "outlier_score"]
 
 
 def _csv_rows(r: Prediction) -> list[list]:
     if r.error:
-        return [[r.path, "", "", "", "", r.error]]
-    return [[r.path, rank, name, f"{p:.6f}", r.superclass or "", ""] for rank, (name, p) in enumerate(r.classes, 1)]
+        return [[r.path, "", "", "", "", r.error, "", ""]]
+    known = "" if r.known is None else str(r.known).lower()
+    score = "" if r.outlier_score is None else Numeral(f"{r.outlier_score:.6f}")
+    return [[r.path, rank, name, f"{p:.6f}", r.superclass or "", "", known, score]
+            for rank, (name, p) in enumerate(r.classes, 1)]
 
 
 def _table_line(r: Prediction) -> str:
     if r.error:
         return f"{printable(r.path)}: ERROR {printable(r.error)}"
     top = ", ".join(f"{printable(name)} {p:.1%}" for name, p in r.classes)
+    if r.known is False:  # an honest answer: the picture does not look like any class the model knows
+        return f"{printable(r.path)}: none of the {r.classes_count} classes (closest: {top})"
     return f"{printable(r.path)}: {top}" + (f"  [superclass: {printable(r.superclass)}]" if r.superclass else "")
 
 
@@ -110,7 +128,7 @@ def _json_lines(results: Iterable[Prediction]) -> Iterator[str]:
 
 
 def _csv_lines(results: Iterable[Prediction]) -> Iterator[str]:
-    yield csv_row(["path", "rank", "class", "probability", "superclass", "error"])
+    yield csv_row(CSV_HEADER)
     for r in results:
         yield "\n".join(csv_row(row) for row in _csv_rows(r))
 

@@ -21,12 +21,18 @@ def csv_cell(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
+class Numeral(str):
+    """A number formatted as text ("-4.780612"): written to CSV as it is, as numbers are, never neutralised as if
+    it were a formula (a negative figure starts with "-")."""
+
+
 def csv_row(cells: Iterable) -> str:
     """One CSV line (no line end), the one writer of every CSV cifarkit writes: each text cell through
-    `csv_cell`, numbers as they are, None as an empty cell."""
+    `csv_cell`, numbers (and Numerals) as they are, None as an empty cell."""
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="").writerow(
-        ["" if c is None else csv_cell(c) if isinstance(c, str) else c for c in cells])
+        ["" if c is None else c if isinstance(c, Numeral) else csv_cell(c) if isinstance(c, str) else c
+         for c in cells])
     return buffer.getvalue()
 
 

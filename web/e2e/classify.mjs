@@ -40,6 +40,9 @@ async function upload(file) {
     error: document.getElementById("status")?.dataset.kind === "error",
     rows: document.querySelectorAll("#results li").length,
     superclass: document.getElementById("superclass")?.textContent || null,
+    known: document.body.dataset.known ? document.body.dataset.known === "true" : null,
+    outlierScore: document.body.dataset.outlierScore ? Number(document.body.dataset.outlierScore) : null,
+    verdict: document.getElementById("verdict")?.textContent || null,
   }));
 }
 

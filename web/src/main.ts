@@ -1,7 +1,7 @@
 /** The page: pick, drop, paste or photograph a picture (or click a sample); see the 32x32 the model sees
  * and its top-5 classes. Everything runs in the browser. */
 import {
-  decodeImage, loadClassifier, ModelLoadError, SIZE, toModelPixels, type BrowserClassifier, type Classification,
+  decodeImage, loadClassifier, ModelLoadError, SIZE, toModelPixels, type Assessment, type BrowserClassifier,
   type Fit,
 } from "@cifarkit/classify";
 import "./style.css";
@@ -10,6 +10,7 @@ const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as 
 const status = $<HTMLParagraphElement>("status");
 const results = $<HTMLOListElement>("results");
 const superclass = $<HTMLParagraphElement>("superclass");
+const verdict = $<HTMLParagraphElement>("verdict");
 const preview = $<HTMLCanvasElement>("preview");
 const original = $<HTMLImageElement>("original");
 const fileInput = $<HTMLInputElement>("file");
@@ -32,7 +33,12 @@ function showPreview(pixels: Uint8Array) {
   preview.getContext("2d")!.putImageData(new ImageData(rgba, SIZE, SIZE), 0, 0);
 }
 
-function showResults(top: Classification[]) {
+function showResults({ ranked: top, known, outlierScore }: Assessment) {
+  // an honest answer: a picture that looks like none of the classes says so, and shows the closest ones
+  verdict.textContent = known === false
+    ? `None of the ${classifier?.labels.length ?? ""} classes this model knows. The closest ones:` : "";
+  document.body.dataset.known = known === null ? "" : String(known);
+  document.body.dataset.outlierScore = outlierScore === null ? "" : String(outlierScore);
   results.replaceChildren(
     ...top.map(({ label: name, score: probability }) => {
       const item = document.createElement("li");
@@ -49,7 +55,7 @@ function showResults(top: Classification[]) {
       return item;
     }),
   );
-  superclass.textContent = top[0]?.superclass ? `superclass: ${top[0].superclass}` : "";
+  superclass.textContent = top[0]?.superclass && known !== false ? `superclass: ${top[0].superclass}` : "";
   document.body.dataset.top1 = top[0]?.label ?? "";
 }
 
@@ -76,11 +82,12 @@ async function classify(blob: Blob, label: string) {
     showOriginal(blob);
     const pixels = toModelPixels(image, fit());
     showPreview(pixels);
-    showResults((await classifier.classifyPixels([pixels]))[0]!);
+    showResults((await classifier.assessPixels([pixels]))[0]!);
     say(`${label}: ${image.width}×${image.height} → 32×32`);
   } catch (error) {
     results.replaceChildren();
     superclass.textContent = "";
+    verdict.textContent = "";
     document.body.dataset.top1 = "";
     const message = error instanceof Error ? error.message : String(error);
     // the library's messages start with the picture's name already: name it once

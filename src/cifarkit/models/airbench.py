@@ -98,8 +98,14 @@ class AirbenchNet(nn.Module):
         works unchanged under DDP and torch.compile, unlike toggling requires_grad)."""
         return [self.whiten.bias] if epoch >= self.whiten_bias_epochs else []
 
+    def embed(self, x):
+        return self.layers(self.whiten(x))
+
+    def classify(self, features):
+        return self.head(features) * self.scaling_factor
+
     def forward(self, x):
-        return self.head(self.layers(self.whiten(x))) * self.scaling_factor
+        return self.classify(self.embed(x))
 
 
 def _check_options(widths=(64, 256, 256), head_std: float | None = None, **_) -> None:

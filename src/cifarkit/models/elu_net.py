@@ -168,6 +168,12 @@ class EluNet(nn.Module):
         return [layer.p for layer in self.dropouts]
 
     def forward(self, x):
+        return self.classify(self.embed(x))
+
+    def classify(self, features):
+        return self.classifier(features)
+
+    def embed(self, x):
         layers = self.features
         i = 0
         while i < len(layers):
@@ -181,7 +187,7 @@ class EluNet(nn.Module):
             else:
                 x = layer(x)
                 i += 1
-        return self.classifier(self.flatten(x))
+        return self.flatten(x)
 
 
 def _check_activation(activation: str = "elu", activation_param: float | None = None, **_) -> None:

@@ -42,3 +42,14 @@ class HasKernelLikeParameters(Protocol):
     # parameters (full names) that the optimizer treats as kernels (base rate, kernel decay) although they are
     # not a convolution's or linear layer's weight (airbench's whitening bias)
     kernel_like_parameters: tuple[str, ...]
+
+
+@runtime_checkable
+class HasFeatures(Protocol):
+    """A network whose logits are `classify(embed(x))`: `embed` gives the penultimate layer after pooling, (N, D),
+    the features a head for new classes is taught on (`cifarkit teach`) and that the export outputs as `features`.
+    For a network whose last layer is a convolution (the ELU paper's), the features are the flattened logits."""
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor: ...

@@ -46,8 +46,14 @@ class ResNet(nn.Module):
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(channels, num_classes)
 
+    def embed(self, x):
+        return self.pool(self.layers(self.stem(x)))
+
+    def classify(self, features):
+        return self.fc(features)
+
     def forward(self, x):
-        return self.fc(self.pool(self.layers(self.stem(x))))
+        return self.classify(self.embed(x))
 
 
 class WideBlock(nn.Module):
@@ -92,8 +98,14 @@ class WideResNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
+    def embed(self, x):
+        return self.head(self.layers(self.stem(x)))
+
+    def classify(self, features):
+        return self.fc(features)
+
     def forward(self, x):
-        return self.fc(self.head(self.layers(self.stem(x))))
+        return self.classify(self.embed(x))
 
 
 @register_model
@@ -153,8 +165,14 @@ class StagedResNet(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(channels, num_classes, bias=False)
 
+    def embed(self, x):
+        return F.adaptive_avg_pool2d(self.body(self.stem(x)), 1).flatten(1)
+
+    def classify(self, features):
+        return self.head(features)
+
     def forward(self, x):
-        return self.head(F.adaptive_avg_pool2d(self.body(self.stem(x)), 1).flatten(1))
+        return self.classify(self.embed(x))
 
 
 def _check_resnet_d(widths=(64, 128, 256), blocks=(2, 2, 2)) -> None:

@@ -108,6 +108,7 @@ def load_pretrained(name: str = DEFAULT_PRETRAINED, device: str | torch.device =
             "preprocess": {"config": card["preprocess"], "tensors": preprocess_tensors},
             "step": card["training"]["steps"], "val": card["metrics"].get("val") or {},
             "temperature": (card.get("calibration") or {}).get("temperature", 1.0),
+            "outlier": (card.get("calibration") or {}).get("outlier"),
         }, path)
         return trained_model_from_bundle(bundle, path, spec.weights_sha256, device, name=name)
     except CheckpointError as e:
@@ -189,7 +190,7 @@ register_pretrained(PretrainedSpec(
 register_pretrained(PretrainedSpec(
     "resnetd-cifar100",
     weights_sha256="914b116980354ff04c67682a98bffc0ed176ee03c41188e82e1661a847539f5e",
-    card_sha256="59ceb75510f7bf0aee9876bb224dc577c37642cbadb930c879930c4b6def18af",
+    card_sha256="a98092c65644c296fdf7a383ca622e5d2313f323e2fc685c5a7087ccc22f1f99",
     description="the CIFAR-100 speedrun record's recipe (ResNet-D, Muon, lookahead, WSD, progressive resizing) for "
                 "30 epochs: long100-cpu, about 2 CPU-hours",
 ))

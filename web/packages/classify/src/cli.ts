@@ -23,6 +23,8 @@ interface Result {
   error: string | null;
   superclass: string | null;
   top: Classification[];
+  known: boolean | null;
+  outlierScore: number | null;
 }
 
 /** A file to classify: its name as raw bytes (file names need not be UTF-8) and as shown. */
@@ -115,26 +117,32 @@ function csvCell(value: string, neutralise = true): string {
 class Printer {
   private held: string | null = null;
 
-  constructor(private readonly style: string) {
+  constructor(private readonly style: string, private readonly classes: number) {
     if (style === "json") console.log("[");
-    if (style === "csv") console.log("path,rank,class,probability,superclass,error");
+    if (style === "csv") console.log("path,rank,class,probability,superclass,error,known,outlier_score");
   }
 
   print(r: Result): void {
     if (this.style === "json") {
       const text = JSON.stringify({ path: r.path, error: r.error, superclass: r.superclass,
-        top: r.top.map((c) => ({ class: c.label, probability: c.score })) }, null, 2)
+        top: r.top.map((c) => ({ class: c.label, probability: c.score })), known: r.known,
+        outlier_score: r.outlierScore }, null, 2)
         .split("\n").map((line) => `  ${line}`).join("\n");
       if (this.held !== null) console.log(`${this.held},`);
       this.held = text;
     } else if (this.style === "csv") {
-      if (r.error) console.log([r.path, "", "", "", "", r.error].map((v) => csvCell(v)).join(","));
+      if (r.error) console.log([r.path, "", "", "", "", r.error, "", ""].map((v) => csvCell(v)).join(","));
+      const known = r.known === null ? "" : String(r.known);
+      const score = r.outlierScore === null ? "" : r.outlierScore.toFixed(6);
       r.top.forEach((c, i) => console.log([csvCell(r.path), String(i + 1), csvCell(c.label), c.score.toFixed(6),
-                                           csvCell(r.superclass ?? ""), ""].join(",")));
+                                           csvCell(r.superclass ?? ""), "", known, score].join(",")));
+    } else if (r.error) {
+      console.log(`${printable(r.path)}: ERROR ${printable(r.error)}`);
     } else {
-      console.log(r.error ? `${printable(r.path)}: ERROR ${printable(r.error)}`
-        : `${printable(r.path)}: ${r.top.map((c) => `${printable(c.label)} ${(c.score * 100).toFixed(1)}%`)
-          .join(", ")}` + (r.superclass ? `  [superclass: ${printable(r.superclass)}]` : ""));
+      const top = r.top.map((c) => `${printable(c.label)} ${(c.score * 100).toFixed(1)}%`).join(", ");
+      // an honest answer: the picture does not look like any class the model knows
+      console.log(r.known === false ? `${printable(r.path)}: none of the ${this.classes} classes (closest: ${top})`
+        : `${printable(r.path)}: ${top}` + (r.superclass ? `  [superclass: ${printable(r.superclass)}]` : ""));
     }
   }
 
@@ -186,13 +194,13 @@ async function main(argv: string[]): Promise<number> {
     console.error("cifarkit-classify: error: no image files found in the given folders");
     return 1;
   }
-  const printer = new Printer(values.format!);
+  const printer = new Printer(values.format!, classifier.labels.length);
   let failed = 0;
   for (let start = 0; start < files.length; start += BATCH) {
     const results: Result[] = [];
     const ready: { result: Result; pixels: Uint8Array }[] = [];
     for (const { name, shown, error } of files.slice(start, start + BATCH)) {
-      const result: Result = { path: shown, error, superclass: null, top: [] };
+      const result: Result = { path: shown, error, superclass: null, top: [], known: null, outlierScore: null };
       results.push(result);
       if (error) continue;
       try {
@@ -202,10 +210,13 @@ async function main(argv: string[]): Promise<number> {
         result.error = err.message.startsWith(`${shown}: `) ? err.message.slice(shown.length + 2) : err.message;
       }
     }
-    const ranked = await classifier.classifyPixels(ready.map((r) => r.pixels), { topK });
+    const assessed = await classifier.assessPixels(ready.map((r) => r.pixels), { topK });
     ready.forEach(({ result }, i) => {
-      result.top = ranked[i]!;
-      result.superclass = result.top[0]?.superclass ?? null;
+      const { ranked, known, outlierScore } = assessed[i]!;
+      result.top = ranked;
+      result.superclass = ranked[0]?.superclass ?? null;
+      result.known = known;
+      result.outlierScore = outlierScore;
     });
     for (const result of results) {
       if (result.error) failed += 1;

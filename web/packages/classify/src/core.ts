@@ -27,8 +27,9 @@ export class ModelLoadError extends CifarkitError {}
 /** The classifier was disposed: before a call, or while a call was in flight. */
 export class ClassifierDisposedError extends CifarkitError {}
 
-/** The metadata version this library reads (export-metadata.schema.json's "version"). */
-export const MODEL_INFO_VERSION = 1;
+/** The metadata versions this library reads (export-metadata.schema.json's "version"). Version 2 adds the
+ * `features` and `outlier` fields; a version 1 export still classifies, but cannot say "none of these". */
+export const MODEL_INFO_VERSIONS = [1, 2] as const;
 
 /** model.json, as `cifarkit export` writes it beside model.onnx: the fields of export-metadata.schema.json
  * (cifarkit's published contract; test/schema.test.ts checks the two agree). */
@@ -44,6 +45,11 @@ export interface ModelInfoFields {
   input?: { name: string; dtype: string; shape: (string | number)[]; layout: string; channels: string;
             range: number[]; resize?: string };
   output?: { name: string; dtype: string; shape: (string | number)[] };
+  /** version 2: the `features` output, (batch, D), and the fingerprint of the network that makes them */
+  features?: { name: "features"; dtype: string; shape: (string | number)[]; fingerprint: string };
+  /** version 2, where fitted: the `outlier_score` output; a picture is known when its score <= threshold */
+  outlier?: { name: "outlier_score"; dtype: string; shape: (string | number)[]; score: string; threshold: number;
+              known_rate?: number | null };
   preprocess?: Record<string, unknown>;
   /** baked into the model: its probabilities are softmax(logits / temperature) */
   temperature?: number;
@@ -62,7 +68,7 @@ export type ModelInfo = ModelInfoFields & { [key: string]: unknown };
 /** Every field ModelInfoFields declares (the schema test compares them with the schema's properties). */
 export const MODEL_INFO_FIELDS = [
   "format", "version", "model", "dataset", "classes", "superclasses", "fine_to_coarse", "input", "output",
-  "preprocess", "temperature", "source_checkpoint", "source_checkpoint_sha256", "step", "val", "test", "parity",
+  "features", "outlier", "preprocess", "temperature", "source_checkpoint", "source_checkpoint_sha256", "step", "val", "test", "parity",
   "quantization", "model_file", "model_sha256",
 ] as const satisfies readonly (keyof ModelInfoFields)[];
 // ...and none is left out of the list: a field added to the interface alone fails to compile here
@@ -84,6 +90,15 @@ export interface RawPixels {
   width: number;
   height: number;
   channels: 1 | 2 | 3 | 4;
+}
+
+/** A picture's ranked classes, and whether it looks like one of them at all (cifarkit's `assess`). */
+export interface Assessment {
+  ranked: Classification[];
+  /** higher = less likely one of the model's classes; null for a model exported without an outlier score */
+  outlierScore: number | null;
+  /** false: none of the model's classes (the ranked ones are only the closest); null as outlierScore */
+  known: boolean | null;
 }
 
 export interface ClassifyOptions {
@@ -170,7 +185,7 @@ export function rawToRGBA(raw: RawPixels): RGBAImage {
   return { width, height, data: out };
 }
 
-type Schema = { type?: string | readonly string[]; const?: unknown; required?: readonly string[];
+type Schema = { type?: string | readonly string[]; const?: unknown; enum?: readonly unknown[]; required?: readonly string[];
                 properties?: Record<string, Schema>; items?: Schema; minItems?: number };
 
 const JSON_TYPES: Record<string, (value: unknown) => boolean> = {
@@ -187,6 +202,10 @@ function schemaProblems(value: unknown, schema: Schema, where = "metadata"): str
   const problems: string[] = [];
   if ("const" in schema && value !== schema.const) {
     problems.push(`${where} must be ${JSON.stringify(schema.const)}, got ${JSON.stringify(value)}`);
+  }
+  if (schema.enum && !schema.enum.some((option) => option === value)) {
+    problems.push(`${where} must be one of ${schema.enum.map((o) => JSON.stringify(o)).join(", ")}, ` +
+                  `got ${JSON.stringify(value)}`);
   }
   if (schema.type !== undefined) {
     const kinds = typeof schema.type === "string" ? [schema.type] : schema.type;
@@ -235,9 +254,9 @@ export function metadataProblems(info: unknown): string[] {
   const value = info as Record<string, unknown>;
   if (value.format !== "cifarkit-onnx") return ["it is not a cifarkit export (no \"format\": \"cifarkit-onnx\")"];
   const version = Object.hasOwn(value, "version") ? value.version : 1;
-  if (version !== MODEL_INFO_VERSION) {
-    return [`its metadata version is ${JSON.stringify(version)} and this library reads version ${MODEL_INFO_VERSION}` +
-      "; export the model with a matching cifarkit, or upgrade @cifarkit/classify"];
+  if (!(MODEL_INFO_VERSIONS as readonly unknown[]).includes(version)) {
+    return [`its metadata version is ${JSON.stringify(version)} and this library reads versions ` +
+      `${MODEL_INFO_VERSIONS.join(", ")}; export the model with a matching cifarkit, or upgrade @cifarkit/classify`];
   }
   const schema = EXPORT_SCHEMA as unknown as Schema;
   const problems = schemaProblems(value, { ...schema, required: schema.required!.filter((k) => k !== "version") });
@@ -256,6 +275,16 @@ export function metadataProblems(info: unknown): string[] {
   if (Object.hasOwn(value, "model_sha256") && !(typeof value.model_sha256 === "string" &&
       /^[0-9a-f]{64}$/.test(value.model_sha256))) {
     problems.push("its model_sha256 is not a SHA-256 digest (64 hexadecimal digits)");
+  }
+  const features = value.features as Record<string, unknown> | undefined;
+  if (features && typeof features === "object" && !(typeof features.fingerprint === "string" &&
+      /^[0-9a-f]{64}$/.test(features.fingerprint))) {
+    problems.push("its features fingerprint is not a SHA-256 digest (64 hexadecimal digits)");
+  }
+  const outlier = value.outlier as Record<string, unknown> | undefined;
+  if (outlier && typeof outlier === "object" && !(typeof outlier.threshold === "number" &&
+      Number.isFinite(outlier.threshold))) {
+    problems.push("its outlier threshold is not a finite number");
   }
   const parity = value.parity as Record<string, unknown> | undefined;
   if (parity && typeof parity === "object" && Object.hasOwn(parity, "max_abs_difference") &&
@@ -289,6 +318,12 @@ export async function checkSession(session: InferenceSession, where: string, inf
     throw new ModelLoadError(`${where} is an ONNX model but not a cifarkit export (it has inputs ` +
       `${session.inputNames.join(", ")} and outputs ${session.outputNames.join(", ")}; a cifarkit model takes ` +
       "`pixels` and gives `probabilities`)");
+  }
+  for (const declared of [info.features?.name, info.outlier?.name]) {
+    if (declared !== undefined && !session.outputNames.includes(declared)) {
+      throw new ModelLoadError(`${where} has no \`${declared}\` output but its metadata describes one: the model and ` +
+        "its model.json do not belong together (export them again with `cifarkit export`)");
+    }
   }
   let output: Tensor | undefined;
   try {
@@ -419,12 +454,30 @@ export class Classifier<Input> {
     return many ? ranked : ranked[0]!;
   }
 
+  /** Rank the classes of one picture (or each of a list) and say whether it looks like one of them at all. */
+  assess(input: Input, options?: ClassifyOptions): Promise<Assessment>;
+  assess(inputs: Input[], options?: ClassifyOptions): Promise<Assessment[]>;
+  async assess(input: Input | Input[], options: ClassifyOptions = {}): Promise<Assessment | Assessment[]> {
+    const many = Array.isArray(input);
+    const list = many ? (input as Input[]) : [input as Input];
+    const pixels = [];
+    for (const item of list) pixels.push(await this.pixels(item, options.fit));
+    const assessed = await this.assessPixels(pixels, options);
+    return many ? assessed : assessed[0]!;
+  }
+
   /** Rank prepared 32x32x3 pixels (from `pixels`), in batches of `batchSize`. */
   async classifyPixels(pixels: Uint8Array[], options: ClassifyOptions = {}): Promise<Classification[][]> {
+    return (await this.assessPixels(pixels, options)).map((a) => a.ranked);
+  }
+
+  /** `classifyPixels` with each picture's outlier score and verdict (null for a model without them). */
+  async assessPixels(pixels: Uint8Array[], options: ClassifyOptions = {}): Promise<Assessment[]> {
     const topK = options.topK ?? 5;
     if (!Number.isInteger(topK) || topK < 1) throw new RangeError(`topK must be a whole number >= 1, got ${topK}`);
     const size = SIZE * SIZE * 3;
-    const out: Classification[][] = [];
+    const out: Assessment[] = [];
+    const threshold = this.info.outlier?.threshold;
     for (let start = 0; start < pixels.length; start += this.batchSize) {
       const chunk = pixels.slice(start, start + this.batchSize);
       const batch = new Uint8Array(chunk.length * size);
@@ -443,9 +496,12 @@ export class Classifier<Input> {
         throw error;
       }
       const probabilities = result["probabilities"]!.data as Float32Array;
+      const scores = threshold === undefined ? undefined : result["outlier_score"]?.data as Float32Array | undefined;
       const classes = this.info.classes.length;
       for (let i = 0; i < chunk.length; i++) {
-        out.push(this.rank(probabilities.subarray(i * classes, (i + 1) * classes), topK));
+        const outlierScore = scores?.[i] ?? null;
+        out.push({ ranked: this.rank(probabilities.subarray(i * classes, (i + 1) * classes), topK), outlierScore,
+                   known: outlierScore === null ? null : outlierScore <= threshold! });
       }
     }
     return out;

@@ -3,7 +3,7 @@ export const EXPORT_SCHEMA = {
   "$schema": "https://json-schema.org/draft/2020-12/schema",
   "$id": "https://github.com/cifarkit/cifarkit/export-metadata.schema.json",
   "title": "cifarkit ONNX export metadata (model.json beside model.onnx)",
-  "description": "Written by `cifarkit export`; read by `cifarkit serve-web`, the browser page and @cifarkit/classify. A reader refuses a version it does not know; a file without a version is version 1 (exports before the field existed).",
+  "description": "Written by `cifarkit export`; read by `cifarkit serve-web`, the browser page and @cifarkit/classify. A reader refuses a version it does not know; a file without a version is version 1 (exports before the field existed). Version 2 adds the optional `features` and `outlier` fields (and the graph outputs they describe); readers of version 2 read version 1 too.",
   "type": "object",
   "required": [
     "format",
@@ -25,7 +25,11 @@ export const EXPORT_SCHEMA = {
       "const": "cifarkit-onnx"
     },
     "version": {
-      "const": 1
+      "enum": [
+        1,
+        2
+      ],
+      "description": "2: the features output, and outlier_score where the model has an outlier record"
     },
     "model": {
       "type": "string",
@@ -109,6 +113,64 @@ export const EXPORT_SCHEMA = {
         },
         "shape": {
           "type": "array"
+        }
+      }
+    },
+    "features": {
+      "type": "object",
+      "required": [
+        "name",
+        "dtype",
+        "shape",
+        "fingerprint"
+      ],
+      "description": "version 2: the `features` output, (batch, D) float32, the penultimate layer after pooling, what a head for new classes is taught on; fingerprint: sha256 of the feature extractor, so a head taught on one model is refused by another",
+      "properties": {
+        "name": {
+          "const": "features"
+        },
+        "dtype": {
+          "const": "float32"
+        },
+        "shape": {
+          "type": "array"
+        },
+        "fingerprint": {
+          "type": "string"
+        }
+      }
+    },
+    "outlier": {
+      "type": "object",
+      "required": [
+        "name",
+        "dtype",
+        "shape",
+        "score",
+        "threshold"
+      ],
+      "description": "version 2, where the model has an outlier record: the `outlier_score` output, (batch,) float32, higher = less likely one of the classes; a picture is known when its score <= threshold (which keeps known_rate of the validation split known)",
+      "properties": {
+        "name": {
+          "const": "outlier_score"
+        },
+        "dtype": {
+          "const": "float32"
+        },
+        "shape": {
+          "type": "array"
+        },
+        "score": {
+          "type": "string"
+        },
+        "threshold": {
+          "type": "number"
+        },
+        "known_rate": {
+          "type": [
+            "number",
+            "null"
+          ]
         }
       }
     },

@@ -128,6 +128,31 @@ describe("bad pictures are typed errors", () => {
   });
 });
 
+describe("none of these", () => {
+  const grey = { data: new Uint8Array(32 * 32 * 3).fill(128), width: 32, height: 32, channels: 3 as const };
+
+  it("assess gives each picture's ranking, outlier score and verdict from one pass", async () => {
+    const [flat, real] = await classifier.assess([grey, photo]);
+    for (const a of [flat!, real!]) {
+      expect(typeof a.outlierScore).toBe("number");
+      expect(a.known).toBe(a.outlierScore! <= classifier.info.outlier!.threshold);
+    }
+    expect(flat!.ranked).toEqual(await classifier.classify(grey));
+  });
+
+  it("a version 1 export (before features and outlier scores) still classifies, with no verdict", async () => {
+    const info = JSON.parse(readFileSync(DEFAULT_MODEL.replace(/\.onnx$/, ".json"), "utf8")) as Record<string, unknown>;
+    const { features: _f, outlier: _o, ...rest } = info;
+    const older = { ...rest, version: 1 };
+    const v1 = await loadClassifier(new Uint8Array(readFileSync(DEFAULT_MODEL)), { info: older as never });
+    const a = await v1.assess(grey);
+    expect(a.outlierScore).toBeNull();
+    expect(a.known).toBeNull();
+    expect(a.ranked).toEqual(await classifier.classify(grey));
+    await v1.dispose();
+  });
+});
+
 describe("bad models are ModelLoadErrors", () => {
   const folder = mkdtempSync(join(tmpdir(), "cifarkit-model-"));
   const info = JSON.parse(readFileSync(DEFAULT_MODEL.replace(/\.onnx$/, ".json"), "utf8")) as Record<string, unknown>;

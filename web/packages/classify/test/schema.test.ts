@@ -3,7 +3,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { checkModelInfo, MODEL_INFO_FIELDS, MODEL_INFO_VERSION, ModelLoadError } from "../src/core.js";
+import { checkModelInfo, MODEL_INFO_FIELDS, MODEL_INFO_VERSIONS, ModelLoadError } from "../src/core.js";
 import { EXPORT_SCHEMA } from "../src/export-schema.js";
 
 const schema = JSON.parse(readFileSync(join(__dirname, "../../../../src/cifarkit/export-metadata.schema.json"), "utf8"));
@@ -16,7 +16,7 @@ describe("export-metadata.schema.json", () => {
 
   it("declares exactly the fields ModelInfo declares, and the version this library reads", () => {
     expect([...MODEL_INFO_FIELDS].sort()).toEqual(Object.keys(schema.properties).sort());
-    expect(schema.properties.version.const).toBe(MODEL_INFO_VERSION);
+    expect(schema.properties.version.enum).toEqual([...MODEL_INFO_VERSIONS]);
     expect(schema.properties.format.const).toBe("cifarkit-onnx");
   });
 
@@ -26,9 +26,17 @@ describe("export-metadata.schema.json", () => {
   });
 
   it("refuses a version it does not read, with what to do", () => {
-    expect(() => checkModelInfo({ ...shipped, version: 2 }, "model.json")).toThrow(ModelLoadError);
-    expect(() => checkModelInfo({ ...shipped, version: 2 }, "model.json")).toThrow(/version is 2 and this library reads version 1/);
-    const { version: _, ...older } = shipped; // an export from before the field existed: version 1
+    expect(() => checkModelInfo({ ...shipped, version: 3 }, "model.json")).toThrow(ModelLoadError);
+    expect(() => checkModelInfo({ ...shipped, version: 3 }, "model.json")).toThrow(/version is 3 and this library reads versions 1, 2/);
+    const { version: _, features: _f, outlier: _o, ...older } = shipped; // an export from before the field existed: version 1
     expect(checkModelInfo(older, "model.json")).toBe(older);
+    expect(checkModelInfo({ ...older, version: 1 }, "model.json")).toBeTruthy();
+  });
+
+  it("refuses a tampered features fingerprint or outlier threshold", () => {
+    expect(() => checkModelInfo({ ...shipped, features: { ...shipped.features, fingerprint: "abc" } }, "model.json"))
+      .toThrow(/fingerprint is not a SHA-256/);
+    expect(() => checkModelInfo({ ...shipped, outlier: { ...shipped.outlier, threshold: "high" } }, "model.json"))
+      .toThrow(ModelLoadError);
   });
 });
