@@ -383,6 +383,8 @@ def _predict_arguments(sub) -> None:
                    help="how a picture becomes square before it is shrunk to 32x32: squash the whole picture (its "
                         "shape distorted) or keep its centre square (its edges lost); default: %(default)s")
     p.add_argument("--device", default="cpu", help="default: %(default)s")
+    p.add_argument("--head", metavar="HEAD.json", help="classify into the classes of a head taught on the model's "
+                                                       "features (`cifarkit teach`) instead of the model's own")
 
 
 @command(_predict_arguments)
@@ -400,7 +402,8 @@ def cmd_predict(args) -> int:
             seen.append(r.error is not None)
             yield r
 
-    results = counted(iter_predictions(model, files, args.top_k, args.tta, args.device, fit=args.fit))
+    results = counted(iter_predictions(model, files, args.top_k, args.tta, args.device, fit=args.fit,
+                                       head=args.head))
     first = next(results, None)
     if first is None:
         print("cifarkit predict: error: no image files found in the given folders", file=sys.stderr)
@@ -412,6 +415,28 @@ def cmd_predict(args) -> int:
     if failed:
         print(f"cifarkit predict: {failed} of {len(seen)} files could not be classified", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _teach_arguments(sub) -> None:
+    from cifarkit.images import DEFAULT_FIT, FITS
+
+    p = sub.add_parser("teach", help="teach the model new classes from a folder of pictures (a head on its features)",
+                       description="Fit a classifier for your own classes on the model's frozen features: DIR holds "
+                                   "one sub-folder of pictures per class (the ImageFolder layout). Writes a head "
+                                   "file that `cifarkit predict --head`, @cifarkit/classify and the page use. "
+                                   "Files that are not pictures are skipped with a line each.")
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("--out", required=True, metavar="HEAD.json")
+    _add_model_option(p, positional=False)
+    p.add_argument("--fit", choices=list(FITS), default=DEFAULT_FIT, help="as for predict; default: %(default)s")
+
+
+@command(_teach_arguments)
+def cmd_teach(args) -> int:
+    from cifarkit.teach import teach_folder
+
+    teach_folder(args.folder, args.out, args.model, args.fit)
+    return 0
 
 
 def _export_arguments(sub) -> None:

@@ -47,14 +47,20 @@ def _reason(message: str | None, path: Path) -> str | None:
 
 def iter_predictions(model: str | Path | None, paths: list[str | Path], top_k: int = 5, tta: bool = False,
                      device: str = "cpu", trained: TrainedModel | None = None, batch_size: int = BATCH,
-                     fit: str = DEFAULT_FIT):
+                     fit: str = DEFAULT_FIT, head: str | Path | None = None):
     """Predictions in file order, yielded a batch at a time: the first results arrive after one batch, and
     memory stays that of one batch however many files there are.
-    `model`: a pretrained name (None: the default), a run directory or a checkpoint file."""
+    `model`: a pretrained name (None: the default), a run directory or a checkpoint file. `head`: a head file
+    (`cifarkit teach`) taught on that model's features: its classes instead of the model's."""
     from cifarkit.inference import predict_arrays  # here: the command line lists FORMATS without torch
     from cifarkit.pretrained import load_model
 
     trained = trained or load_model(model, device)
+    taught = None
+    if head is not None:
+        from cifarkit.teach import load_head
+
+        taught = load_head(head, trained.feature_fingerprint)  # refused before any picture is read
     files = expand_paths(paths)
     for start in range(0, len(files), batch_size):
         batch = files[start : start + batch_size]
@@ -68,7 +74,9 @@ def iter_predictions(model: str | Path | None, paths: list[str | Path], top_k: i
                 ok.append(i)
             except ImageError as e:
                 results[i].error = _reason(str(e), path)
-        if images:
+        if images and taught is not None:
+            _classify_with_head(taught, trained, np.stack(images), top_k, [results[i] for i in ok])
+        elif images:
             indices, values, _, outlier = predict_arrays(trained, np.stack(images), top_k, tta, with_outlier=True)
             for row, i in enumerate(ok):
                 results[i].classes = [(trained.class_names[c], float(p))
@@ -81,10 +89,25 @@ def iter_predictions(model: str | Path | None, paths: list[str | Path], top_k: i
         yield from results
 
 
+def _classify_with_head(head: dict, trained: TrainedModel, images: np.ndarray, top_k: int,
+                        results: list[Prediction]) -> None:
+    import torch
+
+    from cifarkit.teach import head_probabilities
+
+    features = trained.features(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+    probabilities = head_probabilities(head, features)
+    for result, row in zip(results, probabilities, strict=True):
+        order = sorted(range(len(row)), key=lambda k: (-row[k], k))[:top_k]  # best first, ties by index
+        result.classes = [(head["labels"][k], float(row[k])) for k in order]
+        result.classes_count = len(row)
+
+
 def predict_files(model: str | Path | None, paths: list[str | Path], top_k: int = 5, tta: bool = False,
-                  device: str = "cpu", trained: TrainedModel | None = None, fit: str = DEFAULT_FIT) -> list[Prediction]:
+                  device: str = "cpu", trained: TrainedModel | None = None, fit: str = DEFAULT_FIT,
+                  head: str | Path | None = None) -> list[Prediction]:
     """Every prediction as a list (`iter_predictions` streams them)."""
-    return list(iter_predictions(model, paths, top_k, tta, device, trained, fit=fit))
+    return list(iter_predictions(model, paths, top_k, tta, device, trained, fit=fit, head=head))
 
 
 def _as_json(r: Prediction) -> dict:

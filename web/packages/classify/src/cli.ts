@@ -1,21 +1,25 @@
 #!/usr/bin/env node
 /**
- * cifarkit-classify [--model model.onnx] [--top-k K] [--format table|json|csv] [--fit squash|crop] FILES_OR_DIRS...
+ * cifarkit-classify [--model model.onnx] [--head head.json] [--top-k K] [--format table|json|csv] [--fit squash|crop]
+ *                   FILES_OR_DIRS...
+ * cifarkit-classify teach DIR --out head.json [--model model.onnx] [--fit squash|crop]
  *
  * The same output as `cifarkit predict` (JSON field names identical): one error line per file that cannot be
  * classified, the others still classified; exit status 1 if any file failed, 2 for bad arguments.
  */
-import { existsSync, readdirSync, statSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import {
-  CifarkitError, DEFAULT_FIT, displayPath, FITS, loadClassifier, pathBuffer, type Classification, type Fit,
+  CifarkitError, DEFAULT_FIT, displayPath, FITS, loadClassifier, pathBuffer, TeachError, type Classification, type Fit,
+  type TaughtClassifier,
 } from "./node.js";
 
 // what sharp decodes (BMP, PPM and PGM, which `cifarkit predict` reads through Pillow, sharp cannot: they are
 // not listed from folders; named one by one, each gets its one-line error)
 const IMAGE_SUFFIXES = new Set([".png", ".jpg", ".jpeg", ".gif", ".webp", ".tif", ".tiff"]);
-const USAGE = "usage: cifarkit-classify [--model model.onnx] [--top-k K] [--format table|json|csv] " +
-  "[--fit squash|crop] FILES_OR_DIRS...";
+const USAGE = "usage: cifarkit-classify [--model model.onnx] [--head head.json] [--top-k K] " +
+  "[--format table|json|csv] [--fit squash|crop] FILES_OR_DIRS...\n" +
+  "       cifarkit-classify teach DIR --out head.json [--model model.onnx] [--fit squash|crop]";
 const BATCH = 64; // pictures decoded and classified at a time: results stream out batch by batch
 
 interface Result {
@@ -153,12 +157,77 @@ class Printer {
   }
 }
 
+/** `teach DIR --out head.json`: one sub-folder of pictures per class (ImageFolder), in the order `cifarkit teach`
+ * reads them (class folders, then their files, sorted by name); a file that is not a picture is skipped with a
+ * line, a class left without pictures is an error. Prints what `cifarkit teach` prints. */
+async function teachCommand(argv: string[]): Promise<number> {
+  let values, positionals;
+  try {
+    ({ values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: {
+      model: { type: "string" }, out: { type: "string" }, fit: { type: "string", default: DEFAULT_FIT } } }));
+  } catch (error) {
+    console.error(`cifarkit-classify teach: error: ${(error as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  if (positionals.length !== 1 || !values.out || !Object.hasOwn(FITS, values.fit!)) {
+    console.error(`cifarkit-classify teach: error: give one folder and --out head.json\n${USAGE}`);
+    return 2;
+  }
+  if (!values.out.endsWith(".json")) throw new TeachError(`${values.out}: the head file should end in .json`);
+  const started = performance.now();
+  const root = positionals[0]!;
+  if (!existsSync(root) || !statSync(root).isDirectory()) {
+    throw new TeachError(`${root} is not a folder; give a folder with one sub-folder of pictures per class`);
+  }
+  const visible = (names: string[]) => names.filter((n) => !n.startsWith(".")).sort(
+    (a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+  const classes = visible(readdirSync(root)).filter((n) => statSync(`${root}/${n}`).isDirectory());
+  if (classes.length < 2) {
+    throw new TeachError(`${root} has ${classes.length} class folder(s); teaching needs at least 2 (one sub-folder ` +
+                         "of pictures per class)");
+  }
+  const classifier = await loadClassifier(values.model);
+  const examples: { label: string; image: string }[] = [];
+  for (const label of classes) {
+    const folder = `${root}/${label}`;
+    const files = visible(readdirSync(folder)).filter((n) => statSync(`${folder}/${n}`).isFile());
+    if (!files.length) throw new TeachError(`class "${label}" (${folder}) has no pictures; add some or remove the folder`);
+    let usable = 0;
+    for (const name of files) {
+      try {
+        await classifier.pixels(`${folder}/${name}`);  // decodable? (read again by teach)
+        examples.push({ label, image: `${folder}/${name}` });
+        usable += 1;
+      } catch (error) {
+        if (!(error instanceof CifarkitError)) throw error;
+        console.log(`skipped ${printable(error.message)}`);
+      }
+    }
+    if (!usable) throw new TeachError(`class "${label}" has no picture that could be read; add some or remove its folder`);
+  }
+  const taught = await classifier.teach(examples, { fit: values.fit as Fit });
+  const head = taught.toJSON();
+  const staged = `${values.out}.partial-${process.pid}`;
+  writeFileSync(staged, `${JSON.stringify(head, null, 2)}\n`);
+  renameSync(staged, values.out);  // whole or not at all
+  const counts = Object.entries(head.examples).map(([name, n]) => `${printable(name)} ${n}`).join(", ");
+  const verdict = head.held_out
+    ? `held-out accuracy ${(head.held_out.accuracy * 100).toFixed(1)}% on ${head.held_out.images} pictures`
+    : "no held-out check (fewer than 5 pictures in some class)";
+  const name = classifier.info.source_checkpoint ?? classifier.info.model;
+  console.log(`taught ${head.labels.length} classes (${counts}) with ${head.method} on ${name}'s features: ` +
+              `${verdict}; ${((performance.now() - started) / 1000).toFixed(1)}s | wrote ${values.out}`);
+  return 0;
+}
+
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === "teach") return teachCommand(argv.slice(1));
   let values, positionals;
   try {
     ({ values, positionals } = parseArgs({
       args: argv, allowPositionals: true,
-      options: { model: { type: "string" }, "top-k": { type: "string", short: "k", default: "5" },
+      options: { model: { type: "string" }, head: { type: "string" },
+                 "top-k": { type: "string", short: "k", default: "5" },
                  fit: { type: "string", default: DEFAULT_FIT },
                  format: { type: "string", default: "table" }, help: { type: "boolean", short: "h" } },
     }));
@@ -189,12 +258,22 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const classifier = await loadClassifier(values.model);
+  let taught: TaughtClassifier<unknown> | null = null;
+  if (values.head) {
+    let head: unknown;
+    try {
+      head = JSON.parse(readFileSync(values.head, "utf8"));
+    } catch (error) {
+      throw new TeachError(`${values.head} is not a readable head file (${(error as Error).message.split("\n")[0]})`);
+    }
+    taught = classifier.withHead(head) as TaughtClassifier<unknown>;
+  }
   const files = expand(positionals);
   if (files.length === 0) {
     console.error("cifarkit-classify: error: no image files found in the given folders");
     return 1;
   }
-  const printer = new Printer(values.format!, classifier.labels.length);
+  const printer = new Printer(values.format!, (taught ?? classifier).labels.length);
   let failed = 0;
   for (let start = 0; start < files.length; start += BATCH) {
     const results: Result[] = [];
@@ -210,7 +289,10 @@ async function main(argv: string[]): Promise<number> {
         result.error = err.message.startsWith(`${shown}: `) ? err.message.slice(shown.length + 2) : err.message;
       }
     }
-    const assessed = await classifier.assessPixels(ready.map((r) => r.pixels), { topK });
+    const assessed = taught
+      ? (await taught.classifyPixels(ready.map((r) => r.pixels), { topK }))
+        .map((ranked) => ({ ranked, known: null, outlierScore: null }))
+      : await classifier.assessPixels(ready.map((r) => r.pixels), { topK });
     ready.forEach(({ result }, i) => {
       const { ranked, known, outlierScore } = assessed[i]!;
       result.top = ranked;

@@ -7,17 +7,16 @@
 import type { InferenceSession, Tensor } from "onnxruntime-common";
 import { EXPORT_SCHEMA } from "./export-schema.js";
 import { DEFAULT_FIT, SIZE, toModelPixels, type Fit, type RGBAImage } from "./preprocess.js";
+import { fitHead, headProbabilities, headProblem, TeachError, type Head, type TeachProgress } from "./teach.js";
+
+export * from "./teach.js";
 
 /** The same limit as the Python side (cifarkit.images.MAX_PIXELS): larger pictures are refused, not decoded. */
 export const MAX_PIXELS = 40_000_000;
 
-/** The base of this library's errors: `instanceof CifarkitError` catches all of them. */
-export class CifarkitError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = new.target.name;
-  }
-}
+import { CifarkitError } from "./errors.js";
+
+export { CifarkitError };
 /** The input is not a picture this platform can decode (empty, text, truncated, unsupported...). */
 export class NotAnImageError extends CifarkitError {}
 /** The picture has more than MAX_PIXELS pixels: refused before it is decoded (decompression bombs). */
@@ -507,6 +506,42 @@ export class Classifier<Input> {
     return out;
   }
 
+  /** The `features` output (the penultimate layer, D numbers) for prepared pixels, in batches. */
+  async featuresOfPixels(pixels: Uint8Array[]): Promise<Float32Array[]> {
+    if (!this.info.features) {
+      throw new TeachError("this model was exported without features (metadata version 1): export it again with " +
+                           "cifarkit to teach it");
+    }
+    const size = SIZE * SIZE * 3, out: Float32Array[] = [];
+    for (let start = 0; start < pixels.length; start += this.batchSize) {
+      const chunk = pixels.slice(start, start + this.batchSize);
+      const batch = new Uint8Array(chunk.length * size);
+      chunk.forEach((p, i) => batch.set(p, i * size));
+      if (this.disposed) throw new ClassifierDisposedError("this classifier was disposed; load another to teach");
+      const result = await this.runtime.session.run({ pixels: this.runtime.tensor(batch, chunk.length) });
+      const data = result["features"]!.data as Float32Array, d = data.length / chunk.length;
+      for (let i = 0; i < chunk.length; i++) out.push(data.slice(i * d, (i + 1) * d));
+    }
+    return out;
+  }
+
+  /** Teach new classes from labelled pictures: a head on this model's features (see teach.ts), in seconds. */
+  async teach(examples: { label: string; image: Input }[], options: TeachOptions = {}): Promise<TaughtClassifier<Input>> {
+    if (!Array.isArray(examples)) throw new TeachError("examples must be a list of { label, image }");
+    const pixels = [];
+    for (const { image } of examples) pixels.push(await this.pixels(image, options.fit));
+    const features = await this.featuresOfPixels(pixels);
+    const head = fitHead(features, examples.map((e) => e.label), this.info.features!.fingerprint, options.onProgress);
+    return new TaughtClassifier(this, head);
+  }
+
+  /** A classifier for the classes of a head taught on this model (`toJSON()` of a taught one, or head.json). */
+  withHead(head: unknown): TaughtClassifier<Input> {
+    const problem = headProblem(head, this.info.features?.fingerprint ?? "");
+    if (problem) throw new TeachError(`the head cannot be used with this model: ${problem}`);
+    return new TaughtClassifier(this, head as Head);
+  }
+
   private rank(probabilities: Float32Array, topK: number): Classification[] {
     const order = Array.from(probabilities.keys()).sort((a, b) => probabilities[b]! - probabilities[a]! || a - b);
     const { fine_to_coarse: toCoarse, superclasses } = this.info;
@@ -541,5 +576,47 @@ export async function checkModelBytes(bytes: Uint8Array, info: ModelInfo, where:
   if (info.model_sha256 && (await sha256Hex(bytes)) !== info.model_sha256) {
     throw new ModelLoadError(`${where} is damaged or not the file its metadata describes (its sha256 does not ` +
       "match model_sha256); export it again");
+  }
+}
+
+export interface TeachOptions {
+  /** how each picture becomes square (as for classify) */
+  fit?: Fit;
+  /** called after each fit (for a progress bar) */
+  onProgress?: (progress: TeachProgress) => void;
+}
+
+/** A model taught new classes: the same `classify` shape, over the head's labels. */
+export class TaughtClassifier<Input> {
+  constructor(readonly base: Classifier<Input>, readonly head: Head) {}
+
+  get labels(): readonly string[] {
+    return this.head.labels;
+  }
+
+  classify(input: Input, options?: ClassifyOptions): Promise<Classification[]>;
+  classify(inputs: Input[], options?: ClassifyOptions): Promise<Classification[][]>;
+  async classify(input: Input | Input[], options: ClassifyOptions = {}): Promise<Classification[] | Classification[][]> {
+    const many = Array.isArray(input);
+    const list = many ? (input as Input[]) : [input as Input];
+    const pixels = [];
+    for (const item of list) pixels.push(await this.base.pixels(item, options.fit));
+    const ranked = await this.classifyPixels(pixels, options);
+    return many ? ranked : ranked[0]!;
+  }
+
+  async classifyPixels(pixels: Uint8Array[], options: ClassifyOptions = {}): Promise<Classification[][]> {
+    const topK = options.topK ?? 5;
+    if (!Number.isInteger(topK) || topK < 1) throw new RangeError(`topK must be a whole number >= 1, got ${topK}`);
+    return (await this.base.featuresOfPixels(pixels)).map((features) => {
+      const p = headProbabilities(this.head, features);
+      const order = Array.from(p.keys()).sort((a, b) => p[b]! - p[a]! || a - b);
+      return order.slice(0, topK).map((index) => ({ label: this.head.labels[index]!, score: p[index]!, index }));
+    });
+  }
+
+  /** The head as JSON (what `cifarkit-classify teach` writes and `withHead` reads). */
+  toJSON(): Head {
+    return this.head;
   }
 }
