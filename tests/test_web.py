@@ -145,3 +145,40 @@ def test_page_works_out_of_the_box_with_the_shipped_model(tmp_path):
             assert shown["known"] is p.known, (p.path, shown, p.outlier_score)
             assert (shown["verdict"] or "").startswith("None of the 100 classes") is (not p.known)
     assert any(p.known is False for p in predictions) and any(p.known for p in predictions)
+
+
+@needs_browser
+def test_the_page_teaches_new_classes_like_the_python_side(tmp_path):
+    """Teach mode in Chromium: two classes of real pictures taught in the page; its answers, and the head it lets
+    you download, agree with `cifarkit predict --head` on the same pictures; the head loads again after a reload."""
+    from cifarkit.predict import predict_files
+    from cifarkit.serve import WebServer
+    from cifarkit.teach import load_head
+    from tests.test_teach import _image_folder
+
+    folder = _image_folder(tmp_path / "pictures", per_class=12)
+    (folder / "cat" / "notes.txt").unlink()  # the page's file picker offers pictures only
+    checks = sorted((folder / "cat").glob("*.png"))[-3:] + sorted((folder / "ship").glob("*.png"))[-3:]
+    with WebServer(None, WEB / "dist", port=0, samples=0) as web:
+        thread = threading.Thread(target=web.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{web.address[1]}/"
+            result = subprocess.run(["node", "e2e/teach.mjs", url, str(folder / "cat"), str(folder / "ship"),
+                                     str(tmp_path / "head.json"), *map(str, checks)],
+                                    cwd=WEB, capture_output=True, text=True, timeout=600)
+        finally:
+            web.server.shutdown()
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "error" not in report and not report["pageErrors"], report
+    assert report["status"].startswith("Taught 2 classes") and "pictures it kept aside" in report["status"]
+    assert report["taught"] == "cat\nship"
+    from cifarkit.pretrained import load_pretrained
+
+    head = load_head(tmp_path / "head.json", load_pretrained().feature_fingerprint)  # a valid head for this model
+    assert head["labels"] == ["cat", "ship"] and head["examples"] == {"cat": 12, "ship": 12}
+    python = {Path(p.path).name: p.classes[0][0] for p in predict_files(None, checks, head=tmp_path / "head.json")}
+    assert {Path(r["file"]).name: r["top1"] for r in report["results"]} == python
+    assert report["reloaded"] == report["results"]  # the downloaded head, loaded again after a reload
+    assert all(r["top1"] not in ("cat", "ship") for r in report["forgotten"])  # back to the 100 classes

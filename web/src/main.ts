@@ -5,6 +5,7 @@ import {
   type Fit,
 } from "@cifarkit/classify";
 import "./style.css";
+import { setUpTeaching } from "./teach-ui.js";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const status = $<HTMLParagraphElement>("status");
@@ -72,6 +73,10 @@ let last: { blob: Blob; label: string } | null = null;
 cropToggle.addEventListener("change", () => {
   if (last) void classify(last.blob, last.label);
 });
+// Teach mode: a taught head, once there is one, sorts the pictures into its classes
+const teaching = setUpTeaching(() => classifier, fit, () => {
+  if (last) void classify(last.blob, last.label);
+});
 
 async function classify(blob: Blob, label: string) {
   last = { blob, label };
@@ -82,7 +87,9 @@ async function classify(blob: Blob, label: string) {
     showOriginal(blob);
     const pixels = toModelPixels(image, fit());
     showPreview(pixels);
-    showResults((await classifier.assessPixels([pixels]))[0]!);
+    const taught = teaching.current();
+    showResults(taught ? { ranked: (await taught.classifyPixels([pixels]))[0]!, known: null, outlierScore: null }
+                       : (await classifier.assessPixels([pixels]))[0]!);
     say(`${label}: ${image.width}×${image.height} → 32×32`);
   } catch (error) {
     results.replaceChildren();
