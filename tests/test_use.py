@@ -199,8 +199,8 @@ def test_onnx_export_matches_pytorch_on_real_images(trained_run, tmp_path):
     from cifarkit.export_metadata import EXPORT_VERSION, export_schema, schema_problems
 
     assert info["version"] == EXPORT_VERSION and schema_problems(info, export_schema()) == []
-    assert schema_problems({**info, "version": 2, "classes": []}, export_schema()) == [
-        "metadata.version must be 1, got 2", "metadata.classes needs at least 1 items"]
+    assert schema_problems({**info, "version": 3, "classes": []}, export_schema()) == [
+        "metadata.version must be one of 1, 2, got 3", "metadata.classes needs at least 1 items"]
 
 
 def test_export_cli_and_bad_output_name(trained_run, tmp_path, capsys):

@@ -173,7 +173,7 @@ def test_the_page_teaches_new_classes_like_the_python_side(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert "error" not in report and not report["pageErrors"], report
     assert report["status"].startswith("Taught 2 classes") and "pictures it kept aside" in report["status"]
-    assert report["taught"] == "cat\nship"
+    assert report["taught"] == "cat\nship" and report["counts"] == ["12 pictures", "12 pictures"]  # picked, dropped
     from cifarkit.pretrained import load_pretrained
 
     head = load_head(tmp_path / "head.json", load_pretrained().feature_fingerprint)  # a valid head for this model

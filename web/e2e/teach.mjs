@@ -1,9 +1,9 @@
-// Drive the page's Teach mode in a real Chromium (Debian's, through playwright-core): name two classes, give each
-// its pictures, teach, classify pictures with the taught classes, download the head, reload the page, load the
+// Drive the page's Teach mode in a real Chromium (Debian's, through playwright-core): name two classes, give one
+// its pictures with the file chooser and drop the other's onto its row, teach, classify pictures with the taught classes, download the head, reload the page, load the
 // head again and classify again.
 //
 //   node e2e/teach.mjs URL CLASS_DIR_A CLASS_DIR_B HEAD_OUT.json FILE...   -> one JSON object on stdout
-import { readdirSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { chromium } from "playwright-core";
 
@@ -42,8 +42,20 @@ try {
   for (const [i, dir] of [dirA, dirB].entries()) {
     await rows[i].$(".teach-name").then((input) => input.fill(basename(dir)));
     const pictures = readdirSync(dir).sort().map((name) => join(dir, name));
-    await rows[i].$(".teach-files").then((input) => input.setInputFiles(pictures));
+    if (i === 0) {  // the first class picked with the file chooser...
+      await rows[i].$(".teach-files").then((input) => input.setInputFiles(pictures));
+      continue;
+    }
+    // ...the second dropped onto its row, as files dragged from the desktop arrive
+    const files = pictures.map((path) => ({ name: basename(path), bytes: [...readFileSync(path)] }));
+    const dataTransfer = await page.evaluateHandle((list) => {
+      const transfer = new DataTransfer();
+      for (const { name, bytes } of list) transfer.items.add(new File([new Uint8Array(bytes)], name, { type: "image/png" }));
+      return transfer;
+    }, files);
+    await rows[i].dispatchEvent("drop", { dataTransfer });
   }
+  report.counts = await page.$$eval(".teach-count", (spans) => spans.map((s) => s.textContent));
   await page.click("#teach-train");
   await page.waitForFunction(() => (document.getElementById("teach-status")?.textContent ?? "").startsWith("Taught") ||
                              document.getElementById("teach-status")?.dataset.kind === "error", null,
