@@ -136,25 +136,13 @@ def _ece(logits, labels, temperature: float) -> float:
 
 
 def calibrate(name: str, data_dir: str, target: str = "nll") -> dict:
-    """The temperature fitted on the run's validation split (held-out training images: never the test set) for
-    its NLL or its ECE, with the validation NLL and ECE it changes, and the other fit's figures beside them."""
-    from cifarkit.calibration import fit_temperature, fit_temperature_for_ece, nll
-    from cifarkit.outlier import fit_record
+    """The library's calibration record (cifarkit.evaluate.calibration_record: the temperature, its figures and the
+    outlier threshold) fitted on the run's validation split, never the test set."""
+    from cifarkit.evaluate import calibration_record
 
-    logits, labels = _logits_and_labels(name, data_dir, "val")
-    fits = {"nll": fit_temperature(logits, labels), "ece": fit_temperature_for_ece(logits, labels)}
-    temperature = fits[target]
-    fitted = {"temperature": temperature, "fitted_for": f"the validation {target.upper()}",
-              "alternatives": {key: {"temperature": t, "val_nll": nll(logits, labels, t),
-                                     "val_ece": _ece(logits, labels, t)} for key, t in fits.items()},
-              "fitted_on": f"the validation split ({len(labels)} held-out training "
-              "images), single view; never the test set",
-              "val_nll": {"before": nll(logits, labels, 1.0), "after": nll(logits, labels, temperature)},
-              "val_ece": {"before": _ece(logits, labels, 1.0), "after": _ece(logits, labels, temperature)},
-              # "none of these": the default outlier score's threshold, 95% of the validation split known
-              "outlier": fit_record(logits.float().numpy(), temperature)}
-    print(f"temperature {temperature:.4f} (validation ECE {fitted['val_ece']['before']:.4f} -> "
-          f"{fitted['val_ece']['after']:.4f})")
+    fitted = calibration_record(*_logits_and_labels(name, data_dir, "val"), target)
+    print(f"temperature {fitted['temperature']:.4f} (validation ECE {fitted['val_ece']['before']:.4f} -> "
+          f"{fitted['val_ece']['after']:.4f}); outlier threshold {fitted['outlier']['threshold']:.4f}")
     return fitted
 
 

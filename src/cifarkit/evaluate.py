@@ -194,32 +194,53 @@ def split_logits(trained: TrainedModel, split: str, data_dir: str | None = None,
     return logits, torch.from_numpy(labels).long()
 
 
+def _temperature_fits():
+    from cifarkit.calibration import fit_temperature, fit_temperature_for_ece
+
+    return {"nll": fit_temperature, "ece": fit_temperature_for_ece}
+
+
+TEMPERATURE_FITS = ("nll", "ece")  # what a temperature can be fitted for (`cifarkit calibrate --for`)
+
+
+def calibration_record(logits: torch.Tensor, labels: torch.Tensor, target: str = "nll") -> dict:
+    """What calibrating a model on its validation logits fits: the temperature for the NLL or the ECE (the other
+    fit's figures beside it), the validation NLL and ECE before and after, and the outlier threshold
+    (cifarkit.outlier: the default score, 95% of the split known). One record for `cifarkit calibrate` and for
+    the packaging of shipped models. Refuses what cannot calibrate (no validation split, NaN...)."""
+    from cifarkit.calibration import expected_calibration_error as ece
+    from cifarkit.calibration import nll
+    from cifarkit.outlier import fit_record
+
+    fits = {key: fit(logits, labels) for key, fit in _temperature_fits().items()}
+    temperature = fits[target]
+    return {"temperature": temperature, "fitted_for": f"the validation {target.upper()}",
+            "alternatives": {key: {"temperature": t, "val_nll": nll(logits, labels, t),
+                                   "val_ece": ece(logits, labels, t)} for key, t in fits.items()},
+            "fitted_on": f"the validation split ({len(labels)} held-out training images), single view; never the "
+                         "test set",
+            "val_nll": {"before": nll(logits, labels, 1.0), "after": nll(logits, labels, temperature)},
+            "val_ece": {"before": ece(logits, labels, 1.0), "after": ece(logits, labels, temperature)},
+            "outlier": fit_record(logits.float().numpy(), temperature)}
+
+
 def calibrate_run(run: str | Path, data_dir: str | None = None, target: str = "nll", device: str = "cpu") -> dict:
     """Fit a run's temperature on its validation split (held-out training images, never the test set), for the
     NLL or the ECE (cifarkit.calibration), and its outlier threshold (cifarkit.outlier: the default score, 95% of
     the split known), and write RUN/calibration.json for the checkpoint it fitted: predict, evaluate and export
     then use both. Returns the record."""
-    from cifarkit.calibration import expected_calibration_error as ece
-    from cifarkit.calibration import fit_temperature, fit_temperature_for_ece, nll
     from cifarkit.inference import CALIBRATION_FILE
-    from cifarkit.outlier import fit_record
 
-    fits = {"nll": fit_temperature, "ece": fit_temperature_for_ece}
-    if target not in fits:
-        raise ConfigError(f"--for must be one of {', '.join(fits)}, got {target!r}")
+    if target not in TEMPERATURE_FITS:
+        raise ConfigError(f"--for must be one of {', '.join(TEMPERATURE_FITS)}, got {target!r}")
     run = Path(run)
     if not run.is_dir():
         raise ConfigError(f"{run} is not a run directory; calibrate the run a checkpoint belongs to")
     trained = load_model(run, device)
     folder = trained.checkpoint.parent
     logits, labels = split_logits(trained, "val", data_dir, device)
-    temperature = fits[target](logits, labels)  # refuses what cannot calibrate (no validation split, NaN...)
-    record = {"temperature": temperature, "fitted_for": f"the validation {target.upper()}",
-              "fitted_on": f"the validation split ({len(labels)} held-out training images), single view",
-              "checkpoint": trained.checkpoint.name, "checkpoint_sha256": trained.sha256,
-              "val_nll": {"before": nll(logits, labels, 1.0), "after": nll(logits, labels, temperature)},
-              "val_ece": {"before": ece(logits, labels, 1.0), "after": ece(logits, labels, temperature)},
-              "outlier": fit_record(logits.float().numpy(), temperature)}
+    record = {**calibration_record(logits, labels, target),
+              "checkpoint": trained.checkpoint.name, "checkpoint_sha256": trained.sha256}
     atomic_write_bytes(folder / CALIBRATION_FILE, (json_text(record) + "\n").encode())
     record["file"] = str(folder / CALIBRATION_FILE)
     return record

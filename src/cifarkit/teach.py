@@ -38,6 +38,9 @@ HOLD_OUT_EVERY = 5
 REGULARIZATIONS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 DEFAULT_REGULARIZATION = 1e-2  # when there are too few examples to hold any out
 MAX_ITERATIONS = 500
+# the fit stops when no gradient entry exceeds this, or the objective moves by less than CHANGE_TOLERANCE
+GRADIENT_TOLERANCE = 1e-6
+CHANGE_TOLERANCE = 1e-10
 SCALE_FLOOR = 1e-6
 
 
@@ -70,8 +73,9 @@ def _softmax_fit(z: np.ndarray, y: np.ndarray, classes: int, regularization: flo
     x, target = torch.from_numpy(z.astype(np.float64)), torch.from_numpy(y).long()
     w = torch.zeros(classes, z.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([w, b], lr=1, max_iter=MAX_ITERATIONS, history_size=10, tolerance_grad=1e-9,
-                                  tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS([w, b], lr=1, max_iter=MAX_ITERATIONS, history_size=10,
+                                  tolerance_grad=GRADIENT_TOLERANCE, tolerance_change=CHANGE_TOLERANCE,
+                                  line_search_fn="strong_wolfe")
 
     def objective():
         optimizer.zero_grad()

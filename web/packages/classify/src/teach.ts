@@ -19,6 +19,9 @@ const HOLD_OUT_EVERY = 5;
 const REGULARIZATIONS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0];
 const DEFAULT_REGULARIZATION = 1e-2;
 const MAX_ITERATIONS = 500;
+// the fit stops when no gradient entry exceeds this, or the objective moves by less than CHANGE_TOLERANCE
+const GRADIENT_TOLERANCE = 1e-6;
+const CHANGE_TOLERANCE = 1e-10;
 const SCALE_FLOOR = 1e-6;
 
 /** A taught head: what `teach` returns and `loadHead` reads (the same JSON as `cifarkit teach` writes). */
@@ -138,7 +141,7 @@ export function lbfgs(f: (x: Float64Array) => [number, Float64Array], x0: Float6
   let [value, grad] = f(x);
   const s: Float64Array[] = [], yv: Float64Array[] = [];
   for (let iteration = 0; iteration < maxIterations; iteration++) {
-    if (grad.reduce((m, g) => Math.max(m, Math.abs(g)), 0) <= 1e-9) break;
+    if (grad.reduce((m, g) => Math.max(m, Math.abs(g)), 0) <= GRADIENT_TOLERANCE) break;
     const q = grad.slice();
     const alpha: number[] = [];
     for (let i = s.length - 1; i >= 0; i--) {
@@ -174,7 +177,7 @@ export function lbfgs(f: (x: Float64Array) => [number, Float64Array], x0: Float6
     }
     const change = Math.abs(nextValue - value);
     x = next as Float64Array<ArrayBuffer>; value = nextValue; grad = nextGrad;
-    if (change <= 1e-15 * Math.max(1, Math.abs(value))) break;
+    if (change < CHANGE_TOLERANCE) break;
   }
   return x;
 }
