@@ -99,32 +99,45 @@ function logLoss(rows: Float64Array[], y: number[], temperature = 1): number {
   return total / rows.length;
 }
 
-/** Class-balanced, L2-penalised softmax regression by full-batch L-BFGS from zero. */
+/** Class-balanced, L2-penalised softmax regression by full-batch L-BFGS from zero. The features live in one
+ * flat row-major array, so the two passes over them per evaluation run over contiguous memory. */
 function softmaxFit(z: Matrix, y: number[], k: number, regularization: number): { w: Float64Array; b: Float64Array } {
   const n = z.length, d = z[0]!.length;
+  const flat = new Float64Array(n * d);
+  z.forEach((row, i) => flat.set(row, i * d));
   const counts = new Array<number>(k).fill(0);
   for (const c of y) counts[c]! += 1;
-  const weight = y.map((c) => n / (k * counts[c]!));
-  const weightSum = weight.reduce((a, v) => a + v, 0);
+  const weightSum = y.reduce((a, c) => a + n / (k * counts[c]!), 0);
+  const share = Float64Array.from(y, (c) => n / (k * counts[c]!) / weightSum);
   const size = k * d + k;
+  const scores = new Float64Array(k);
   const objective = (x: Float64Array): [number, Float64Array] => {
-    const w = x.subarray(0, k * d), b = x.subarray(k * d);
     const grad = new Float64Array(size);
     let value = 0;
-    logits(z, w, b, k, d).forEach((row, i) => {
-      const lp = logSoftmax(row);
-      const share = weight[i]! / weightSum;
-      value -= share * lp[y[i]!]!;
+    for (let i = 0; i < n; i++) {
+      const offset = i * d;
+      let max = -Infinity;
       for (let c = 0; c < k; c++) {
-        const delta = share * (Math.exp(lp[c]!) - (c === y[i] ? 1 : 0));
-        grad[k * d + c]! += delta;
-        const zi = z[i]!;
-        for (let j = 0; j < d; j++) grad[c * d + j]! += delta * zi[j]!;
+        let s = x[k * d + c]!;
+        const row = c * d;
+        for (let j = 0; j < d; j++) s += x[row + j]! * flat[offset + j]!;
+        scores[c] = s;
+        if (s > max) max = s;
       }
-    });
+      let sum = 0;
+      for (let c = 0; c < k; c++) sum += Math.exp(scores[c]! - max);
+      const log = Math.log(sum) + max;
+      value -= share[i]! * (scores[y[i]!]! - log);
+      for (let c = 0; c < k; c++) {
+        const delta = share[i]! * (Math.exp(scores[c]! - log) - (c === y[i] ? 1 : 0));
+        grad[k * d + c]! += delta;
+        const row = c * d;
+        for (let j = 0; j < d; j++) grad[row + j]! += delta * flat[offset + j]!;
+      }
+    }
     for (let j = 0; j < k * d; j++) {
-      value += 0.5 * regularization * w[j]! * w[j]!;
-      grad[j]! += regularization * w[j]!;
+      value += 0.5 * regularization * x[j]! * x[j]!;
+      grad[j]! += regularization * x[j]!;
     }
     return [value, grad];
   };
