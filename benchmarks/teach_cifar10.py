@@ -1,7 +1,7 @@
 """How well does teaching work? The shipped CIFAR-100 model taught CIFAR-10's classes from its features, with
-10, 100, ... training pictures per class, measured on CIFAR-10's 10,000 test pictures; in Python and in Node.js
-(@cifarkit/classify's fitHead, on the same features), beside scikit-learn's LogisticRegression on the same
-standardised features as a reference.
+10, 100, ... training pictures per class, measured on CIFAR-10's 10,000 test pictures; in Python, in Node.js
+and in Chromium (@cifarkit/classify's fitHead, on the same features; Chromium through playwright-core, with
+--chromium), beside scikit-learn's LogisticRegression on the same standardised features as a reference.
 
     python benchmarks/teach_cifar10.py --data-dir CIFAR10_DIR [--per-class 10 100 1000 all] [--model NAME]
                                        [--cache FILE.npz]
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_PRETRAINED)
     parser.add_argument("--per-class", nargs="+", default=["10", "100", "1000"])
     parser.add_argument("--cache", type=Path)
+    parser.add_argument("--chromium", action="store_true", help="also fit in Chromium (web/e2e/teach-bench.mjs)")
     args = parser.parse_args()
     cpu = describe_cpu()
     print(f"CPU: {cpu.get('cpu')} | flags: {', '.join(cpu.get('flags', []))} | torch {cpu.get('torch')}")
@@ -79,7 +80,8 @@ def main() -> None:
     names = data.class_names
     truth = np.array([names[c] for c in data.test_labels])
     print(f"\nmodel {args.model} taught CIFAR-10's 10 classes; accuracy on the 10,000 test pictures")
-    print(f"{'per class':>9} | {'Python':>7} {'time':>6} | {'Node.js':>7} {'time':>6} | {'sklearn':>7} {'time':>6}")
+    print(f"{'per class':>9} | {'Python':>7} {'time':>6} | {'Node.js':>7} {'time':>6} | {'sklearn':>7} {'time':>6}"
+          + (f" | {'Chromium':>8} {'time':>6}" if args.chromium else ""))
     for size in sizes:
         chosen = picks(data.train_labels, size)
         features = train_features[[position[int(i)] for i in chosen]]
@@ -92,8 +94,12 @@ def main() -> None:
         reference, reference_seconds = _sklearn(features, labels, test_features, head["regularization"])
         row = [(python == truth).mean(), python_seconds, (node == truth).mean(), node_seconds,
                (reference == truth).mean(), reference_seconds]
-        print(f"{size or 'all':>9} | {row[0]:>7.2%} {row[1]:>5.1f}s | {row[2]:>7.2%} {row[3]:>5.1f}s | "
-              f"{row[4]:>7.2%} {row[5]:>5.1f}s", flush=True)
+        line = (f"{size or 'all':>9} | {row[0]:>7.2%} {row[1]:>5.1f}s | {row[2]:>7.2%} {row[3]:>5.1f}s | "
+                f"{row[4]:>7.2%} {row[5]:>5.1f}s")
+        if args.chromium:
+            chromium, chromium_seconds = _chromium(features, labels, test_features)
+            line += f" | {(chromium == truth).mean():>8.2%} {chromium_seconds:>5.1f}s"
+        print(line, flush=True)
 
 
 def _node(features, labels, test_features):
@@ -103,6 +109,19 @@ def _node(features, labels, test_features):
         result = subprocess.run(["node", "--input-type=module", "-e", NODE_SCRIPT % json.dumps(TEACH_JS.as_uri()),
                                  str(path)], capture_output=True, text=True, check=True)
     out = json.loads(result.stdout)
+    return np.array(out["predicted"]), out["seconds"]
+
+
+def _chromium(features, labels, test_features):
+    web = Path(__file__).resolve().parents[1] / "web"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        np.ascontiguousarray(features, dtype=np.float32).tofile(folder / "train.f32")
+        np.ascontiguousarray(test_features, dtype=np.float32).tofile(folder / "test.f32")
+        (folder / "meta.json").write_text(json.dumps({"labels": labels, "d": int(features.shape[1])}))
+        result = subprocess.run(["node", "e2e/teach-bench.mjs", str(folder)], cwd=web, capture_output=True, text=True,
+                                check=True)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
     return np.array(out["predicted"]), out["seconds"]
 
 
