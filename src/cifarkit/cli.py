@@ -364,7 +364,6 @@ def cmd_calibrate(args) -> int:
 
 
 def _predict_arguments(sub) -> None:
-    from cifarkit.images import DEFAULT_FIT, FITS
     from cifarkit.predict import FORMATS
 
     p = sub.add_parser("predict", help="classify image files with a checkpoint",
@@ -379,9 +378,7 @@ def _predict_arguments(sub) -> None:
                    help="classes to show per image (default: %(default)s)")
     p.add_argument("--format", choices=list(FORMATS), default="table", help="default: %(default)s")
     p.add_argument("--tta", action="store_true", help="average each image with its mirror image")
-    p.add_argument("--fit", choices=list(FITS), default=DEFAULT_FIT,
-                   help="how a picture becomes square before it is shrunk to 32x32: squash the whole picture (its "
-                        "shape distorted) or keep its centre square (its edges lost); default: %(default)s")
+    _add_fit_option(p)
     p.add_argument("--device", default="cpu", help="default: %(default)s")
     p.add_argument("--head", metavar="HEAD.json", help="classify into the classes of a head taught on the model's "
                                                        "features (`cifarkit teach`) instead of the model's own")
@@ -417,9 +414,15 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
-def _teach_arguments(sub) -> None:
+def _add_fit_option(p: argparse.ArgumentParser) -> None:
     from cifarkit.images import DEFAULT_FIT, FITS
 
+    p.add_argument("--fit", choices=list(FITS), default=DEFAULT_FIT,
+                   help="how a picture becomes square before it is shrunk to 32x32: squash the whole picture (its "
+                        "shape distorted) or keep its centre square (its edges lost); default: %(default)s")
+
+
+def _teach_arguments(sub) -> None:
     p = sub.add_parser("teach", help="teach the model new classes from a folder of pictures (a head on its features)",
                        description="Fit a classifier for your own classes on the model's frozen features: DIR holds "
                                    "one sub-folder of pictures per class (the ImageFolder layout). Writes a head "
@@ -428,7 +431,7 @@ def _teach_arguments(sub) -> None:
     p.add_argument("folder", metavar="DIR")
     p.add_argument("--out", required=True, metavar="HEAD.json")
     _add_model_option(p, positional=False)
-    p.add_argument("--fit", choices=list(FITS), default=DEFAULT_FIT, help="as for predict; default: %(default)s")
+    _add_fit_option(p)
 
 
 @command(_teach_arguments)

@@ -195,12 +195,10 @@ def split_logits(trained: TrainedModel, split: str, data_dir: str | None = None,
 
 
 def _temperature_fits():
+    """What a temperature can be fitted for (`cifarkit calibrate --for`), and how."""
     from cifarkit.calibration import fit_temperature, fit_temperature_for_ece
 
     return {"nll": fit_temperature, "ece": fit_temperature_for_ece}
-
-
-TEMPERATURE_FITS = ("nll", "ece")  # what a temperature can be fitted for (`cifarkit calibrate --for`)
 
 
 def calibration_record(logits: torch.Tensor, labels: torch.Tensor, target: str = "nll") -> dict:
@@ -231,8 +229,8 @@ def calibrate_run(run: str | Path, data_dir: str | None = None, target: str = "n
     then use both. Returns the record."""
     from cifarkit.inference import CALIBRATION_FILE
 
-    if target not in TEMPERATURE_FITS:
-        raise ConfigError(f"--for must be one of {', '.join(TEMPERATURE_FITS)}, got {target!r}")
+    if target not in _temperature_fits():
+        raise ConfigError(f"--for must be one of {', '.join(_temperature_fits())}, got {target!r}")
     run = Path(run)
     if not run.is_dir():
         raise ConfigError(f"{run} is not a run directory; calibrate the run a checkpoint belongs to")

@@ -111,15 +111,14 @@ def make_session(path: Path | str, threads: int | None = None):
 
 
 def run_onnx(path: Path | str, pixels: np.ndarray, batch_size: int = 500, output: str = "probabilities") -> np.ndarray:
-    session = make_session(path)
-    return np.concatenate([session.run([output], {"pixels": pixels[i : i + batch_size]})[0]
-                           for i in range(0, len(pixels), batch_size)])
+    return run_onnx_outputs(path, pixels, batch_size, [output])[output]
 
 
-def run_onnx_outputs(path: Path | str, pixels: np.ndarray, batch_size: int = 500) -> dict[str, np.ndarray]:
-    """Every output of the exported graph, by name."""
+def run_onnx_outputs(path: Path | str, pixels: np.ndarray, batch_size: int = 500,
+                     names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The exported graph's outputs by name (`names`, or every one), over `pixels` in batches."""
     session = make_session(path)
-    names = [o.name for o in session.get_outputs()]
+    names = names or [o.name for o in session.get_outputs()]
     parts = [session.run(names, {"pixels": pixels[i : i + batch_size]}) for i in range(0, len(pixels), batch_size)]
     return {name: np.concatenate([part[k] for part in parts]) for k, name in enumerate(names)}
 

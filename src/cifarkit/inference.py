@@ -79,13 +79,25 @@ class TrainedModel:
     @torch.no_grad()
     def features(self, images_nchw_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
         """The penultimate layer after pooling, (N, D) float32, for uint8 NCHW images (cifarkit.features)."""
+        return self.features_and_logits(images_nchw_uint8, batch_size)[0]
+
+    @torch.no_grad()
+    def features_and_logits(self, images_nchw_uint8: torch.Tensor,
+                            batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+        """The features and, from the same pass, the raw logits (before the temperature), float32 on the CPU
+        (the classifier on top of the features is one small matrix product)."""
         from cifarkit.features import require_features
 
         model = require_features(self.model)
         device = next(self.model.parameters()).device
-        out = [model.embed(self.preprocess(images_nchw_uint8[start : start + batch_size].to(device))).float().cpu()
-               for start in range(0, len(images_nchw_uint8), batch_size)]
-        return torch.cat(out) if out else torch.empty(0, 0)
+        features, logits = [], []
+        for start in range(0, len(images_nchw_uint8), batch_size):
+            f = model.embed(self.preprocess(images_nchw_uint8[start : start + batch_size].to(device)))
+            features.append(f.float().cpu())
+            logits.append(model.classify(f).float().cpu())
+        if not features:
+            return torch.empty(0, 0), torch.empty(0, len(self.class_names))
+        return torch.cat(features), torch.cat(logits)
 
     @property
     def feature_fingerprint(self) -> str:
@@ -99,13 +111,10 @@ class TrainedModel:
         """Ranked [{"label", "score"}] (best first) for each picture: file paths, PIL images, or uint8 arrays
         (one HxWx3 picture or a batch NxHxWx3, any size: each is resized as `cifarkit predict` does). Models
         with superclasses (CIFAR-100) add each class's "superclass"."""
-        from cifarkit.images import as_model_pixels
-
-        several = isinstance(pictures, (list, tuple)) or (isinstance(pictures, np.ndarray) and pictures.ndim == 4)
-        batch = [as_model_pixels(p, fit) for p in (pictures if several else [pictures])]
-        if not batch:
+        batch = _model_pixels(pictures, fit)
+        if batch is None:
             return []
-        indices, values, _ = predict_arrays(self, np.stack(batch), top_k, tta)
+        indices, values, _ = predict_arrays(self, batch, top_k, tta)
         return [[self._ranked(i, p) for i, p in zip(row_i, row_p, strict=True)]
                 for row_i, row_p in zip(indices.tolist(), values.tolist(), strict=True)]
 
@@ -113,13 +122,10 @@ class TrainedModel:
         """`predict`, plus whether each picture looks like one of the classes at all: {"ranked": [...],
         "outlier_score": float, "known": bool} per picture (outlier_score and known are None for a model
         without an outlier record)."""
-        from cifarkit.images import as_model_pixels
-
-        several = isinstance(pictures, (list, tuple)) or (isinstance(pictures, np.ndarray) and pictures.ndim == 4)
-        batch = [as_model_pixels(p, fit) for p in (pictures if several else [pictures])]
-        if not batch:
+        batch = _model_pixels(pictures, fit)
+        if batch is None:
             return []
-        indices, values, _, outlier = predict_arrays(self, np.stack(batch), top_k, tta, with_outlier=True)
+        indices, values, _, outlier = predict_arrays(self, batch, top_k, tta, with_outlier=True)
         rows = []
         for n, (row_i, row_p) in enumerate(zip(indices.tolist(), values.tolist(), strict=True)):
             score = None if outlier is None else float(outlier[n])
@@ -140,6 +146,16 @@ class TrainedModel:
         if superclass is not None:
             item["superclass"] = superclass
         return item
+
+
+def _model_pixels(pictures, fit: str) -> np.ndarray | None:
+    """`predict`'s pictures (one, a list, or an NxHxWx3 batch) as the uint8 NHWC 32x32 batch the model takes;
+    None for an empty list."""
+    from cifarkit.images import as_model_pixels
+
+    several = isinstance(pictures, (list, tuple)) or (isinstance(pictures, np.ndarray) and pictures.ndim == 4)
+    batch = [as_model_pixels(p, fit) for p in (pictures if several else [pictures])]
+    return np.stack(batch) if batch else None
 
 
 def predict_arrays(trained: TrainedModel, images_nhwc: np.ndarray, top_k: int = 5, tta: bool = False,

@@ -176,17 +176,8 @@ def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, rate: float = KNOW
     return float((out_scores <= threshold_keeping(in_scores, rate)).mean())
 
 
-@torch.no_grad()
 def features_and_logits(trained, images_nhwc: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """The features and raw logits (before the temperature) of uint8 NHWC pictures, float32 arrays."""
-    from cifarkit.features import require_features
-
-    model = require_features(trained.model)
-    device = next(trained.model.parameters()).device
-    features, logits = [], []
-    for start in range(0, len(images_nhwc), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images_nhwc[start : start + batch_size])).permute(0, 3, 1, 2)
-        f = model.embed(trained.preprocess(x.to(device)))
-        features.append(f.float().cpu().numpy())
-        logits.append(model.classify(f).float().cpu().numpy())
-    return np.concatenate(features), np.concatenate(logits)
+    x = torch.from_numpy(np.ascontiguousarray(images_nhwc)).permute(0, 3, 1, 2)
+    features, logits = trained.features_and_logits(x, batch_size)
+    return features.numpy(), logits.numpy()

@@ -445,24 +445,14 @@ export class Classifier<Input> {
   classify(input: Input, options?: ClassifyOptions): Promise<Classification[]>;
   classify(inputs: Input[], options?: ClassifyOptions): Promise<Classification[][]>;
   async classify(input: Input | Input[], options: ClassifyOptions = {}): Promise<Classification[] | Classification[][]> {
-    const many = Array.isArray(input);
-    const list = many ? (input as Input[]) : [input as Input];
-    const pixels = [];
-    for (const item of list) pixels.push(await this.pixels(item, options.fit));
-    const ranked = await this.classifyPixels(pixels, options);
-    return many ? ranked : ranked[0]!;
+    return overPictures(input, (item) => this.pixels(item, options.fit), (pixels) => this.classifyPixels(pixels, options));
   }
 
   /** Rank the classes of one picture (or each of a list) and say whether it looks like one of them at all. */
   assess(input: Input, options?: ClassifyOptions): Promise<Assessment>;
   assess(inputs: Input[], options?: ClassifyOptions): Promise<Assessment[]>;
   async assess(input: Input | Input[], options: ClassifyOptions = {}): Promise<Assessment | Assessment[]> {
-    const many = Array.isArray(input);
-    const list = many ? (input as Input[]) : [input as Input];
-    const pixels = [];
-    for (const item of list) pixels.push(await this.pixels(item, options.fit));
-    const assessed = await this.assessPixels(pixels, options);
-    return many ? assessed : assessed[0]!;
+    return overPictures(input, (item) => this.pixels(item, options.fit), (pixels) => this.assessPixels(pixels, options));
   }
 
   /** Rank prepared 32x32x3 pixels (from `pixels`), in batches of `batchSize`. */
@@ -474,9 +464,25 @@ export class Classifier<Input> {
   async assessPixels(pixels: Uint8Array[], options: ClassifyOptions = {}): Promise<Assessment[]> {
     const topK = options.topK ?? 5;
     if (!Number.isInteger(topK) || topK < 1) throw new RangeError(`topK must be a whole number >= 1, got ${topK}`);
-    const size = SIZE * SIZE * 3;
     const out: Assessment[] = [];
     const threshold = this.info.outlier?.threshold;
+    const classes = this.info.classes.length;
+    for await (const { count, result } of this.runBatches(pixels)) {
+      const probabilities = result["probabilities"]!.data as Float32Array;
+      const scores = threshold === undefined ? undefined : result["outlier_score"]?.data as Float32Array | undefined;
+      for (let i = 0; i < count; i++) {
+        const outlierScore = scores?.[i] ?? null;
+        out.push({ ranked: this.rank(probabilities.subarray(i * classes, (i + 1) * classes), topK), outlierScore,
+                   known: outlierScore === null ? null : outlierScore <= threshold! });
+      }
+    }
+    return out;
+  }
+
+  /** Prepared pixels through the session in batches of `batchSize`: each batch's size and outputs. */
+  private async *runBatches(pixels: Uint8Array[]):
+      AsyncGenerator<{ count: number; result: InferenceSession.OnnxValueMapType }> {
+    const size = SIZE * SIZE * 3;
     for (let start = 0; start < pixels.length; start += this.batchSize) {
       const chunk = pixels.slice(start, start + this.batchSize);
       const batch = new Uint8Array(chunk.length * size);
@@ -494,16 +500,8 @@ export class Classifier<Input> {
         }
         throw error;
       }
-      const probabilities = result["probabilities"]!.data as Float32Array;
-      const scores = threshold === undefined ? undefined : result["outlier_score"]?.data as Float32Array | undefined;
-      const classes = this.info.classes.length;
-      for (let i = 0; i < chunk.length; i++) {
-        const outlierScore = scores?.[i] ?? null;
-        out.push({ ranked: this.rank(probabilities.subarray(i * classes, (i + 1) * classes), topK), outlierScore,
-                   known: outlierScore === null ? null : outlierScore <= threshold! });
-      }
+      yield { count: chunk.length, result };
     }
-    return out;
   }
 
   /** The `features` output (the penultimate layer, D numbers) for prepared pixels, in batches. */
@@ -512,15 +510,10 @@ export class Classifier<Input> {
       throw new TeachError("this model was exported without features (metadata version 1): export it again with " +
                            "cifarkit to teach it");
     }
-    const size = SIZE * SIZE * 3, out: Float32Array[] = [];
-    for (let start = 0; start < pixels.length; start += this.batchSize) {
-      const chunk = pixels.slice(start, start + this.batchSize);
-      const batch = new Uint8Array(chunk.length * size);
-      chunk.forEach((p, i) => batch.set(p, i * size));
-      if (this.disposed) throw new ClassifierDisposedError("this classifier was disposed; load another to teach");
-      const result = await this.runtime.session.run({ pixels: this.runtime.tensor(batch, chunk.length) });
-      const data = result["features"]!.data as Float32Array, d = data.length / chunk.length;
-      for (let i = 0; i < chunk.length; i++) out.push(data.slice(i * d, (i + 1) * d));
+    const out: Float32Array[] = [];
+    for await (const { count, result } of this.runBatches(pixels)) {
+      const data = result["features"]!.data as Float32Array, d = data.length / count;
+      for (let i = 0; i < count; i++) out.push(data.slice(i * d, (i + 1) * d));
     }
     return out;
   }
@@ -597,12 +590,8 @@ export class TaughtClassifier<Input> {
   classify(input: Input, options?: ClassifyOptions): Promise<Classification[]>;
   classify(inputs: Input[], options?: ClassifyOptions): Promise<Classification[][]>;
   async classify(input: Input | Input[], options: ClassifyOptions = {}): Promise<Classification[] | Classification[][]> {
-    const many = Array.isArray(input);
-    const list = many ? (input as Input[]) : [input as Input];
-    const pixels = [];
-    for (const item of list) pixels.push(await this.base.pixels(item, options.fit));
-    const ranked = await this.classifyPixels(pixels, options);
-    return many ? ranked : ranked[0]!;
+    return overPictures(input, (item) => this.base.pixels(item, options.fit),
+                        (pixels) => this.classifyPixels(pixels, options));
   }
 
   async classifyPixels(pixels: Uint8Array[], options: ClassifyOptions = {}): Promise<Classification[][]> {
@@ -619,4 +608,14 @@ export class TaughtClassifier<Input> {
   toJSON(): Head {
     return this.head;
   }
+}
+
+/** One picture or a list, each prepared, then run as one list: a list in gives a list out, one picture one answer. */
+async function overPictures<Input, Out>(input: Input | Input[], prepare: (item: Input) => Promise<Uint8Array>,
+                                        run: (pixels: Uint8Array[]) => Promise<Out[]>): Promise<Out | Out[]> {
+  const many = Array.isArray(input);
+  const pixels = [];
+  for (const item of many ? (input as Input[]) : [input as Input]) pixels.push(await prepare(item));
+  const out = await run(pixels);
+  return many ? out : out[0]!;
 }
