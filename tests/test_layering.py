@@ -1,7 +1,8 @@
 """The package's layering, read from its imports: no import cycle, and no module importing one above it.
 
 Every `import cifarkit...` counts, at the top of a module or inside a function (a lazy import still ties the
-two modules together); only imports under `if TYPE_CHECKING:` are left out (they never run).
+two modules together), and under `if TYPE_CHECKING:` too: an import that never runs still says one module is
+written in terms of another.
 """
 
 from __future__ import annotations
@@ -32,19 +33,10 @@ def _owner(name: str) -> str:
     return name
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _imports(tree: ast.AST) -> set[str]:
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "cifarkit":
             submodules = {f"{node.module}.{a.name}" for a in node.names} & MODULES.keys()
             # `from cifarkit.train import distributed` imports the submodule (its package runs first anyway)
@@ -107,9 +99,28 @@ def test_using_a_model_imports_no_training_module(module):
     assert not _below(module, ("cifarkit.train", "cifarkit.experiments", "cifarkit.cli"))
 
 
-@pytest.mark.parametrize("module", ["cifarkit.optim", "cifarkit.optim.muon", "cifarkit.schedules", "cifarkit.device"])
-def test_the_registries_config_checks_against_sit_below_it(module):
+@pytest.mark.parametrize("module", ["cifarkit.optim", "cifarkit.optim.muon", "cifarkit.schedules", "cifarkit.device",
+                                    "cifarkit.settings", "cifarkit.data.split", "cifarkit.models.registry"])
+def test_the_parts_config_composes_sit_below_it(module):
     assert not _below(module, ("cifarkit.config", "cifarkit.train"))
+
+
+def test_each_part_owns_its_settings():
+    """Each section of the run config is a dataclass beside the code that uses it (config.py composes them), and
+    its valid ranges are field metadata there: config.py keeps only the run's own settings (TrainConfig)."""
+    import dataclasses
+
+    from cifarkit.config import Config
+
+    owners = {f.name: f.default_factory.__module__ for f in dataclasses.fields(Config)
+              if dataclasses.is_dataclass(f.default_factory)}
+    assert owners == {"data": "cifarkit.data.split", "preprocess": "cifarkit.data.preprocess",
+                      "augment": "cifarkit.data.loader", "model": "cifarkit.models.registry",
+                      "optim": "cifarkit.optim", "schedule": "cifarkit.schedules", "train": "cifarkit.config"}
+    assert "RANGES" not in vars(__import__("cifarkit.config").config)
+    checked = {f"{section}.{f.name}" for section, owner in owners.items()
+               for f in dataclasses.fields(getattr(Config(), section)) if "check" in f.metadata}
+    assert {"optim.lr", "schedule.name", "augment.mix_alpha", "data.dataset", "train.steps"} <= checked
 
 
 def test_the_graph_was_read():

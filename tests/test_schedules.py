@@ -40,16 +40,16 @@ def test_dropout_events_are_validated():
 
 
 def test_cosine_and_linear_end_points():
-    c = load_config("elu-seed", ["schedule.lr=cosine", "schedule.final_lr_fraction=0.1"]).schedule
+    c = load_config("elu-seed", ["schedule.name=cosine", "schedule.final_lr_fraction=0.1"]).schedule
     assert lr_at(0, 1.0, 100, c) == pytest.approx(1.0) and lr_at(100, 1.0, 100, c) == pytest.approx(0.1)
-    c = load_config("elu-seed", ["schedule.lr=linear", "schedule.warmup_steps=10"]).schedule
+    c = load_config("elu-seed", ["schedule.name=linear", "schedule.warmup_steps=10"]).schedule
     assert lr_at(4, 1.0, 110, c) == pytest.approx(0.5) and lr_at(60, 1.0, 110, c) == pytest.approx(0.5)
 
 
 def test_unknown_schedule():
     with pytest.raises(ConfigError,
-                       match="schedule.lr must be one of step, constant, cosine, linear, wsd; got 'zigzag'"):
-        load_config("elu-seed", ["schedule.lr=zigzag"])
+                       match="schedule.name must be one of step, constant, cosine, linear, wsd; got 'zigzag'"):
+        load_config("elu-seed", ["schedule.name=zigzag"])
 
 
 class TwoLayer(nn.Module):

@@ -162,7 +162,7 @@ def test_fast10_recipe_learns_real_cifar10_quickly(real_cifar10, tmp_path):
 def test_budget_mode_ends_the_schedule_within_the_budget(tmp_path, fake_root):
     budget = 6.0
     config = tiny_config(tmp_path, fake_root, f"train.budget_seconds={budget}", "train.steps=1000000",
-                         "schedule.lr=linear", "schedule.final_lr_fraction=0.1", "train.eval_every=20")
+                         "schedule.name=linear", "schedule.final_lr_fraction=0.1", "train.eval_every=20")
     results = train(config, log=lambda _: None)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert results["steps"] > 10  # the run went past calibration; how long it took is the planner's test below

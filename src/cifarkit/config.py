@@ -21,13 +21,14 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from cifarkit.data.loader import AugmentConfig
 from cifarkit.data.preprocess import PreprocessConfig
-from cifarkit.data.specs import DATASETS
+from cifarkit.data.split import DataConfig
 from cifarkit.device import check_device_name
 from cifarkit.errors import ConfigError
 from cifarkit.files import read_bounded
-from cifarkit.models.registry import check_model_options, dropout_layers
-from cifarkit.optim import OPTIMIZERS
-from cifarkit.schedules import LR_SCHEDULES, check_dropout_events
+from cifarkit.models.registry import ModelConfig, check_model_options, dropout_layers
+from cifarkit.optim import OptimConfig
+from cifarkit.schedules import ScheduleConfig, check_dropout_events
+from cifarkit.settings import KEPT, RECOVERY, WHERE, at_least, at_least_below, optional, range_problems, setting, within
 from cifarkit.text import printable
 
 if sys.version_info >= (3, 11):
@@ -38,113 +39,46 @@ else:  # pragma: no cover
 DEFAULT_RECIPE = "elu-seed"
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes of TOML; more is not a recipe
 
-# What a setting is, beyond its value (dataclass field metadata). Unmarked settings say what a run computes.
-WHERE = {"role": "where"}  # where the run lives (its folder): fixed for the run's life
-KEPT = {"role": "kept"}  # how it runs and is kept (device, data location, checkpoints): may change on resume
-RECOVERY = {"role": "recovery"}  # changes the computation only when a step goes wrong: may change on resume
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: str = "cifar100"  # "cifar100" | "cifar10"
-    # extracted folder or .tar.gz; else $CIFARKIT_DATA_DIR, the cache, a download
-    data_dir: str | None = field(default=None, metadata=KEPT)
-    download: bool = field(default=True, metadata=KEPT)
-    val_per_class: int | None = None  # held-out validation images per class; None: 50 (CIFAR-100), 500 (CIFAR-10)
-    split_seed: int = 0
-    train_subset: int | None = None  # use only the first N training images (quick experiments, tests)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str = "elu_net_seed"
-    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model builder (e.g. width = 0.25)
-    channels_last: bool = False
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    name: str = "sgd"  # see cifarkit.optim.OPTIMIZERS
-    lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = False
-    # Keras-style L2 (loss += l2 * sum(w^2) over conv/dense kernels, biases exempt); l2_first_layer overrides
-    # it for the first convolution. Implemented as SGD weight decay 2*l2, which has the identical gradient.
-    l2: float = 0.0
-    l2_first_layer: float | None = None
-    weight_decay: float = 0.0  # PyTorch-style decay (grad += wd * w) on kernels, added to the L2 above
-    norm_lr_scale: float = 1.0  # learning-rate multiplier for biases and normalization parameters
-    norm_weight_decay: float = 0.0  # PyTorch-style decay on biases and normalization parameters
-    label_smoothing: float = 0.0
-    # train.batch_size is the global batch (all processes together). To keep a learning rate tuned at another
-    # batch size, name that size here and how lr follows the batch: "none", "linear" or "sqrt".
-    base_batch_size: int | None = None
-    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
-    # optim.name = "muon": the filters' learning rate and momentum (Nesterov); optim.lr, momentum and the
-    # decays above then apply to the other parameters, trained by SGD (see cifarkit.optim.muon)
-    muon_lr: float = 0.24
-    muon_momentum: float = 0.6
-    # How a Muon filter is kept in check: "fixed_norm" (airbench94_muon: each filter bank rescaled to norm
-    # sqrt(out_channels) before its step) or "decay" (the CIFAR-100 speedrun record: decoupled weight decay
-    # muon_weight_decay x lr, the step scaled by sqrt(max(1, fan_out / fan_in)))
-    muon_norm: Literal["fixed_norm", "decay"] = "fixed_norm"
-    muon_weight_decay: float = 0.0
-    muon_head: bool = False  # the linear head takes Muon steps too (the record) instead of SGD at optim.lr
-    # Muon's momentum rises linearly from muon_momentum_start to muon_momentum over the first
-    # muon_momentum_warmup of the run (the record: 0.85 -> 0.95 over 15%); 0: constant
-    muon_momentum_warmup: float = 0.0
-    muon_momentum_start: float = 0.85
-    # learning-rate multiplier of the normalization layers' shifts (BatchNorm biases) relative to the other
-    # biases and norms (the record's BN-shift rate x 8); 1: one rate for the group
-    norm_shift_lr_scale: float = 1.0
-
-
-@dataclass(frozen=True)
-class ScheduleConfig:
-    lr: str = "step"  # see cifarkit.schedules.LR_SCHEDULES
-    milestones: list[int] = field(default_factory=list)  # "step": multiply by gamma at each of these steps
-    gamma: float = 0.1
-    # "step" with factors: after the k-th milestone the lr is lr_factors[k-1] x the base (instead of gamma**k)
-    lr_factors: list[float] = field(default_factory=list)
-    warmup_steps: int = 0
-    warmup_fraction: float = 0.0  # warm-up length as a fraction of the run (used when warmup_steps is 0)
-    warmup_start_fraction: float | None = None  # lr at step 0 as a fraction of the peak (None: 1/warmup)
-    final_lr_fraction: float = 0.0  # "cosine" / "linear": the lr reached at the last step, as a fraction
-    # "wsd" (warmup-stable-decay): after the warm-up, the peak until the last cooldown_fraction of the run, then
-    # a linear decay to final_lr_fraction
-    cooldown_fraction: float = 0.0
-    # Dropout events in optimizer steps: {step = N, set = [rates per stack]} or {step = N, scale = f}.
-    dropout_events: list[dict[str, Any]] = field(default_factory=list)
-
+# Settings renamed since they were first written: old dotted key -> new one. A stored config (a run folder's, a
+# checkpoint's, a shipped model's) is read as it is; a recipe or a --set that spells the old name still works and
+# says so on stderr.
+RENAMED = {"schedule.lr": "schedule.name"}
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 165_000
-    epochs: float | None = None  # if set (> 0), overrides `steps`: epochs x (training images // batch size)
-    budget_seconds: float | None = None  # fit the run to a wall-clock budget (steps planned from speed); 0: off
-    batch_size: int = 100
-    eval_every: int = 500  # steps between validation passes, metrics lines and checkpoints
-    eval_batch_size: int = 500
-    seed: int = 0
-    device: str = field(default="auto", metadata=KEPT)  # "auto" (CUDA, MPS, CPU) | "cuda" | "cuda:1" | "mps" | "cpu"
+    steps: int = setting(165_000, check=at_least_below(1, 10**9))
+    # if set (> 0), overrides `steps`: epochs x (training images // batch size); 0: off (train.steps counts)
+    epochs: float | None = setting(None, check=optional(at_least_below(0, 10**5)))
+    # fit the run to a wall-clock budget (steps planned from speed); 0: off
+    budget_seconds: float | None = setting(None, check=optional(at_least_below(0, 10**8)))
+    batch_size: int = setting(100, check=at_least_below(1, 10**6))
+    # steps between validation passes, metrics lines and checkpoints
+    eval_every: int = setting(500, check=at_least_below(1, 10**9))
+    eval_batch_size: int = setting(500, check=at_least_below(1, 10**6))
+    seed: int = setting(0, check=within(0, 2**32))
+    # "auto" (CUDA, MPS, CPU) | "cuda" | "cuda:1" | "mps" | "cpu"
+    device: str = setting("auto", role=KEPT)  # spelling checked with the config: check_device_name
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16, else off
-    out_dir: str = field(default="runs", metadata=WHERE)
-    run_name: str | None = field(default=None, metadata=WHERE)  # default: <recipe>-<date>-<time>
-    seeds: int = 1  # train this many seeds (seed, seed+1, ...) and report mean and standard deviation
+    out_dir: str = setting("runs", role=WHERE)
+    run_name: str | None = setting(None, role=WHERE)  # default: <recipe>-<date>-<time>
+    # train this many seeds (seed, seed+1, ...) and report mean and standard deviation
+    seeds: int = setting(1, check=within(1, 1001))
     compile: bool = False  # torch.compile the model (optional; everything works without it)
     tta: bool = False  # also report flip test-time augmentation (separately from single-view accuracy)
     # Weight averaging: every `ema_every` steps, ema = decay * ema + (1 - decay) * weights (0: off).
     # With `lookahead`, the weights are then reset to the average (airbench's lookahead).
-    ema_decay: float = 0.0
-    ema_every: int = 1
-    ema_ramp_power: float = 0.0  # decay at step s is ema_decay * (s / total) ** power: no averaging early on
+    ema_decay: float = setting(0.0, check=within(0, 1))
+    ema_every: int = setting(1, check=at_least(1))
+    # decay at step s is ema_decay * (s / total) ** power: no averaging early on
+    ema_ramp_power: float = setting(0.0, check=at_least_below(0, 100))
     lookahead: bool = False
     # Never lose a run: a checkpoint at every evaluation, and also every N steps and/or T minutes.
-    checkpoint_every: int | None = field(default=None, metadata=KEPT)
-    checkpoint_minutes: float | None = field(default=10.0, metadata=KEPT)
-    keep_checkpoints: int = field(default=3, metadata=KEPT)  # newest step checkpoints kept (best.pt is kept regardless)
+    checkpoint_every: int | None = setting(None, check=optional(at_least(1)), role=KEPT)
+    checkpoint_minutes: float | None = setting(10.0, check=optional(at_least(0)), role=KEPT)
+    # newest step checkpoints kept (best.pt is kept regardless)
+    keep_checkpoints: int = setting(3, check=at_least(1), role=KEPT)
     # skip steps whose loss is NaN/inf instead of stopping the run
-    skip_nonfinite: bool = field(default=False, metadata=RECOVERY)
+    skip_nonfinite: bool = setting(False, role=RECOVERY)
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-reproducible resume on CPU)
     sync_batchnorm: bool = False  # with several processes: BatchNorm statistics over the global batch
     # at every evaluation: each activation layer's mean activation on a fixed batch (the ELU paper's Figure 2a),
@@ -174,12 +108,11 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def settings_with(*roles: dict) -> tuple[str, ...]:
+def settings_with(*roles: str) -> tuple[str, ...]:
     """The dotted keys ("train.device") of the settings marked with one of `roles` (WHERE, KEPT, RECOVERY)."""
-    wanted = {role["role"] for role in roles}
     return tuple(f"{section.name}.{f.name}" for section in dataclasses.fields(Config)
                  if dataclasses.is_dataclass(section.default_factory)
-                 for f in dataclasses.fields(section.default_factory) if f.metadata.get("role") in wanted)
+                 for f in dataclasses.fields(section.default_factory) if f.metadata.get("role") in roles)
 
 
 # Where and how a run is kept, not what it computes: sweep workers may differ in them, fingerprints leave them out.
@@ -329,7 +262,7 @@ def _read_recipe(name_or_path: str, seen: tuple[str, ...] = (), base: Path | Non
         raise ConfigError(f"recipe {label} extends itself (through {' -> '.join(seen)})")
     if len(seen) > 20:
         raise ConfigError(f"recipe {label}: more than 20 levels of `extends`")
-    values = _parse_toml(text, f"recipe {label}")
+    values = _renamed(_parse_toml(text, f"recipe {label}"), f"recipe {label}")
     parent = values.pop("extends", None)
     if parent is not None:
         if not isinstance(parent, str) or not parent:
@@ -366,9 +299,38 @@ def parse_override(text: str) -> tuple[list[str], Override]:
     return key.strip().split("."), Override(value, raw.strip())
 
 
+def _renamed(values: dict[str, Any], what: str | None) -> dict[str, Any]:
+    """`values` with each old key of RENAMED under its new name; `what` (a recipe) is told so, a stored config
+    (`what` None) is not. Where both names are set, a recipe is refused and a stored config keeps the new one (set
+    later, by a --set on resume)."""
+    out = dict(values)
+    for old, new in RENAMED.items():
+        (section, old_key), new_key = old.split("."), new.split(".", 1)[1]
+        table = out.get(section)
+        if not isinstance(table, dict) or old_key not in table:
+            continue
+        table = dict(table)
+        value = table.pop(old_key)
+        if new_key in table and what is not None:
+            raise ConfigError(f"{what} sets both {old} and {new}, one setting under its old and new names; keep {new}")
+        table.setdefault(new_key, value)
+        out[section] = table
+        if what is not None:
+            _say_renamed(old, new, what)
+    return out
+
+
+def _say_renamed(old: str, new: str, what: str) -> None:
+    print(f"cifarkit: {what} says {old}, which is now {new} (the old name still works; please rename it)",
+          file=sys.stderr)
+
+
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
+        if ".".join(path) in RENAMED:
+            _say_renamed(".".join(path), RENAMED[".".join(path)], "--set")
+            path = RENAMED[".".join(path)].split(".")
         nested: Any = value
         for part in reversed(path):
             nested = {part: nested}
@@ -376,99 +338,8 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
-def _at_least(low):
-    return lambda v: None if v >= low else f"must be >= {low}"
-
-
-def _above(low):
-    return lambda v: None if v > low else f"must be > {low}"
-
-
-def _between(low, high):  # low < v <= high: a rate that must be positive and not absurd
-    return lambda v: None if low < v <= high else f"must be > {low:g} and at most {high:g}"
-
-
-def _within(low, high):  # low <= v < high
-    return lambda v: None if low <= v < high else f"must be in [{low}, {high})"
-
-
-def _at_least_below(low, high):  # low <= v < high: a count or amount with a lower bound and a sane ceiling
-    return lambda v: None if low <= v < high else f"must be >= {low} and < {high:g}"
-
-
-def _optional(check):
-    return lambda v: None if v is None else check(v)
-
-
-# "section.key" -> a check returning what is wrong (or None). Types and enumerations are checked by
-# `_build` from the dataclasses' annotations; these are the ranges that a type cannot say.
-def _fraction(v) -> str | None:  # 0 <= v <= 1
-    return None if 0 <= v <= 1 else "must be in [0, 1]"
-
-
-RANGES: dict[str, Callable[[Any], str | None]] = {
-    "data.val_per_class": _optional(_at_least(0)),
-    "data.split_seed": _at_least(0),
-    "data.train_subset": _optional(_at_least(1)),
-    "preprocess.zca_epsilon": _between(0, 1e3),
-    "preprocess.gcn_std_floor": _above(0),
-    "augment.pad": _within(0, 17),
-    "augment.resize_px": _within(0, 1024),
-    "augment.resize_fraction": _fraction,
-    "augment.mix_alpha": _between(0, 100),
-    "augment.mix_probability": _fraction,
-    "augment.mix_fraction": _fraction,
-    # at most 1e30: room for divergence experiments (the tests drive runs to non-finite losses on purpose), while
-    # the batch-scaled rate times a gradient stays a float32 number (1e300 overflowed inside the optimizer)
-    "optim.lr": _between(0, 1e30),
-    "optim.momentum": _within(0, 1),
-    "optim.l2": _at_least_below(0, 100),
-    "optim.l2_first_layer": _optional(_at_least_below(0, 100)),
-    "optim.weight_decay": _at_least_below(0, 1),
-    "optim.norm_lr_scale": _between(0, 1e4),
-    "optim.norm_weight_decay": _at_least_below(0, 1),
-    "optim.label_smoothing": _within(0, 1),
-    "optim.base_batch_size": _optional(_at_least(1)),
-    "optim.muon_lr": _between(0, 100),
-    "optim.muon_momentum": _within(0, 1),
-    "optim.muon_weight_decay": _at_least_below(0, 1),
-    "optim.muon_momentum_warmup": _fraction,
-    "optim.muon_momentum_start": _within(0, 1),
-    "optim.norm_shift_lr_scale": _between(0, 1e4),
-    "schedule.milestones": lambda v: None if all(isinstance(m, int) and not isinstance(m, bool) and m >= 0
-                                                  for m in v) else "must be a list of step numbers >= 0",
-    "schedule.gamma": _between(0, 1e3),
-    "schedule.lr_factors": lambda v: None if all(isinstance(f, (int, float)) and not isinstance(f, bool) and
-                                                 math.isfinite(f) and f > 0 for f in v) else "must be numbers > 0",
-    "schedule.warmup_steps": _at_least_below(0, 10**9),
-    "schedule.warmup_fraction": _within(0, 1),
-    "schedule.warmup_start_fraction": _optional(lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
-    "schedule.final_lr_fraction": _at_least_below(0, 1e3),
-    "schedule.cooldown_fraction": _fraction,
-    "train.steps": _at_least_below(1, 10**9),
-    "train.epochs": _optional(_at_least_below(0, 10**5)),  # 0: off (train.steps counts)
-    "train.budget_seconds": _optional(_at_least_below(0, 10**8)),  # 0: off
-    "train.batch_size": _at_least_below(1, 10**6),
-    "train.eval_every": _at_least_below(1, 10**9),
-    "train.eval_batch_size": _at_least_below(1, 10**6),
-    "train.seed": _within(0, 2**32),
-    "train.seeds": _within(1, 1001),
-    "train.ema_decay": _within(0, 1),
-    "train.ema_every": _at_least(1),
-    "train.ema_ramp_power": _at_least_below(0, 100),
-    "train.checkpoint_every": _optional(_at_least(1)),
-    "train.checkpoint_minutes": _optional(_at_least(0)),
-    "train.keep_checkpoints": _at_least(1),
-}
-
-
-def _check_registries(config: Config) -> None:
-    """Names that must exist in a registry, and options that the chosen model must take."""
-    for where, value, registry in (("data.dataset", config.data.dataset, DATASETS),
-                                   ("optim.name", config.optim.name, OPTIMIZERS),
-                                   ("schedule.lr", config.schedule.lr, LR_SCHEDULES)):
-        if value not in registry:
-            raise ConfigError(f"{where} must be one of {', '.join(registry)}; got {value!r}")
+def _check_across(config: Config) -> None:
+    """What one field's range cannot say: options that the chosen model must take, and combinations of parts."""
     check_model_options(config.model.name, config.model.kwargs)
     check_device_name(config.train.device)
     check_dropout_events(config.schedule.dropout_events)
@@ -503,19 +374,17 @@ MUON_L2_MESSAGE = ("optim.name = \"muon\" keeps filters at a fixed norm instead 
 
 def validate(config: Config) -> Config:
     """Every value in range and every name known, or a ConfigError saying which and what is allowed."""
-    for key, check in RANGES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        problem = check(value)
-        if problem:
-            raise ConfigError(f"{key} {problem}; got {value!r}")
-    _check_registries(config)
+    for section in dataclasses.fields(Config):
+        if dataclasses.is_dataclass(section.default_factory):
+            for problem in range_problems(getattr(config, section.name), section.name):
+                raise ConfigError(problem)
+    _check_across(config)
     return config
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
     """A validated Config from plain data (a recipe after overrides, or a checkpoint's saved config)."""
-    return validate(_build(Config, values, ""))
+    return validate(_build(Config, _renamed(values, None), ""))
 
 
 def load_config(recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None) -> Config:

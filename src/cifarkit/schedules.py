@@ -1,20 +1,56 @@
 """Schedules as pure functions of the optimizer step (0-based: step s is the (s+1)-th update).
 
 `lr_at(step, base_lr, total_steps, config)` and `dropout_at(step, initial, events)` hold no state, so resume
-needs only the step counter, and each boundary is a unit test. Below `cifarkit.config`, which checks the
-schedule's name and its dropout events (check_dropout_events, here) when a config is loaded.
+needs only the step counter, and each boundary is a unit test. `ScheduleConfig`, the schedule's settings, lives
+here; `cifarkit.config` composes it into the run config and checks the dropout events (check_dropout_events, here)
+when a config is loaded.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 from cifarkit.errors import ConfigError
+from cifarkit.settings import (
+    at_least_below,
+    between,
+    fraction,
+    optional,
+    positive_numbers,
+    setting,
+    step_numbers,
+    within,
+)
 
-if TYPE_CHECKING:
-    from cifarkit.config import ScheduleConfig
+
+def _known_schedule(name: str) -> str | None:
+    return None if name in LR_SCHEDULES else f"must be one of {', '.join(LR_SCHEDULES)}"
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    # the learning rate's shape over the run: one of LR_SCHEDULES (below); was `schedule.lr`, still read
+    name: str = setting("step", check=_known_schedule)
+    # "step": multiply by gamma at each of these steps
+    milestones: list[int] = setting(default_factory=list, check=step_numbers)
+    gamma: float = setting(0.1, check=between(0, 1e3))
+    # "step" with factors: after the k-th milestone the lr is lr_factors[k-1] x the base (instead of gamma**k)
+    lr_factors: list[float] = setting(default_factory=list, check=positive_numbers)
+    warmup_steps: int = setting(0, check=at_least_below(0, 10**9))
+    # warm-up length as a fraction of the run (used when warmup_steps is 0)
+    warmup_fraction: float = setting(0.0, check=within(0, 1))
+    # lr at step 0 as a fraction of the peak (None: 1/warmup)
+    warmup_start_fraction: float | None = setting(None, check=optional(fraction))
+    # "cosine" / "linear" / "wsd": the lr reached at the last step, as a fraction
+    final_lr_fraction: float = setting(0.0, check=at_least_below(0, 1e3))
+    # "wsd" (warmup-stable-decay): after the warm-up, the peak until the last cooldown_fraction of the run, then
+    # a linear decay to final_lr_fraction
+    cooldown_fraction: float = setting(0.0, check=fraction)
+    # Dropout events in optimizer steps: {step = N, set = [rates per stack]} or {step = N, scale = f}.
+    dropout_events: list[dict[str, Any]] = setting(default_factory=list)
 
 
 def _step(progress_step: int, total: int, c: ScheduleConfig) -> float:
@@ -68,7 +104,7 @@ LR_SCHEDULES: dict[str, Callable[[int, int, ScheduleConfig], float]] = {
 
 
 def lr_at(step: int, base_lr: float, total_steps: int, config: ScheduleConfig) -> float:
-    return base_lr * warmup_ramp(step, total_steps, config) * LR_SCHEDULES[config.lr](step, total_steps, config)
+    return base_lr * warmup_ramp(step, total_steps, config) * LR_SCHEDULES[config.name](step, total_steps, config)
 
 
 def warmup_ramp(step: int, total_steps: int, config: ScheduleConfig) -> float:

@@ -18,11 +18,13 @@ import torch.nn.functional as F
 
 from cifarkit.data.mixing import MIXES, Labels, MixedLabels, draw_mix, partner_positions
 from cifarkit.errors import ConfigError
+from cifarkit.settings import between, fraction, setting, within
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    pad: int = 4  # pixels added on each border before the random crop back to 32x32 (0: no crop)
+    # pixels added on each border before the random crop back to 32x32 (0: no crop)
+    pad: int = setting(4, check=within(0, 17))
     pad_mode: Literal["zeros", "reflect"] = "zeros"
     flip: bool = True  # horizontal flips (see flip_mode)
     # "random": each image is flipped with probability 1/2 every time it is drawn. "alternate" (airbench94):
@@ -32,15 +34,15 @@ class AugmentConfig:
     # Progressive resizing (the CIFAR-100 speedrun record, E7): for the first `resize_fraction` of the run the
     # augmented training batch is scaled down to resize_px x resize_px (bilinear), which costs a fraction of a
     # full-size step; evaluation is always at full size. 0: off. Needs a network that takes any input size.
-    resize_px: int = 0
-    resize_fraction: float = 0.0
+    resize_px: int = setting(0, check=within(0, 1024))
+    resize_fraction: float = setting(0.0, check=fraction)
     # Batch mixing (cifarkit.data.mixing): "cutmix" pastes a box of a partner image into each image, "mixup" blends
     # the two; the loss is shared between both labels in proportion. The weight is drawn from Beta(mix_alpha,
     # mix_alpha); a batch is mixed with probability mix_probability, during the first mix_fraction of the run.
     mix: Literal["none", "cutmix", "mixup"] = "none"
-    mix_alpha: float = 1.0
-    mix_probability: float = 1.0
-    mix_fraction: float = 1.0
+    mix_alpha: float = setting(1.0, check=between(0, 100))
+    mix_probability: float = setting(1.0, check=fraction)
+    mix_fraction: float = setting(1.0, check=fraction)
 
 
 PAD_MODES = {"zeros": "constant", "reflect": "reflect"}

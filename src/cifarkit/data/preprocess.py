@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cifarkit.errors import ConfigError
+from cifarkit.settings import above, between, setting
 
 PIXELS = 3 * 32 * 32
 
@@ -27,8 +28,9 @@ class PreprocessConfig:
     normalize: Literal["zca", "meanstd", "none"] = "meanstd"
     gcn: bool = False  # global contrast normalization: subtract each image's mean over all its pixels
     gcn_scale: bool = False  # ...and divide by that image's standard deviation
-    zca_epsilon: float = 1e-2  # added to the covariance eigenvalues; see README ("ZCA epsilon")
-    gcn_std_floor: float = 1e-7  # avoids dividing flat images by zero
+    # added to the covariance eigenvalues; see README ("ZCA epsilon")
+    zca_epsilon: float = setting(1e-2, check=between(0, 1e3))
+    gcn_std_floor: float = setting(1e-7, check=above(0))  # avoids dividing flat images by zero
 
 
 

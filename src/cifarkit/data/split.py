@@ -1,4 +1,5 @@
-"""A seeded, stratified train/validation split of the training set. The test set is never touched here."""
+"""Which data a run trains on (`DataConfig`) and its seeded, stratified train/validation split of the training set.
+The test set is never touched here."""
 
 from __future__ import annotations
 
@@ -6,7 +7,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cifarkit.data.specs import DATASETS
 from cifarkit.errors import ConfigError
+from cifarkit.settings import KEPT, at_least, optional, setting
+
+
+def _known_dataset(name: str) -> str | None:
+    return None if name in DATASETS else f"must be one of {', '.join(DATASETS)}"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = setting("cifar100", check=_known_dataset)  # "cifar100" | "cifar10"
+    # extracted folder or .tar.gz; else $CIFARKIT_DATA_DIR, the cache, a download
+    data_dir: str | None = setting(None, role=KEPT)
+    download: bool = setting(True, role=KEPT)
+    # held-out validation images per class; None: 50 (CIFAR-100), 500 (CIFAR-10)
+    val_per_class: int | None = setting(None, check=optional(at_least(0)))
+    split_seed: int = setting(0, check=at_least(0))
+    # use only the first N training images (quick experiments, tests)
+    train_subset: int | None = setting(None, check=optional(at_least(1)))
 
 
 @dataclass(frozen=True)

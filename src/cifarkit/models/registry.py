@@ -9,7 +9,8 @@ import fnmatch
 import inspect
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -26,6 +27,16 @@ class ModelEntry:
 
 
 _MODELS: dict[str, ModelEntry] = {}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model a run trains: a registered name and its builder's options (checked against the builder's
+    signature when a config is loaded: check_model_options)."""
+
+    name: str = "elu_net_seed"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model builder (e.g. width = 0.25)
+    channels_last: bool = False
 
 
 def register_model(builder: Callable[..., nn.Module] | None = None, *, check_options: Callable[..., None] | None = None,

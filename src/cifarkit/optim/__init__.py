@@ -1,22 +1,68 @@
-"""Optimizers (a registry: SGD, and Muon for filters with SGD for the rest) and their parameter groups.
+"""Optimizers (a registry: SGD, and Muon for filters with SGD for the rest), their settings and parameter groups.
 
-Below `cifarkit.config`, which checks names and combinations against this registry when a config is loaded:
-the builders here take an already validated `OptimConfig` and check nothing again.
+`OptimConfig`, the optimizer's settings with their ranges, lives here; `cifarkit.config` composes it into the run
+config and checks combinations across parts when a config is loaded. The builders take a validated `OptimConfig`
+and check nothing again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from cifarkit.models.protocol import HasKernelLikeParameters
 from cifarkit.optim.muon import MuonSGD, newton_schulz_dtype
+from cifarkit.settings import at_least, at_least_below, between, fraction, optional, setting, within
 
-if TYPE_CHECKING:
-    from cifarkit.config import OptimConfig
+
+def _known_optimizer(name: str) -> str | None:
+    return None if name in OPTIMIZERS else f"must be one of {', '.join(OPTIMIZERS)}"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = setting("sgd", check=_known_optimizer)  # one of OPTIMIZERS (below)
+    # at most 1e30: room for divergence experiments (the tests drive runs to non-finite losses on purpose), while
+    # the batch-scaled rate times a gradient stays a float32 number (1e300 overflowed inside the optimizer)
+    lr: float = setting(0.01, check=between(0, 1e30))
+    momentum: float = setting(0.9, check=within(0, 1))
+    nesterov: bool = False
+    # Keras-style L2 (loss += l2 * sum(w^2) over conv/dense kernels, biases exempt); l2_first_layer overrides
+    # it for the first convolution. Implemented as SGD weight decay 2*l2, which has the identical gradient.
+    l2: float = setting(0.0, check=at_least_below(0, 100))
+    l2_first_layer: float | None = setting(None, check=optional(at_least_below(0, 100)))
+    # PyTorch-style decay (grad += wd * w) on kernels, added to the L2 above
+    weight_decay: float = setting(0.0, check=at_least_below(0, 1))
+    # learning-rate multiplier for biases and normalization parameters
+    norm_lr_scale: float = setting(1.0, check=between(0, 1e4))
+    # PyTorch-style decay on biases and normalization parameters
+    norm_weight_decay: float = setting(0.0, check=at_least_below(0, 1))
+    label_smoothing: float = setting(0.0, check=within(0, 1))
+    # train.batch_size is the global batch (all processes together). To keep a learning rate tuned at another
+    # batch size, name that size here and how lr follows the batch: "none", "linear" or "sqrt".
+    base_batch_size: int | None = setting(None, check=optional(at_least(1)))
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    # optim.name = "muon": the filters' learning rate and momentum (Nesterov); optim.lr, momentum and the
+    # decays above then apply to the other parameters, trained by SGD (see cifarkit.optim.muon)
+    muon_lr: float = setting(0.24, check=between(0, 100))
+    muon_momentum: float = setting(0.6, check=within(0, 1))
+    # How a Muon filter is kept in check: "fixed_norm" (airbench94_muon: each filter bank rescaled to norm
+    # sqrt(out_channels) before its step) or "decay" (the CIFAR-100 speedrun record: decoupled weight decay
+    # muon_weight_decay x lr, the step scaled by sqrt(max(1, fan_out / fan_in)))
+    muon_norm: Literal["fixed_norm", "decay"] = "fixed_norm"
+    muon_weight_decay: float = setting(0.0, check=at_least_below(0, 1))
+    muon_head: bool = False  # the linear head takes Muon steps too (the record) instead of SGD at optim.lr
+    # Muon's momentum rises linearly from muon_momentum_start to muon_momentum over the first
+    # muon_momentum_warmup of the run (the record: 0.85 -> 0.95 over 15%); 0: constant
+    muon_momentum_warmup: float = setting(0.0, check=fraction)
+    muon_momentum_start: float = setting(0.85, check=within(0, 1))
+    # learning-rate multiplier of the normalization layers' shifts (BatchNorm biases) relative to the other
+    # biases and norms (the record's BN-shift rate x 8); 1: one rate for the group
+    norm_shift_lr_scale: float = setting(1.0, check=between(0, 1e4))
 
 
 def _trainable_parameters(model: nn.Module):

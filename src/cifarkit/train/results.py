@@ -3,8 +3,9 @@ several seeds (`summarize_runs`), whose figures are cifarkit.stats.describe's.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
@@ -13,11 +14,29 @@ from cifarkit.files import atomic_write_text, json_text
 from cifarkit.stats import describe
 from cifarkit.train.checkpoint import load_checkpoint
 
-if TYPE_CHECKING:
-    from cifarkit.train.loop import Trainer
+
+class FinishedRun(Protocol):
+    """What the test pass reads of a run that has trained (the Trainer is one): written here, so this module needs
+    nothing from the training loop that calls it."""
+
+    config: Any  # the run's Config
+    t: Any  # its TrainConfig
+    run: Any  # its parts (cifarkit.train.setup.RunParts): device, prepared data, parameter count, processes
+    run_dir: Path
+    step: int
+    skipped_steps: int
+    best_step: int
+    has_validation: bool
+    wall_seconds: float
+    clock: Any  # cifarkit.train.clock's: train_seconds, the optimizer steps' time across resumes
+    log: Callable[[str], None]
+
+    def eval_model(self) -> torch.nn.Module: ...
+
+    def evaluate(self, x, y, tta: bool | str = False, what: str | None = None) -> dict: ...
 
 
-def _chosen_checkpoint(trainer: Trainer) -> tuple[Path, str]:
+def _chosen_checkpoint(trainer: FinishedRun) -> tuple[Path, str]:
     """The checkpoint the test set is run with, and why that one."""
     run_dir = trainer.run_dir
     if not trainer.has_validation:
@@ -28,7 +47,7 @@ def _chosen_checkpoint(trainer: Trainer) -> tuple[Path, str]:
     return run_dir / "last.pt", "last weights (the validation loss was never finite)"
 
 
-def test_once(trainer: Trainer, evaluate_test: bool = True) -> dict:
+def test_once(trainer: FinishedRun, evaluate_test: bool = True) -> dict:
     """The test set, once: with the weights that the validation split chose (`evaluate_test=False`: the
     results without it, "test" is null). Writes RUN_DIR/results.json."""
     t, run, run_dir = trainer.t, trainer.run, trainer.run_dir
