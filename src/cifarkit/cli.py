@@ -166,15 +166,19 @@ def cmd_show(args) -> int:
     return 0
 
 
-# the flags that stand for a setting (args attribute -> the setting)
+# the one table of flags that stand for a setting (args attribute -> the setting)
 FLAG_SETTINGS = {"device": "train.device", "out_dir": "train.out_dir", "data_dir": "data.data_dir",
-                 "dataset": "data.dataset", "steps": "train.steps", "run_name": "train.run_name"}
+                 "dataset": "data.dataset", "steps": "train.steps", "run_name": "train.run_name",
+                 "budget_seconds": "train.budget_seconds"}
+# the experiment commands' --out-dir is the experiment folder's parent, not a run's: they take only these
+EXPERIMENT_FLAGS = ("budget_seconds", "device", "data_dir")
 
 
-def _overrides(args) -> list[str]:
-    """`--set` values, then the flags that stand for settings (a flag the command lacks counts as unset)."""
+def _overrides(args, flags=tuple(FLAG_SETTINGS)) -> list[str]:
+    """`--set` values, then the `flags` that stand for settings (a flag the command lacks counts as unset)."""
     overrides = list(args.set or [])
-    for flag, key in FLAG_SETTINGS.items():
+    for flag in flags:
+        key = FLAG_SETTINGS[flag]
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
@@ -242,11 +246,11 @@ def cmd_train(args) -> int:
             # a flag for a setting that may not change on resume, and the flags that start or describe a run
             fixed = [flag for flag, key in FLAG_SETTINGS.items() if key not in RESUMABLE_SETTINGS]
             given = [flag for flag in ("recipe", *fixed, "print_config", "project", "then_project")
-                     if getattr(args, flag) not in (None, False)]
+                     if getattr(args, flag, None) not in (None, False)]
             ignored = [f"--{flag.replace('_', '-')}" for flag in given]
             if ignored:
                 allowed = [f"--{flag.replace('_', '-')}" for flag, key in FLAG_SETTINGS.items()
-                           if key in RESUMABLE_SETTINGS]
+                           if key in RESUMABLE_SETTINGS and hasattr(args, flag)]
                 raise CifarkitError(f"{ignored[0]} cannot be used with --resume: a resumed run keeps its own settings "
                                     f"(only {', '.join(allowed)}, --no-download and --set of "
                                     f"{', '.join(RESUMABLE_SETTINGS)})")
@@ -509,15 +513,6 @@ def cmd_plot(args) -> int:
     return 0
 
 
-def _experiment_sets(args) -> list[str]:
-    sets = list(args.set or [])
-    for value, key in ((args.budget_seconds, "train.budget_seconds"), (args.device, "train.device"),
-                       (args.data_dir, "data.data_dir")):
-        if value is not None:
-            sets.append(f"{key}={json.dumps(value)}")
-    return sets
-
-
 def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", help="built-in recipe name or a .toml path (default: elu-seed)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a recipe value for every trial "
@@ -559,8 +554,9 @@ def cmd_sweep(args) -> int:
     from cifarkit.experiments.report import report_sweep
     from cifarkit.experiments.sweep import plan_sweep, run_sweep
 
-    sweep = plan_sweep(args.recipe or DEFAULT_RECIPE, _experiment_sets(args), args.vary or [], args.seeds,
-                       args.out_dir, args.name, args.storage, args.max_cells)
+    sets = _overrides(args, EXPERIMENT_FLAGS)
+    sweep = plan_sweep(args.recipe or DEFAULT_RECIPE, sets, args.vary or [], args.seeds, args.out_dir, args.name,
+                       args.storage, args.max_cells)
     if args.dry_run:
         for variant in sweep.variants:
             print(f"{variant.name}: {printable(variant.label)}", flush=True)
@@ -601,8 +597,9 @@ def cmd_tune(args) -> int:
     from cifarkit.config import DEFAULT_RECIPE
     from cifarkit.experiments.tune import plan_tuning, run_tuning, test_best, tuning_plots
 
-    tuning = plan_tuning(args.recipe or DEFAULT_RECIPE, _experiment_sets(args), args.space or [], args.trials,
-                         args.out_dir, args.name, args.storage, args.sampler_seed, args.metric)
+    sets = _overrides(args, EXPERIMENT_FLAGS)
+    tuning = plan_tuning(args.recipe or DEFAULT_RECIPE, sets, args.space or [], args.trials, args.out_dir, args.name,
+                         args.storage, args.sampler_seed, args.metric)
     best = run_tuning(tuning)
     print(f"best: trial {best['trial']} | val {tuning.metric} {best['value']:.4f} | val top1 {best['val_top1']:.4f} | "
           f"{', '.join(best['values'])}\nwrote {best['recipe_file']} (train it: cifarkit train --recipe "
