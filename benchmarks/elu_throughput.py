@@ -43,6 +43,13 @@ class LayerByLayer(nn.Module):
     def forward(self, x):
         return reference_forward(self.net, x)
 
+    # the recipe's dropout schedule reaches the wrapped network, as the Trainer's step sets it on the real one
+    def dropout_rates(self) -> list[float]:
+        return self.net.dropout_rates()
+
+    def set_dropout_rates(self, rates) -> None:
+        self.net.set_dropout_rates(rates)
+
 
 def measure(recipe: str, device, steps: int, warmup: int, batch_size: int, amp: str, width: float) -> list[float]:
     """Seconds per full training step of `recipe` as cifarkit trains it (the GPU suite's figure)."""
@@ -54,9 +61,9 @@ def measure(recipe: str, device, steps: int, warmup: int, batch_size: int, amp: 
 
 def alternate(config, before_config, device, steps: int, warmup: int, num_classes: int):
     """Median seconds per step of (before, after), timed in alternation, one step of each at a time."""
-    before_step = training_step(before_config, device, num_classes,
+    before_step = training_step(before_config, device,
                                 LayerByLayer(create_model(config.model.name, num_classes, **config.model.kwargs)))
-    after_step = training_step(config, device, num_classes)
+    after_step = training_step(config, device)
     for _ in range(warmup):
         before_step(), after_step()
     times = [(before_step(), after_step()) for _ in range(steps)]

@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--per-class", nargs="+", default=["10", "100", "1000"])
     parser.add_argument("--cache", type=Path)
     parser.add_argument("--chromium", action="store_true", help="also fit in Chromium (web/e2e/teach-bench.mjs)")
+    parser.add_argument("--no-node", action="store_true",
+                        help="leave out the Node.js fit (its column says 'not run')")
     args = parser.parse_args()
     cpu = describe_cpu()
     print(f"CPU: {cpu.get('cpu')} | flags: {', '.join(cpu.get('flags', []))} | torch {cpu.get('torch')}")
@@ -90,7 +92,8 @@ def main() -> None:
         head = fit_head(features, labels, trained.feature_fingerprint)
         python_seconds = time.perf_counter() - start
         python = np.array(head["labels"])[head_probabilities(head, test_features).argmax(1)]
-        node, node_seconds = _node(features, labels, test_features)
+        node, node_seconds = (np.array([None] * len(truth)), float("nan")) if args.no_node else \
+            _node(features, labels, test_features)
         reference, reference_seconds = _sklearn(features, labels, test_features, head["regularization"])
         row = [(python == truth).mean(), python_seconds, (node == truth).mean(), node_seconds,
                (reference == truth).mean(), reference_seconds]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,3 +216,43 @@ def test_project_times_real_steps_and_states_the_gpu_rate(capsys):
     seconds = float(value.replace(",", "")) * (60 if unit == "min" else 1)
     expected = 6 * macs * 1e6 * 20 * 165_000 / (H200_BF16_FLOPS * CONV_TRAINING_UTILISATION)
     assert seconds == pytest.approx(expected, rel=0.02, abs=0.1)
+
+
+def _projected(capsys, *sets: str) -> tuple[int, float, str]:
+    assert main(["train", "--recipe", "elu-seed", "--set", "model.kwargs.width=0.05", "--set", "train.batch_size=20",
+                 "--set", "train.eval_batch_size=500", *[a for s in sets for a in ("--set", s)], "--device", "cpu",
+                 "--project"]) == 0
+    captured = capsys.readouterr()
+    steps, rest = captured.out.split(": ", 1)[1].split(" steps of batch 20 x ")
+    return int(steps.replace(",", "")), float(rest.split(" s measured")[0]), captured.err
+
+
+def test_project_times_each_stretch_of_progressive_resizing_and_plans_as_the_run_does(capsys):
+    """The Trainer's own step is timed: with progressive resizing, the small pictures' stretch and the full-size
+    one apart; the steps are the run's plan over the split data/split.py sizes (10 epochs of 45,000 / 20)."""
+    steps, _, err = _projected(capsys, "augment.resize_px=16", "augment.resize_fraction=0.5", "train.epochs=10")
+    assert steps == 10 * (45_000 // 20)
+    assert "elu-seed (steps from 0): timed step" in err and "elu-seed (steps from 11250): timed step" in err
+
+
+def test_project_fits_a_budget_with_the_runs_own_planner(capsys):
+    """In a budget, the steps that fit are the run planner's formula (validation passes and the margin
+    included): fewer than the budget over the step time."""
+    steps, step_seconds, _ = _projected(capsys, "train.budget_seconds=60", "train.eval_every=10")
+    assert 1 <= steps <= 0.98 * 60 / step_seconds
+
+
+def test_split_sizes_are_the_splits_the_data_gets():
+    """The projection sizes the split without the data, by the same rule split_for applies to it."""
+    import numpy as np
+
+    from cifarkit.data import CifarData, get_spec, split_for
+    from cifarkit.data.split import DataConfig, split_sizes
+
+    spec = get_spec("cifar100")
+    labels = np.arange(spec.train_size) % spec.num_classes
+    data = CifarData(spec, np.zeros((0, 32, 32, 3), np.uint8), labels, labels[:0], labels[:0], [], Path("x"))
+    for config in (DataConfig(), DataConfig(train_subset=5000), DataConfig(val_per_class=0),
+                   DataConfig(train_subset=5000, val_per_class=3)):
+        split = split_for(data, config)
+        assert split_sizes(spec, config) == (len(split.train), len(split.val)), config

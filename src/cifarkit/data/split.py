@@ -55,14 +55,30 @@ def stratified_split(labels: np.ndarray, val_per_class: int, seed: int = 0) -> S
     return Split(train=np.flatnonzero(mask), val=val)
 
 
-def split_for(data, c) -> Split:
-    """The train/validation split a run's data config (`c`, a DataConfig) asks of `data` (a CifarData).
-    Deterministic, so evaluation recomputes a run's validation split from its checkpoint."""
+def _used_and_held_out(spec, c: DataConfig, available: int) -> tuple[int, int]:
+    """(training images the run uses of the `available` ones, validation images held out per class): the one
+    rule."""
+    used = available if c.train_subset is None else min(c.train_subset, available)
+    if c.val_per_class is not None:
+        return used, c.val_per_class
+    if c.train_subset is not None:  # keep the official proportion (10% held out) when training on a subset
+        return used, max(1, used // (10 * spec.num_classes))
+    return used, spec.default_val_per_class
+
+
+def split_sizes(spec, c: DataConfig) -> tuple[int, int]:
+    """(training split, validation split) sizes that `split_for` gives a data config, without the data: what a
+    projection plans epochs with."""
+    used, val_per_class = _used_and_held_out(spec, c, spec.train_size)
+    val = val_per_class * spec.num_classes
+    return used - val, val
+
+
+def split_for(data, c: DataConfig) -> Split:
+    """The train/validation split a run's data config (`c`) asks of `data` (a CifarData). Deterministic, so
+    evaluation recomputes a run's validation split from its checkpoint."""
     labels = data.train_labels
-    subset = np.arange(len(labels)) if c.train_subset is None else np.arange(min(c.train_subset, len(labels)))
-    val_per_class = data.spec.default_val_per_class if c.val_per_class is None else c.val_per_class
-    if c.train_subset is not None and c.val_per_class is None:
-        # keep the official proportion (10% held out) when training on a subset
-        val_per_class = max(1, len(subset) // (10 * data.spec.num_classes))
+    used, val_per_class = _used_and_held_out(data.spec, c, len(labels))
+    subset = np.arange(used)
     split = stratified_split(labels[subset], val_per_class, c.split_seed)
     return Split(train=subset[split.train], val=subset[split.val])

@@ -10,6 +10,14 @@ import torch
 
 from cifarkit.device import device_name_of
 
+MARGIN = 0.98  # of a budget that steps are planned into: the rest absorbs the last steps' jitter
+
+
+def steps_that_fit(budget: float, used: float, per_step: float, per_eval: float, eval_every: int) -> int:
+    """How many more steps fit in what is left of `budget` (seconds; `used` spent already), a validation pass every
+    `eval_every` steps included: the one formula of a run's planner and of its projection."""
+    return int((MARGIN * budget - used) / (per_step + per_eval / eval_every))
+
 
 class BudgetPlanner:
     """Fits a run to a wall-clock budget (training plus validation passes). The number of steps is planned
@@ -19,7 +27,6 @@ class BudgetPlanner:
     (`first_step`): this machine, now, may not run at the speed the earlier one did."""
 
     CALIBRATION_STEPS = 10
-    MARGIN = 0.98
 
     def __init__(self, budget_seconds: float | None, eval_every: int, spent: float = 0.0, first_step: int = 0):
         self.budget, self.eval_every = budget_seconds, eval_every
@@ -46,8 +53,8 @@ class BudgetPlanner:
             return total
         per_step = (elapsed - self.eval_seconds) / measured
         per_eval = self.eval_seconds / self.evals if self.evals else 0.0
-        left = (self.MARGIN * self.budget - self.spent - elapsed) / (per_step + per_eval / self.eval_every)
-        return max(done + 1, done + int(left))
+        left = steps_that_fit(self.budget, self.spent + elapsed, per_step, per_eval, self.eval_every)
+        return max(done + 1, done + left)
 
 
 class RunClock:

@@ -84,8 +84,9 @@ class RunClaim:
     train the same run (two `--resume` at once) is refused before it writes anything."""
 
     def __init__(self, run_dir: Path):
+        self.fd: int | None = None  # released at collection even when opening it fails
         try:
-            self.fd: int | None = os.open(run_dir / RUN_CLAIM, os.O_CREAT | os.O_RDWR | getattr(os, "O_CLOEXEC", 0),
+            self.fd = os.open(run_dir / RUN_CLAIM, os.O_CREAT | os.O_RDWR | getattr(os, "O_CLOEXEC", 0),
                                           0o644)
         except OSError as e:
             raise ConfigError(f"cannot claim the run directory {run_dir}: {e.strerror}") from None
