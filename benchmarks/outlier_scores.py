@@ -28,8 +28,20 @@ import numpy as np
 from cifarkit.data import load_dataset
 from cifarkit.data.split import split_for
 from cifarkit.device import describe_cpu
-from cifarkit.outlier import SCORES, auroc, features_and_logits, fpr_at_tpr, score, threshold_keeping
+from cifarkit.outlier import (
+    COMBINED,
+    SCORES,
+    auroc,
+    features_and_logits,
+    fit_combined,
+    fpr_at_tpr,
+    outlier_module,
+    score,
+    threshold_keeping,
+)
 from cifarkit.pretrained import DEFAULT_PRETRAINED, load_model
+
+FAR_KNOWN_AT_MOST = 0.05  # a chosen score calls at most this share of each noise or blob set `known`
 
 
 def synthetic_outliers(count: int = 300, seed: int = 0) -> dict[str, np.ndarray]:
@@ -86,18 +98,21 @@ def main() -> None:
 
     print(f"\nmodel {args.model}: chosen on the validation split ({len(split.val):,}) against "
           f"{len(choose_ood):,} CIFAR-10 training pictures")
-    print(f"{'score':<12} {'AUROC':>7} {'FPR@95':>7}  known at the threshold: " + ", ".join(far))
+    print(f"{'score':<17} {'AUROC':>7} {'FPR@95':>7}  known at the threshold: " + ", ".join(far))
     figures, modules = {}, {}
-    for name, fit in SCORES.items():
+    fits = {**SCORES, COMBINED: lambda *_: outlier_module(fit_combined(*arrays["validation split"], train_features))}
+    for name, fit in fits.items():
         modules[name] = fit(train_features, train_labels, trained.temperature)
         inside = score(modules[name], *arrays["validation split"])
         outside = score(modules[name], *arrays["CIFAR-10 train"])
         threshold = threshold_keeping(inside)
         figures[name] = {"auroc": auroc(inside, outside), "fpr95": fpr_at_tpr(inside, outside),
                          "far_known": {k: float((score(modules[name], *arrays[k]) <= threshold).mean()) for k in far}}
-        print(f"{name:<12} {figures[name]['auroc']:>7.4f} {figures[name]['fpr95']:>7.4f}  "
+        print(f"{name:<17} {figures[name]['auroc']:>7.4f} {figures[name]['fpr95']:>7.4f}  "
               + ", ".join(f"{v:.0%}" for v in figures[name]["far_known"].values()))
-    chosen = max(figures, key=lambda n: figures[n]["auroc"])
+    noise = [k for k in far if k != "flat colours"]
+    eligible = [n for n in figures if max(figures[n]["far_known"][k] for k in noise) <= FAR_KNOWN_AT_MOST]
+    chosen = max(eligible or figures, key=lambda n: figures[n]["auroc"])
     threshold = threshold_keeping(score(modules[chosen], *arrays["validation split"]))
     inside = score(modules[chosen], *arrays["CIFAR-100 test"])
     outside = score(modules[chosen], *arrays["CIFAR-10 test"])

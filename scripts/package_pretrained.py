@@ -138,11 +138,14 @@ def _ece(logits, labels, temperature: float) -> float:
 def calibrate(name: str, data_dir: str, target: str = "nll") -> dict:
     """The library's calibration record (cifarkit.evaluate.calibration_record: the temperature, its figures and the
     outlier threshold) fitted on the run's validation split, never the test set."""
-    from cifarkit.evaluate import calibration_record
+    from cifarkit.evaluate import calibration_record, outlier_features
+    from cifarkit.pretrained import load_model
 
-    fitted = calibration_record(*_logits_and_labels(name, data_dir, "val"), target)
+    fitted = calibration_record(*_logits_and_labels(name, data_dir, "val"), target,
+                                outlier_features(load_model(name), data_dir))
     print(f"temperature {fitted['temperature']:.4f} (validation ECE {fitted['val_ece']['before']:.4f} -> "
-          f"{fitted['val_ece']['after']:.4f}); outlier threshold {fitted['outlier']['threshold']:.4f}")
+          f"{fitted['val_ece']['after']:.4f}); outlier score {fitted['outlier']['score']}, threshold "
+          f"{fitted['outlier']['threshold']:.4f}")
     return fitted
 
 

@@ -60,12 +60,49 @@ def test_logit_scores_and_the_stored_record():
     assert score(SCORES["max_logit"](None, None, 1.0), none, logits) == pytest.approx([-4.0, -1.0])
     assert score(SCORES["energy"](None, None, 1.0), none, logits) == pytest.approx(
         -np.log(np.exp(logits).sum(1)), rel=1e-6)
-    record = fit_record(np.random.default_rng(2).normal(size=(500, 10)) * 3, 1.0)
+    record = fit_record(np.random.default_rng(2).normal(size=(500, 10)) * 3, 1.0, "max_logit")
     assert record_problem(record) is None and record["score"] == "max_logit" and record["known_rate"] == 0.95
     assert isinstance(outlier_module(record), torch.nn.Module)
-    assert "must be one of" in record_problem({"score": "knn", "threshold": 1.0})  # needs statistics: not storable
+    assert "must be one of" in record_problem({"score": "knn", "threshold": 1.0})  # a whole bank: not storable
     assert "finite" in record_problem({"score": "msp", "threshold": float("nan")})
     assert record_problem([]) is not None
+
+
+def _clusters(rng, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features in 4 tight clusters on the unit sphere of R^8 (a model's known pictures), their logits and labels."""
+    centres = np.eye(8)[:4] * 5
+    labels = rng.integers(0, 4, count)
+    features = (centres[labels] + rng.normal(0, 0.3, (count, 8))).astype(np.float32)
+    return features, (features[:, :4] + rng.normal(0, 0.5, (count, 4))).astype(np.float32), labels
+
+
+def test_the_stored_score_is_either_the_max_logit_or_the_knn_distance_saying_outlier():
+    """max_logit_or_knn: 95% of the validation pictures known in all; a picture far from every training picture is
+    an outlier even with a confident logit (what the max logit alone misses: noise, blobs), and one with low
+    logits is one too; the record carries its bank and survives JSON, and a tampered bank is refused."""
+    from cifarkit.outlier import COMBINED, DEFAULT_SCORE, STORED_BANK, EitherOf
+
+    rng = np.random.default_rng(0)
+    train, _, _ = _clusters(rng, 3000)
+    val, val_logits, _ = _clusters(rng, 1000)
+    record = json.loads(json.dumps(fit_record(val_logits, 1.0, features=val, train_features=train)))
+    assert DEFAULT_SCORE == COMBINED == record["score"] and record["threshold"] == 0.0
+    assert record_problem(record) is None and record["bank"]["shape"] == [STORED_BANK, 8]
+    module = outlier_module(record)
+    assert isinstance(module, EitherOf)
+    assert (score(module, val, val_logits) <= 0).mean() == pytest.approx(0.95, abs=0.002)
+    far = np.full((1, 8), 3.0, np.float32)  # between the clusters, nowhere near a training picture
+    confident = np.array([[50.0, 0, 0, 0]], np.float32)
+    assert score(module, far, confident)[0] > 0  # the kNN part says so
+    assert score(outlier_module({"score": "max_logit", "threshold": record["parts"][0]["center"]}), far,
+                 confident)[0] <= record["parts"][0]["center"]  # the max logit alone would call it known
+    assert score(module, val[:1], np.full((1, 4), -50.0, np.float32))[0] > 0  # the max-logit part says so
+    with pytest.raises(ValueError, match="fitted on features"):
+        fit_record(val_logits, 1.0)
+    tampered = {**record, "bank": {**record["bank"], "shape": [STORED_BANK, 9]}}
+    assert "bank" in record_problem(tampered)
+    assert "bank" in record_problem({**record, "bank": {**record["bank"], "float16_base64": "@@"}})
+    assert "scale" in record_problem({**record, "parts": [record["parts"][0], {**record["parts"][1], "scale": 0}]})
 
 
 def test_a_checkpoint_with_a_tampered_outlier_record_is_refused(trained_run, tmp_path):
@@ -93,10 +130,11 @@ def test_calibrate_fits_the_outlier_threshold_that_predict_then_uses(trained_run
     assert before["known"] is None and before["outlier_score"] is None  # not fitted: no verdict, not a guess
     record = calibrate_run(run, data_dir)["outlier"]
     trained = load_model(run)
-    assert trained.outlier == record and record["score"] == "max_logit"
+    assert trained.outlier == record and record["score"] == "max_logit_or_knn"
     after = json.loads(format_predictions(predict_files(run, [_picture(tmp_path)]), "json"))[0]
+    features, logits = trained.features_and_logits(torch.from_numpy(_pixels()).permute(0, 3, 1, 2))
     assert isinstance(after["known"], bool) and after["outlier_score"] == pytest.approx(
-        -trained.logits(torch.from_numpy(_pixels()).permute(0, 3, 1, 2)).max().item(), abs=1e-5)
+        trained.outlier_scores(features, logits).item(), abs=1e-5)
 
 
 def _pixels() -> np.ndarray:
@@ -132,7 +170,7 @@ def test_the_export_outputs_features_and_outlier_score_from_one_pass(trained_run
     features = trained.features(x).numpy()
     assert outputs["features"].shape == (6, metadata["features"]["shape"][1])
     assert np.abs(outputs["features"] - features).max() < 1e-4 * max(1, np.abs(features).max())
-    expected = trained.outlier_scores(trained.logits(x)).numpy()
+    expected = trained.outlier_scores(*trained.features_and_logits(x)).numpy()
     assert np.abs(outputs["outlier_score"] - expected).max() < 1e-3
 
 
@@ -181,7 +219,8 @@ def test_the_shipped_score_separates_cifar100_from_cifar10_at_the_reported_auroc
     outside_images = load_dataset("cifar10", real_cifar10, download=False).test_images[:count]
 
     def scores(images):
-        return trained.outlier_scores(trained.logits(torch.from_numpy(images).permute(0, 3, 1, 2))).numpy()
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+        return trained.outlier_scores(*trained.features_and_logits(pixels)).numpy()
 
     inside, outside = scores(inside_images), scores(outside_images)
     assert auroc(inside, outside) == pytest.approx(SHIPPED_TEST_AUROC, abs=0.01)

@@ -348,7 +348,9 @@ def _calibrate_arguments(sub) -> None:
                        description="Fit one temperature that divides the logits of a run's best checkpoint, on "
                                    "its validation split (never the test set), and write RUN/calibration.json; "
                                    "predict, evaluate and export then give calibrated scores. The ranking, and so "
-                                   "every accuracy, is unchanged.")
+                                   "every accuracy, is unchanged. Beside it, the outlier score that says \"none "
+                                   "of these\" (95% of the split known; fitted on the training split's features "
+                                   "too, so it reads the whole training split once).")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--for", dest="target", choices=["nll", "ece"], default="nll",
                    help="fit for the validation NLL (the standard) or its ECE; default: %(default)s")
@@ -363,7 +365,9 @@ def cmd_calibrate(args) -> int:
     record = calibrate_run(args.run_dir, args.data_dir, args.target, args.device)
     print(f"temperature {record['temperature']:.4f}, fitted for {record['fitted_for']} on {record['fitted_on']}: "
           f"validation ECE {record['val_ece']['before']:.4f} -> {record['val_ece']['after']:.4f}, NLL "
-          f"{record['val_nll']['before']:.4f} -> {record['val_nll']['after']:.4f} | wrote {record['file']}")
+          f"{record['val_nll']['before']:.4f} -> {record['val_nll']['after']:.4f} | outlier score "
+          f"{record['outlier']['score']} ({record['outlier']['known_rate']:.0%} of the split known) | "
+          f"wrote {record['file']}")
     return 0
 
 

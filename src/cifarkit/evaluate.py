@@ -201,11 +201,27 @@ def _temperature_fits():
     return {"nll": fit_temperature, "ece": fit_temperature_for_ece}
 
 
-def calibration_record(logits: torch.Tensor, labels: torch.Tensor, target: str = "nll") -> dict:
+def outlier_features(trained: TrainedModel, data_dir: str | None = None) -> dict[str, np.ndarray]:
+    """What the default outlier score is fitted on besides the validation logits: the features of the validation
+    split and of the training split (cifarkit.outlier.fit_record's `features` and `train_features`)."""
+    c = trained.config.data
+    data = load_dataset(c.dataset, data_dir or c.data_dir, download=c.download)
+    split = split_for(data, c)
+
+    def features(index: np.ndarray) -> np.ndarray:
+        pixels = torch.from_numpy(np.ascontiguousarray(data.train_images[index])).permute(0, 3, 1, 2)
+        return trained.features_and_logits(pixels)[0].numpy()
+
+    return {"features": features(split.val), "train_features": features(split.train)}
+
+
+def calibration_record(logits: torch.Tensor, labels: torch.Tensor, target: str = "nll",
+                       features: dict[str, np.ndarray] | None = None) -> dict:
     """What calibrating a model on its validation logits fits: the temperature for the NLL or the ECE (the other
-    fit's figures beside it), the validation NLL and ECE before and after, and the outlier threshold
-    (cifarkit.outlier: the default score, 95% of the split known). One record for `cifarkit calibrate` and for
-    the packaging of shipped models. Refuses what cannot calibrate (no validation split, NaN...)."""
+    fit's figures beside it), the validation NLL and ECE before and after, and the outlier record (cifarkit.outlier:
+    95% of the split known; the default score with `features` (outlier_features), else the max logit, which
+    needs none). One record for `cifarkit calibrate` and for the packaging of shipped models. Refuses what cannot
+    calibrate (no validation split, NaN...)."""
     from cifarkit.calibration import expected_calibration_error as ece
     from cifarkit.calibration import nll
     from cifarkit.outlier import fit_record
@@ -219,7 +235,8 @@ def calibration_record(logits: torch.Tensor, labels: torch.Tensor, target: str =
                          "test set",
             "val_nll": {"before": nll(logits, labels, 1.0), "after": nll(logits, labels, temperature)},
             "val_ece": {"before": ece(logits, labels, 1.0), "after": ece(logits, labels, temperature)},
-            "outlier": fit_record(logits.float().numpy(), temperature)}
+            "outlier": fit_record(logits.float().numpy(), temperature, **({"score_name": "max_logit"}
+                                                                        if features is None else features))}
 
 
 def calibrate_run(run: str | Path, data_dir: str | None = None, target: str = "nll", device: str = "cpu") -> dict:
@@ -237,7 +254,7 @@ def calibrate_run(run: str | Path, data_dir: str | None = None, target: str = "n
     trained = load_model(run, device)
     folder = trained.checkpoint.parent
     logits, labels = split_logits(trained, "val", data_dir, device)
-    record = {**calibration_record(logits, labels, target),
+    record = {**calibration_record(logits, labels, target, outlier_features(trained, data_dir)),
               "checkpoint": trained.checkpoint.name, "checkpoint_sha256": trained.sha256}
     atomic_write_bytes(folder / CALIBRATION_FILE, (json_text(record) + "\n").encode())
     record["file"] = str(folder / CALIBRATION_FILE)

@@ -49,7 +49,10 @@ class TrainedModel:
         out = [predict_logits(self.model, self.preprocess(images_nchw_uint8[start : start + batch_size].to(device)),
                               tta).float().cpu()
                for start in range(0, len(images_nchw_uint8), batch_size)]
-        logits = torch.cat(out) if out else torch.empty(0, len(self.class_names))
+        return self.logits_are_finite(torch.cat(out) if out else torch.empty(0, len(self.class_names)))
+
+    def logits_are_finite(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits`, or the refusal of a model whose outputs are not finite."""
         bad = int((~torch.isfinite(logits).all(dim=1)).sum())
         if bad:  # a NaN is never an answer: it would rank arbitrarily and print as "nan%"
             raise non_finite_model(f"model {self.name or self.checkpoint}", bad, len(logits))
@@ -67,14 +70,17 @@ class TrainedModel:
         return probabilities
 
     @torch.no_grad()
-    def outlier_scores(self, logits: torch.Tensor) -> torch.Tensor | None:
-        """Each picture's outlier score (higher: less likely one of the classes), or None for a model without
-        an outlier record. The stored scores use the logits alone (cifarkit.outlier.STORABLE_SCORES)."""
+    def outlier_scores(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        """Each picture's outlier score (higher: less likely one of the classes) from its single-view features and
+        raw logits (what the export computes), or None for a model without an outlier record."""
         if self.outlier is None:
             return None
-        from cifarkit.outlier import outlier_module
+        cached = getattr(self, "_outlier_module", None)  # built once per record: the combined one decodes a bank
+        if cached is None or cached[0] is not self.outlier:
+            from cifarkit.outlier import outlier_module
 
-        return outlier_module(self.outlier, self.temperature)(logits.new_zeros(len(logits), 0), logits)
+            cached = self._outlier_module = (self.outlier, outlier_module(self.outlier, self.temperature))
+        return cached[1](features, logits)
 
     @torch.no_grad()
     def features(self, images_nchw_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
@@ -163,18 +169,24 @@ def predict_arrays(trained: TrainedModel, images_nhwc: np.ndarray, top_k: int = 
     """Top-k (class index, probability) per image, plus the full probability matrix (and, `with_outlier`, the
     outlier scores, None for a model without an outlier record)."""
     x = torch.from_numpy(np.ascontiguousarray(images_nhwc)).permute(0, 3, 1, 2)
-    logits = trained.logits(x, tta=tta)
+    outlier = None
+    if with_outlier and trained.outlier is not None:  # the score is the single view's, as the export's
+        features, logits = trained.features_and_logits(x)
+        trained.logits_are_finite(logits)
+        outlier = trained.outlier_scores(features, logits).numpy()
+        if tta:
+            logits = trained.logits(x, tta=tta)
+    else:
+        logits = trained.logits(x, tta=tta)
     probabilities = trained.probabilities_from(logits)
     k = min(top_k, probabilities.shape[1])
     top = probabilities.topk(k, dim=1)
     answer = top.indices.numpy(), top.values.numpy(), probabilities.numpy()
-    if not with_outlier:
-        return answer
-    outlier = trained.outlier_scores(logits)
-    return (*answer, None if outlier is None else outlier.numpy())
+    return (*answer, outlier) if with_outlier else answer
 
 
 CALIBRATION_FILE = "calibration.json"  # written by `cifarkit calibrate RUN` beside the run's checkpoints
+MAX_CALIBRATION_BYTES = 4 << 20  # a temperature and an outlier record, its kNN bank (1.4 MB in base64) included
 
 
 def run_calibration(checkpoint: Path, sha256: str) -> dict | None:
@@ -188,7 +200,7 @@ def run_calibration(checkpoint: Path, sha256: str) -> dict | None:
         path = folder / CALIBRATION_FILE
         if path.is_file():
             try:
-                record = read_json(path, 1 << 20, CheckpointError, "calibration file")
+                record = read_json(path, MAX_CALIBRATION_BYTES, CheckpointError, "calibration file")
             except CheckpointError:
                 return None
             temperature = record.get("temperature") if isinstance(record, dict) else None
