@@ -128,3 +128,12 @@ def test_the_graph_was_read():
     assert "cifarkit.optim" in GRAPH["cifarkit.config"]
     assert "cifarkit.train.loop" in _reachable("cifarkit.cli")
     assert "cifarkit.pretrained" in _reachable("cifarkit.predict")
+
+
+def test_no_function_is_longer_than_60_lines():
+    """A function that does not fit on a screen is several steps that want names of their own."""
+    long = sorted(f"{path.relative_to(PACKAGE)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+                  for path in MODULES.values() for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.end_lineno - node.lineno + 1 > 60)
+    assert not long, long

@@ -275,13 +275,7 @@ def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np
     trained = load_model(checkpoint, "cpu")
     module = InferenceGraph(trained).eval()
     dataset = _dataset_for_int8(trained, data_dir) if quantize else None
-    if check_images is None:  # the test images: from the dataset int8 loaded already, else looked up
-        check_images = dataset.test_images[:64] if dataset is not None else real_check_images(trained,
-                                                                                             data_dir=data_dir)
-    source = "test images" if check_images is not None else "random pixels (no local copy of the dataset)"
-    if check_images is None:
-        check_images = np.random.default_rng(0).integers(0, 256, (64, SIZE, SIZE, 3), dtype=np.uint8)
-    check_images = np.ascontiguousarray(check_images, dtype=np.uint8)
+    check_images, source = _check_images(trained, check_images, dataset, data_dir)
 
     remove_stale_work_folders(out.parent)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=work_folder_prefix("export")) as tmp:
@@ -290,97 +284,133 @@ def export_onnx(checkpoint: str | Path | None, out: str | Path, check_images: np
             _onnx_export(module, torch.from_numpy(check_images[:2]), staged)
         except Exception as e:  # the exporter's own errors are long; keep the first line
             raise ExportError(f"ONNX export failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        expected_outputs = module.outputs(check_images)
-        got_outputs = run_onnx_outputs(staged, check_images)
-        expected, got = expected_outputs["probabilities"], got_outputs["probabilities"]
-        for outputs, who in ((expected_outputs, "PyTorch"), (got_outputs, "ONNX Runtime")):
-            rows = np.isfinite(outputs["probabilities"]).all(axis=1)
-            for name in ("features", "outlier_score"):
-                if name in outputs:
-                    rows &= np.isfinite(outputs[name].reshape(len(rows), -1)).all(axis=1)
-            bad = int((~rows).sum())
-            if bad:  # NaN compares false with everything: "within nan" must not pass the parity check
-                raise ExportError(f"{non_finite_model(f'model {trained.name}', bad, len(rows))} ({who}); "
-                                  "nothing was written")
-        difference = float(np.abs(got - expected).max())
-        # features and outlier scores are not bounded by 1 as probabilities are: held to the same tolerance
-        # relative to their size; an outlier score that divides by a small spread magnifies the features' own
-        # round-off by its error_scale, which the check allows for
-        magnified = {"outlier_score": module.outlier.error_scale if module.outlier is not None else 1.0}
-        relative = {name: float(np.abs(got_outputs[name] - expected_outputs[name]).max()
-                                / max(1.0, float(np.abs(expected_outputs[name]).max())) / magnified.get(name, 1.0))
-                    for name in module.output_names[1:]}
-        worst = max([difference, *relative.values()])
-        if worst > TOLERANCE:
-            raise ExportError(f"ONNX Runtime's outputs differ from PyTorch's by {worst:.2e} "
-                              f"(> {TOLERANCE:g}); nothing was written")
-        if trained.pretrained:
-            from cifarkit.pretrained import read_card
-
-            results = read_card(trained.name)["metrics"]
-        else:
-            results = _results_beside(trained.checkpoint)
-        metadata = {
-            "format": EXPORT_FORMAT,
-            "version": EXPORT_VERSION,
-            "model": trained.config.model.name,
-            "dataset": trained.config.data.dataset,
-            "classes": trained.class_names,
-            "superclasses": trained.coarse_names or None,
-            "fine_to_coarse": trained.fine_to_coarse,
-            "input": {"name": "pixels", "dtype": "uint8", "shape": ["batch", SIZE, SIZE, 3], "layout": "NHWC",
-                      "channels": "RGB", "range": [0, 255],
-                      "resize": "whole picture to 32x32, PIL bilinear (antialiased); EXIF orientation applied; "
-                                "alpha composited onto white"},
-            "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(trained.class_names)]},
-            "preprocess": trained.preprocess.to_state()["config"],
-            "temperature": trained.temperature,
-            "source_checkpoint": trained.name if trained.pretrained else str(trained.checkpoint),
-            "source_checkpoint_sha256": trained.sha256,
-            "step": trained.step,
-            "val": trained.val,
-            "test": results.get("test"),
-            "parity": {"images": int(len(check_images)), "source": source, "max_abs_difference": difference,
-                       "tolerance": TOLERANCE, **{f"{name}_max_relative_difference": value
-                                                  for name, value in relative.items()}},
-        }
-        if module.with_features:
-            metadata["features"] = {"name": "features", "dtype": "float32",
-                                    "shape": ["batch", int(expected_outputs["features"].shape[1])],
-                                    "fingerprint": trained.feature_fingerprint}
-        if module.outlier is not None:
-            metadata["outlier"] = {"name": "outlier_score", "dtype": "float32", "shape": ["batch"],
-                                   "score": trained.outlier["score"], "threshold": trained.outlier["threshold"],
-                                   "known_rate": trained.outlier.get("known_rate")}
+        parity, outputs = _parity(module, trained, staged, check_images, source)
+        metadata = _metadata(trained, module, parity, outputs)
         if quantize:
-            kind, make = QUANTIZATIONS[quantize]
-            quantized = make(staged, Path(tmp), dataset, calibration_images)
-            float_top1 = onnx_top1(staged, dataset.test_images, dataset.test_labels)
-            quantized_top1 = onnx_top1(quantized, dataset.test_images, dataset.test_labels)
-            metadata["quantization"] = {
-                "kind": kind, "test_images": int(len(dataset.test_labels)),
-                "test_top1_float": float_top1, f"test_top1_{quantize}": quantized_top1,
-                "change": quantized_top1 - float_top1, "float_bytes": staged.stat().st_size,
-                f"{quantize}_bytes": quantized.stat().st_size,
-                "max_abs_difference_from_float": float(np.abs(run_onnx(quantized, check_images) - got).max())}
-            if quantize == "int8":
-                metadata["quantization"]["calibration"] = f"{calibration_images} training images"
-            staged = quantized
+            staged = _quantized(metadata, quantize, staged, Path(tmp), dataset, calibration_images, check_images,
+                                outputs["onnx"]["probabilities"])
         metadata["model_file"] = out.name
         metadata["model_sha256"] = hashlib.sha256(staged.read_bytes()).hexdigest()
         problems = schema_problems(metadata, export_schema())
         if problems:  # a bug here, never the user's: the published contract would be broken
             raise ExportError(f"the metadata does not follow export-metadata.schema.json: {problems[0]}")
-        # Both files are complete on disk (in the work folder, on the target's file system) before either
-        # replaces its old self: a full disk stops the export before anything is replaced, never between the
-        # two. Then two renames, which need no space; the model first, so that until the new metadata lands the
-        # pair is refused by its checksum rather than read half new.
-        staged_metadata = Path(tmp) / "metadata.json"
-        staged_metadata.write_bytes((json_text(metadata) + "\n").encode())
-        for path in (staged, staged_metadata):
-            with open(path, "rb+") as f:
-                os.fsync(f.fileno())
-            give_usual_permissions(path)
-        os.replace(staged, out)
-        os.replace(staged_metadata, out.with_suffix(".json"))
+        _publish(staged, metadata, out, Path(tmp))
     return metadata
+
+
+def _check_images(trained: TrainedModel, given: np.ndarray | None, dataset, data_dir: str | None):
+    """The pictures the parity check runs (given; else the test images: from the dataset int8 loaded already, else
+    looked up; else random pixels) and what they are."""
+    images = given
+    if images is None:
+        images = dataset.test_images[:64] if dataset is not None else real_check_images(trained, data_dir=data_dir)
+    source = "test images" if images is not None else "random pixels (no local copy of the dataset)"
+    if images is None:
+        images = np.random.default_rng(0).integers(0, 256, (64, SIZE, SIZE, 3), dtype=np.uint8)
+    return np.ascontiguousarray(images, dtype=np.uint8), source
+
+
+def _parity(module: InferenceGraph, trained: TrainedModel, staged: Path, check_images: np.ndarray,
+            source: str) -> tuple[dict, dict]:
+    """ONNX Runtime's outputs against PyTorch's on the check images: the parity record, and both outputs
+    ({"torch": ..., "onnx": ...}); an ExportError for a non-finite output or a difference over TOLERANCE."""
+    expected_outputs = module.outputs(check_images)
+    got_outputs = run_onnx_outputs(staged, check_images)
+    for outputs, who in ((expected_outputs, "PyTorch"), (got_outputs, "ONNX Runtime")):
+        rows = np.isfinite(outputs["probabilities"]).all(axis=1)
+        for name in ("features", "outlier_score"):
+            if name in outputs:
+                rows &= np.isfinite(outputs[name].reshape(len(rows), -1)).all(axis=1)
+        bad = int((~rows).sum())
+        if bad:  # NaN compares false with everything: "within nan" must not pass the parity check
+            raise ExportError(f"{non_finite_model(f'model {trained.name}', bad, len(rows))} ({who}); "
+                              "nothing was written")
+    difference = float(np.abs(got_outputs["probabilities"] - expected_outputs["probabilities"]).max())
+    # features and outlier scores are not bounded by 1 as probabilities are: held to the same tolerance
+    # relative to their size; an outlier score that divides by a small spread magnifies the features' own
+    # round-off by its error_scale, which the check allows for
+    magnified = {"outlier_score": module.outlier.error_scale if module.outlier is not None else 1.0}
+    relative = {name: float(np.abs(got_outputs[name] - expected_outputs[name]).max()
+                            / max(1.0, float(np.abs(expected_outputs[name]).max())) / magnified.get(name, 1.0))
+                for name in module.output_names[1:]}
+    worst = max([difference, *relative.values()])
+    if worst > TOLERANCE:
+        raise ExportError(f"ONNX Runtime's outputs differ from PyTorch's by {worst:.2e} "
+                          f"(> {TOLERANCE:g}); nothing was written")
+    parity = {"images": int(len(check_images)), "source": source, "max_abs_difference": difference,
+              "tolerance": TOLERANCE, **{f"{name}_max_relative_difference": value for name, value in relative.items()}}
+    return parity, {"torch": expected_outputs, "onnx": got_outputs}
+
+
+def _metadata(trained: TrainedModel, module: InferenceGraph, parity: dict, outputs: dict) -> dict:
+    """model.json's fields (export-metadata.schema.json) but for the model file's name and checksum."""
+    if trained.pretrained:
+        from cifarkit.pretrained import read_card
+
+        results = read_card(trained.name)["metrics"]
+    else:
+        results = _results_beside(trained.checkpoint)
+    metadata = {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "model": trained.config.model.name,
+        "dataset": trained.config.data.dataset,
+        "classes": trained.class_names,
+        "superclasses": trained.coarse_names or None,
+        "fine_to_coarse": trained.fine_to_coarse,
+        "input": {"name": "pixels", "dtype": "uint8", "shape": ["batch", SIZE, SIZE, 3], "layout": "NHWC",
+                  "channels": "RGB", "range": [0, 255],
+                  "resize": "whole picture to 32x32, PIL bilinear (antialiased); EXIF orientation applied; "
+                            "alpha composited onto white"},
+        "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(trained.class_names)]},
+        "preprocess": trained.preprocess.to_state()["config"],
+        "temperature": trained.temperature,
+        "source_checkpoint": trained.name if trained.pretrained else str(trained.checkpoint),
+        "source_checkpoint_sha256": trained.sha256,
+        "step": trained.step,
+        "val": trained.val,
+        "test": results.get("test"),
+        "parity": parity,
+    }
+    if module.with_features:
+        metadata["features"] = {"name": "features", "dtype": "float32",
+                                "shape": ["batch", int(outputs["torch"]["features"].shape[1])],
+                                "fingerprint": trained.feature_fingerprint}
+    if module.outlier is not None:
+        metadata["outlier"] = {"name": "outlier_score", "dtype": "float32", "shape": ["batch"],
+                               "score": trained.outlier["score"], "threshold": trained.outlier["threshold"],
+                               "known_rate": trained.outlier.get("known_rate")}
+    return metadata
+
+
+def _quantized(metadata: dict, quantize: str, staged: Path, folder: Path, dataset, calibration_images: int,
+               check_images: np.ndarray, float_probabilities: np.ndarray) -> Path:
+    """The quantised model beside the float one, its accuracy change recorded in `metadata`."""
+    kind, make = QUANTIZATIONS[quantize]
+    quantized = make(staged, folder, dataset, calibration_images)
+    float_top1 = onnx_top1(staged, dataset.test_images, dataset.test_labels)
+    quantized_top1 = onnx_top1(quantized, dataset.test_images, dataset.test_labels)
+    metadata["quantization"] = {
+        "kind": kind, "test_images": int(len(dataset.test_labels)),
+        "test_top1_float": float_top1, f"test_top1_{quantize}": quantized_top1,
+        "change": quantized_top1 - float_top1, "float_bytes": staged.stat().st_size,
+        f"{quantize}_bytes": quantized.stat().st_size,
+        "max_abs_difference_from_float": float(np.abs(run_onnx(quantized, check_images) - float_probabilities).max())}
+    if quantize == "int8":
+        metadata["quantization"]["calibration"] = f"{calibration_images} training images"
+    return quantized
+
+
+def _publish(staged: Path, metadata: dict, out: Path, folder: Path) -> None:
+    """Both files are complete on disk (in the work folder, on the target's file system) before either replaces
+    its old self: a full disk stops the export before anything is replaced, never between the two. Then two
+    renames, which need no space; the model first, so that until the new metadata lands the pair is refused by
+    its checksum rather than read half new."""
+    staged_metadata = folder / "metadata.json"
+    staged_metadata.write_bytes((json_text(metadata) + "\n").encode())
+    for path in (staged, staged_metadata):
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        give_usual_permissions(path)
+    os.replace(staged, out)
+    os.replace(staged_metadata, out.with_suffix(".json"))

@@ -152,14 +152,13 @@ def _finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def run_tuning(tuning: Tuning, log: Callable[[str], None] = print) -> dict:
-    """Run trials until the study holds `tuning.trials` finished (complete or pruned) ones; write best.toml."""
+def _objective(tuning: Tuning, log: Callable[[str], None]) -> Callable:
+    """One trial: its point's config trained (pruned by the study at each validation pass), its value returned."""
     import optuna
 
     from cifarkit.train.loop import train
     from cifarkit.train.stopping import TrainingInterrupted
 
-    study = open_tuning_study(tuning)
     cache = PreparedCache()
     quiet = lambda _: None  # noqa: E731  (trials are many: one line each, not the whole training log)
 
@@ -188,6 +187,15 @@ def run_tuning(tuning: Tuning, log: Callable[[str], None] = print) -> dict:
             f"{', '.join(values)}")
         return tuning.value(results["val"])
 
+    return objective
+
+
+def run_tuning(tuning: Tuning, log: Callable[[str], None] = print) -> dict:
+    """Run trials until the study holds `tuning.trials` finished (complete or pruned) ones; write best.toml."""
+    import optuna
+
+    study = open_tuning_study(tuning)
+    objective = _objective(tuning, log)
     left = tuning.trials - _finished(study)
     if left > 0:
         log(f"tune {tuning.name}: {left} trial(s) to run ({tuning.trials - left} done) over "
