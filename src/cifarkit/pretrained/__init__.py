@@ -190,7 +190,7 @@ register_pretrained(PretrainedSpec(
 register_pretrained(PretrainedSpec(
     "resnetd-cifar100",
     weights_sha256="914b116980354ff04c67682a98bffc0ed176ee03c41188e82e1661a847539f5e",
-    card_sha256="a98092c65644c296fdf7a383ca622e5d2313f323e2fc685c5a7087ccc22f1f99",
+    card_sha256="7bbb269789ed286c5a3a1e43e3b1d6ec229bfbab0c63cb7c7aa501c5345abc78",
     description="the CIFAR-100 speedrun record's recipe (ResNet-D, Muon, lookahead, WSD, progressive resizing) for "
                 "30 epochs: long100-cpu, about 2 CPU-hours",
 ))
