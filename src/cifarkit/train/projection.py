@@ -103,7 +103,7 @@ class TimedTrainer:
 
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, device=str(device)))
         self._folder = tempfile.TemporaryDirectory(prefix="cifarkit-projection-")
-        prepared = _synthetic_data(config, device, get_spec(config.data.dataset).num_classes)
+        prepared = _synthetic_data(config, device, get_spec(config.data.dataset))
         self.trainer = Trainer(config, log=lambda _: None, prepared=prepared, run_dir=Path(self._folder.name))
         if model is not None:
             self._use(model)
@@ -151,18 +151,18 @@ class TimedTrainer:
         return times[warmup:]
 
 
-def _synthetic_data(config: Config, device: torch.device, num_classes: int):
+def _synthetic_data(config: Config, device: torch.device, spec):
     """Random pictures, two batches' worth, resident on the device as a run's are (no validation split)."""
     from cifarkit.data import CifarData, Split
     from cifarkit.data.loader import to_device_images
     from cifarkit.data.preprocess import Preprocess
-    from cifarkit.data.specs import get_spec
     from cifarkit.train.setup import PreparedData
 
     count = max(config.train.batch_size * 2, 256)
     images = np.random.default_rng(0).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+    num_classes = spec.num_classes
     labels = np.arange(count) % num_classes
-    data = CifarData(get_spec(config.data.dataset), images, labels, images[:0], labels[:0],
+    data = CifarData(spec, images, labels, images[:0], labels[:0],
                      [f"class {i}" for i in range(num_classes)], Path("synthetic"))
     x, y = to_device_images(images, device), torch.from_numpy(labels).to(device)
     # an unfitted Preprocess costs what a fitted one does (ZCA: one 3072x3072 matmul per batch)
