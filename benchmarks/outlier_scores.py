@@ -72,9 +72,9 @@ def main() -> None:
     print(f"CPU: {cpu.get('cpu')} | flags: {', '.join(cpu.get('flags', []))} | torch {cpu.get('torch')}")
 
     trained = load_model(args.model, "cpu")
-    data = load_dataset(trained.config.data.dataset, args.data_dir, download=False)
+    data = load_dataset(trained.data.dataset, args.data_dir, download=False)
     ood = load_dataset("cifar10", args.ood_data_dir, download=False)
-    split = split_for(data, trained.config.data)
+    split = split_for(data, trained.data)
     choose_ood = np.random.default_rng(0).permutation(len(ood.train_labels))[: args.ood_choose]
     sets = {"train split": data.train_images[split.train], "validation split": data.train_images[split.val],
             "CIFAR-10 train": ood.train_images[np.sort(choose_ood)], "CIFAR-100 test": data.test_images,

@@ -78,7 +78,7 @@ def main() -> None:
                 fn()
                 times.append(time.perf_counter() - started)
             results[name] = len(images) / statistics.median(times)
-    print(f"model {trained.name} ({trained.config.model.name}) | {len(images)} images, batch {args.batch_size} | "
+    print(f"model {trained.name} ({trained.model_spec.name}) | {len(images)} images, batch {args.batch_size} | "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads) | onnxruntime {ort.__version__}")
     macs = multiply_adds_per_image(copy.deepcopy(trained.model).float().eval(), torch.device("cpu"))
     peak = matmul_flops(torch.float32)

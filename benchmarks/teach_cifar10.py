@@ -79,7 +79,7 @@ def main() -> None:
         if args.cache:
             np.savez(args.cache, train_index=index, train=train_features, test=test_features)
     position = {int(i): k for k, i in enumerate(index.tolist())}
-    names = data.class_names
+    names = data.classes
     truth = np.array([names[c] for c in data.test_labels])
     print(f"\nmodel {args.model} taught CIFAR-10's 10 classes; accuracy on the 10,000 test pictures")
     print(f"{'per class':>9} | {'Python':>7} {'time':>6} | {'Node.js':>7} {'time':>6} | {'sklearn':>7} {'time':>6}"

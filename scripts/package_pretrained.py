@@ -121,12 +121,12 @@ def main() -> None:
 WEB_MODEL_LIMIT = 10 * 2**20  # what the page and @cifarkit/classify ship
 
 
-def _logits_and_labels(name: str, data_dir: str, split: str):
-    """The shipped model's single-view logits (before any temperature) on the validation split or the test set."""
+def _test_logits_and_labels(name: str, data_dir: str):
+    """The shipped model's single-view logits (before any temperature) on the test set."""
     from cifarkit.evaluate import split_logits
     from cifarkit.pretrained import load_model
 
-    return split_logits(load_model(name), split, data_dir)
+    return split_logits(load_model(name), "test", data_dir)
 
 
 def _ece(logits, labels, temperature: float) -> float:
@@ -136,13 +136,12 @@ def _ece(logits, labels, temperature: float) -> float:
 
 
 def calibrate(name: str, data_dir: str, target: str = "nll") -> dict:
-    """The library's calibration record (cifarkit.evaluate.calibration_record: the temperature, its figures and the
-    outlier threshold) fitted on the run's validation split, never the test set."""
-    from cifarkit.evaluate import calibration_record, outlier_features
+    """The library's calibration record (cifarkit.evaluate.calibrate_model: the temperature, its figures and the
+    outlier threshold) of the shipped weights, fitted on the run's validation split, never the test set."""
+    from cifarkit.evaluate import calibrate_model
     from cifarkit.pretrained import load_model
 
-    fitted = calibration_record(*_logits_and_labels(name, data_dir, "val"), target,
-                                outlier_features(load_model(name), data_dir))
+    fitted = calibrate_model(load_model(name), data_dir, target)
     print(f"temperature {fitted['temperature']:.4f} (validation ECE {fitted['val_ece']['before']:.4f} -> "
           f"{fitted['val_ece']['after']:.4f}); outlier score {fitted['outlier']['score']}, threshold "
           f"{fitted['outlier']['threshold']:.4f}")
@@ -150,7 +149,7 @@ def calibrate(name: str, data_dir: str, target: str = "nll") -> dict:
 
 
 def _test_ece_at(name: str, data_dir: str, temperature: float) -> float:
-    return _ece(*_logits_and_labels(name, data_dir, "test"), temperature)
+    return _ece(*_test_logits_and_labels(name, data_dir), temperature)
 
 
 def _sanitise_card(path: Path) -> None:

@@ -42,7 +42,7 @@ def fake_images(labels: np.ndarray, num_classes: int, rng: np.random.Generator) 
     return np.clip(base + noise, 0, 255).astype(np.uint8).reshape(len(labels), 3072)
 
 
-def class_names(spec: DatasetSpec) -> list[bytes]:
+def classes(spec: DatasetSpec) -> list[bytes]:
     return [f"class{i:02d}".encode() for i in range(spec.num_classes)]
 
 
@@ -68,9 +68,9 @@ def write_folder(root: Path, name: str, per_class_train: int = 6, per_class_test
         (folder / file).write_bytes(dumps(batch(labels, b"training batch")))
     test_labels = rng.permutation(np.repeat(np.arange(spec.num_classes), per_class_test))
     (folder / spec.test_file).write_bytes(dumps(batch(test_labels, b"testing batch")))
-    meta = {spec.names_key: class_names(spec)}
-    if spec.coarse_names_key:
-        meta[spec.coarse_names_key] = [f"super{i:02d}".encode() for i in range(spec.num_coarse)]
+    meta = {spec.names_key: classes(spec)}
+    if spec.superclasses_key:
+        meta[spec.superclasses_key] = [f"super{i:02d}".encode() for i in range(spec.num_coarse)]
     (folder / spec.meta_file).write_bytes(dumps(meta))
     return folder
 

@@ -25,7 +25,7 @@ def test_reads_fake_cifar100_with_superclasses(fake_root):
     assert data.train_images.shape == (600, 32, 32, 3) and data.train_images.dtype == np.uint8
     assert data.test_images.shape == (200, 32, 32, 3)
     assert np.bincount(data.train_labels).tolist() == [6] * 100
-    assert len(data.class_names) == 100 and len(data.coarse_names) == 20
+    assert len(data.classes) == 100 and len(data.superclasses) == 20
     assert data.fine_to_coarse.tolist() == [i % 20 for i in range(100)]
 
 

@@ -265,7 +265,7 @@ def test_loading_a_checkpoint_fifo_times_out_never(tmp_path):
     ("step", "12", "'step' should be a whole number"),
     ("step", None, "'step' should be a whole number"),
     ("val", "good", "'val' should be a table of numbers"),
-    ("class_names", [1, 2], "'class_names' should be a list of names"),
+    ("classes", [1, 2], "'classes' should be a list of names"),
     ("fine_to_coarse", [0, 5], "fine-to-coarse map does not fit"),
 ])
 def test_crafted_checkpoint_fields_are_refused_by_name(trained_run, tmp_path, field, value, message):
@@ -277,7 +277,7 @@ def test_crafted_checkpoint_fields_are_refused_by_name(trained_run, tmp_path, fi
     state = load_checkpoint(trained_run / "best.pt")
     state[field] = value
     if field == "fine_to_coarse":
-        state["class_names"], state["coarse_names"] = ["a", "b"], ["only"]
+        state["classes"], state["superclasses"] = ["a", "b"], ["only"]
     crafted = tmp_path / "crafted.pt"
     torch.save(state, crafted)
     with pytest.raises(CheckpointError, match=message):

@@ -191,7 +191,7 @@ def test_csv_text_cells_cannot_run_as_formulas():
     assert csv_text([["a", 1], ["=b", 2]]) == "a,1\n'=b,2\n"
 
 
-def test_confusion_csv_neutralises_class_names(tmp_path):
+def test_confusion_csv_neutralises_classes(tmp_path):
     from cifarkit.evaluate import write_confusion_csv
 
     write_confusion_csv(np.array([[1, 0], [0, 1]]), ["=cmd|' /C calc'!A0", "cat"], tmp_path / "c.csv")

@@ -25,7 +25,7 @@ def test_the_default_model_ships_and_is_listed(capsys):
     assert DEFAULT_PRETRAINED == "resnetd-cifar100"
     assert set(PRETRAINED) == {"resnetd-cifar100", "airbench-cifar100", "airbench-cifar10"}
     card = read_card(DEFAULT_PRETRAINED)
-    assert card["dataset"]["name"] == "cifar100" and len(card["class_names"]) == 100
+    assert card["dataset"]["name"] == "cifar100" and len(card["classes"]) == 100
     assert card["metrics"]["test"]["top1"] >= 0.71  # the card's promise: 71.76% single view
     assert card["metrics"]["test"]["ece"] <= 0.02 < card["metrics"]["test"]["ece_uncalibrated"]  # calibrated
     assert read_card("airbench-cifar100")["metrics"]["test"]["top1"] >= 0.68  # the previous default, by name
@@ -41,7 +41,7 @@ def test_the_default_model_ships_and_is_listed(capsys):
 
 def test_load_pretrained_predicts_paths_pil_images_and_arrays(tmp_path):
     model = cifarkit.load_pretrained()
-    assert model.class_names[0] == "apple" and not model.model.training and model.temperature != 1.0
+    assert model.classes[0] == "apple" and not model.model.training and model.temperature != 1.0
     rng = np.random.default_rng(0)
     array = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
     Image.fromarray(array).save(tmp_path / "a.png")
@@ -53,11 +53,11 @@ def test_load_pretrained_predicts_paths_pil_images_and_arrays(tmp_path):
         assert np.allclose([r["score"] for r in other[0]], [r["score"] for r in from_path[0]], atol=1e-6)
     ranked = from_path[0]
     assert len(ranked) == 5 and [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
-    assert set(ranked[0]) == {"label", "score", "superclass"} and ranked[0]["label"] in model.class_names
-    assert ranked[0]["superclass"] == model.coarse_names[model.fine_to_coarse[model.class_names.index(
+    assert set(ranked[0]) == {"label", "score", "superclass"} and ranked[0]["label"] in model.classes
+    assert ranked[0]["superclass"] == model.superclasses[model.fine_to_coarse[model.classes.index(
         ranked[0]["label"])]]
     cifar10 = cifarkit.load_pretrained("airbench-cifar10")  # no superclasses: no such key
-    assert set(cifar10.predict(array)[0][0]) == {"label", "score"} and cifar10.class_names[0] == "airplane"
+    assert set(cifar10.predict(array)[0][0]) == {"label", "score"} and cifar10.classes[0] == "airplane"
     batch = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)  # NHWC
     assert len(model.predict(batch, top_k=2)) == 3 and all(len(r) == 2 for r in model.predict(batch, top_k=2))
     both = model.predict([tmp_path / "a.png", array])

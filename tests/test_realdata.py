@@ -56,12 +56,12 @@ def test_counts_per_fine_and_coarse_class(cifar100):
 
 
 def test_names_and_the_superclass_map_agree_with_the_reference_and_every_image(cifar100):
-    assert cifar100.class_names == sorted(name for names in SUPERCLASSES.values() for name in names)
-    assert cifar100.coarse_names == sorted(SUPERCLASSES)
+    assert cifar100.classes == sorted(name for names in SUPERCLASSES.values() for name in names)
+    assert cifar100.superclasses == sorted(SUPERCLASSES)
     mapping = cifar100.fine_to_coarse
     for coarse, fines in SUPERCLASSES.items():
         for fine in fines:
-            assert cifar100.coarse_names[mapping[cifar100.class_names.index(fine)]] == coarse, fine
+            assert cifar100.superclasses[mapping[cifar100.classes.index(fine)]] == coarse, fine
     # the map cifarkit uses, applied to every one of the 60,000 fine labels, gives the file's coarse label
     assert np.array_equal(mapping[cifar100.train_labels], cifar100.train_coarse)
     assert np.array_equal(mapping[cifar100.test_labels], cifar100.test_coarse)

@@ -44,7 +44,7 @@ def test_short_run_writes_events_metrics_and_checkpoints(tmp_path, fake_root):
     assert lines[-1]["val/loss"] == pytest.approx(events.Scalars("val/loss")[-1].value, rel=1e-6)
     last = load_checkpoint(run / "last.pt")
     assert last["step"] == 12 and last["config"]["recipe"] == "elu-seed"
-    assert set(last) >= {"model", "optimizer", "preprocess", "rng", "loader", "class_names"}
+    assert set(last) >= {"model", "optimizer", "preprocess", "rng", "loader", "classes"}
     assert json.loads((run / "results.json").read_text())["test"] == results["test"]
     assert 0 <= results["test"]["top1"] <= 1 and results["best_step"] in (6, 12)
     assert json.loads((run / "config.json").read_text())["train"]["steps"] == 12

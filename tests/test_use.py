@@ -34,7 +34,7 @@ def trained_cifar100(tmp_path_factory, fake_root):
 
 def _test_images(run):
     trained = load_trained_model(run)
-    data = load_dataset(trained.config.data.dataset, trained.config.data.data_dir, download=False)
+    data = load_dataset(trained.data.dataset, trained.data.data_dir, download=False)
     return trained, data
 
 
@@ -51,7 +51,7 @@ def test_report_agrees_with_a_direct_computation(trained_run, tmp_path):
     assert report["top5"] == pytest.approx((top5 == labels[:, None]).any(1).float().mean().item())
     matrix = np.asarray(report["confusion_matrix"])
     assert matrix.sum() == len(labels) and np.trace(matrix) == (logits.argmax(1) == labels).sum().item()
-    for c, name in enumerate(trained.class_names):
+    for c, name in enumerate(trained.classes):
         mask = labels == c
         expected = (logits.argmax(1)[mask] == c).float().mean().item()
         assert report["per_class_accuracy"][name] == pytest.approx(expected)
@@ -88,7 +88,7 @@ def test_predict_matches_evaluate_on_the_same_images(trained_run, tmp_path):
         Image.fromarray(data.test_images[i]).save(tmp_path / f"{i:03d}.png")
     results = predict_files(trained_run, [tmp_path], top_k=3)
     probabilities = trained.probabilities(torch.from_numpy(data.test_images[:40]).permute(0, 3, 1, 2))
-    expected = [trained.class_names[c] for c in probabilities.argmax(1).tolist()]
+    expected = [trained.classes[c] for c in probabilities.argmax(1).tolist()]
     assert [r.classes[0][0] for r in results] == expected
     assert all(len(r.classes) == 3 and r.error is None for r in results)
 
@@ -194,7 +194,7 @@ def test_onnx_export_matches_pytorch_on_real_images(trained_run, tmp_path):
         assert got.shape == (batch, 10) and np.abs(got - expected).max() < 1e-4
         assert np.allclose(got.sum(1), 1, atol=1e-5)
     info = json.loads((tmp_path / "model.json").read_text())
-    assert info["classes"] == trained.class_names and info["source_checkpoint_sha256"] == trained.sha256
+    assert info["classes"] == trained.classes and info["source_checkpoint_sha256"] == trained.sha256
     assert info["input"]["dtype"] == "uint8" and info["test"]["top1"] == results_test_top1(trained_run)
     from cifarkit.export_metadata import EXPORT_VERSION, export_schema, schema_problems
 
@@ -228,6 +228,23 @@ def test_crafted_checkpoint_is_refused(tmp_path, monkeypatch, capsys):
     (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2]) + b"garbage")
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_a_version_1_checkpoint_loads_under_todays_names(trained_run, tmp_path):
+    """A checkpoint written before the one vocabulary (class_names/coarse_names, no model spec) predicts as it
+    did; and using a model reads only its data section and model spec, so a training setting this cifarkit no
+    longer knows does not stop it."""
+    state = load_checkpoint(trained_run / "best.pt")
+    old = {key: value for key, value in state.items() if key not in ("format", "version", "model_spec")}
+    old["class_names"], old["coarse_names"] = old.pop("classes"), old.pop("superclasses")
+    old["config"] = {**old["config"], "train": {**old["config"]["train"], "a_setting_since_removed": 1}}
+    (tmp_path / "old").mkdir()
+    torch.save({"format": "cifarkit-checkpoint", "version": 1, **old}, tmp_path / "old" / "best.pt")
+    before, after = load_trained_model(trained_run), load_trained_model(tmp_path / "old")
+    assert after.classes == before.classes and after.model_spec == before.model_spec
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(after.logits(images), before.logits(images))
+    assert "classes" in state and "class_names" not in state and state["model_spec"]["name"] == "airbench"
 
 
 def test_plot_writes_curves(trained_run, tmp_path, capsys):

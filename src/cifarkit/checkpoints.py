@@ -19,7 +19,17 @@ from cifarkit.errors import CheckpointError
 from cifarkit.files import check_regular_file, file_digest
 
 FORMAT = "cifarkit-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the fields spelled as the export and TypeScript spell them (classes, superclasses), the model's spec
+# Fields a version-1 checkpoint (or a card packaged before version 2) spells otherwise, and their names today: a file
+# is read under today's names here, once, and nothing past this module knows the old ones.
+LEGACY_NAMES = {"class_names": "classes", "coarse_names": "superclasses"}
+
+
+def current_names(payload: dict) -> dict:
+    """`payload` with the fields an older file spells otherwise (LEGACY_NAMES) under today's names."""
+    renamed = {LEGACY_NAMES.get(key, key): value for key, value in payload.items() if key not in LEGACY_NAMES}
+    renamed.update({new: payload[old] for old, new in LEGACY_NAMES.items() if old in payload and new not in payload})
+    return renamed
 
 
 def checkpoint_bytes(payload: dict) -> bytes:
@@ -92,7 +102,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not a cifarkit checkpoint")
-    return check_payload(payload, path)
+    return check_payload(current_names(payload), path)
 
 
 # -- the payload's structure: one schema, checked where a payload is used ------------------------------------------
@@ -123,8 +133,10 @@ FIELDS = {  # field: (what it must be, check)
     "loader": ("a table", lambda v: isinstance(v, dict)),
     "rng": ("a table", lambda v: isinstance(v, dict)),
     "train_accumulator": ("a table", lambda v: isinstance(v, dict)),
-    "class_names": ("a list of names", lambda v: _names(v) and len(v) > 0),
-    "coarse_names": ("a list of names, or null", lambda v: v is None or _names(v)),
+    "classes": ("a list of names", lambda v: _names(v) and len(v) > 0),
+    "model_spec": ("a table with the model's name and options", lambda v: isinstance(v, dict) and isinstance(
+        v.get("name"), str) and isinstance(v.get("kwargs", {}), dict)),
+    "superclasses": ("a list of names, or null", lambda v: v is None or _names(v)),
     "fine_to_coarse": ("a list of superclass indices, or null", lambda v: v is None or (
         isinstance(v, (list, tuple)) and all(_is_int(i) for i in v))),
     "val": ("a table of numbers, or null", lambda v: v is None or (
@@ -136,7 +148,7 @@ FIELDS = {  # field: (what it must be, check)
     "temperature": ("a number in [0.05, 20]", lambda v: _is_number(v) and 0.05 <= v <= 20),
     "outlier": ("null or an outlier record (cifarkit.outlier)", lambda v: v is None or _outlier_problem(v) is None),
 }
-FOR_USE = ("step", "model", "config", "preprocess", "class_names")  # what evaluate / predict / export need
+FOR_USE = ("step", "model", "config", "preprocess", "classes")  # what evaluate / predict / export need
 FOR_RESUME = (*FOR_USE, "total_steps", "optimizer", "loader", "rng", "train_accumulator", "best_val_loss",
               "best_step", "skipped_steps", "train_seconds")
 
@@ -153,9 +165,9 @@ def check_payload(payload: dict, source, required: tuple[str, ...] = ("step", "m
             got = f"{float(value):g}" if _is_number(value) else f"a {type(value).__name__}"  # never the value's repr
             raise CheckpointError(f"{source}: its field {name!r} should be {what}, got {got}; the file is damaged "
                                   "or crafted")
-    mapping, classes = payload.get("fine_to_coarse"), payload.get("class_names")
+    mapping, classes = payload.get("fine_to_coarse"), payload.get("classes")
     if mapping is not None:
-        coarse = payload.get("coarse_names") or []
+        coarse = payload.get("superclasses") or []
         if (classes is not None and len(mapping) != len(classes)) or any(not 0 <= i < len(coarse) for i in mapping):
             raise CheckpointError(f"{source}: its fine-to-coarse map does not fit its {len(classes or [])} classes "
                                   f"and {len(coarse)} superclasses; the file is damaged or crafted")

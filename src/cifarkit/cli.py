@@ -120,12 +120,12 @@ def cmd_info(args) -> int:
                   "per_class": {"min": int(per_class.min()), "max": int(per_class.max())}},
         "test": {"images": list(data.test_images.shape),
                  "per_class": {"min": int(per_class_test.min()), "max": int(per_class_test.max())}},
-        "classes": data.class_names,
+        "classes": data.classes,
     }
-    if data.coarse_names:
+    if data.superclasses:
         mapping = data.fine_to_coarse
-        info["superclasses"] = {name: [data.class_names[f] for f in np.flatnonzero(mapping == c)]
-                                for c, name in enumerate(data.coarse_names)}
+        info["superclasses"] = {name: [data.classes[f] for f in np.flatnonzero(mapping == c)]
+                                for c, name in enumerate(data.superclasses)}
     if args.json:
         print(json_text(info))
         return 0
@@ -135,7 +135,7 @@ def cmd_info(args) -> int:
         print(f"{split + ':':<9} {' x '.join(map(str, s['images']))} uint8, "
               f"{s['per_class']['min']}-{s['per_class']['max']} images per class")
     # names come from the dataset's files: escaped, so that none can forge a line or retitle the terminal
-    print(f"classes ({len(data.class_names)}): {', '.join(map(printable, data.class_names))}")
+    print(f"classes ({len(data.classes)}): {', '.join(map(printable, data.classes))}")
     for name, members in info.get("superclasses", {}).items():
         print(f"  {printable(name)}: {', '.join(map(printable, members))}")
     return 0
@@ -159,9 +159,9 @@ def cmd_show(args) -> int:
     images, labels = (data.train_images, data.train_labels) if args.split == "train" else (
         data.test_images, data.test_labels)
     out = Path(args.out)
-    grid = first_images_sheet(images, labels, data.class_names, args.count,
+    grid = first_images_sheet(images, labels, data.classes, args.count,
                               out / f"{args.dataset}-{args.split}-first{args.count}.png")
-    sheet = one_per_class_sheet(images, labels, data.class_names, out / f"{args.dataset}-{args.split}-classes.png")
+    sheet = one_per_class_sheet(images, labels, data.classes, out / f"{args.dataset}-{args.split}-classes.png")
     print(f"wrote {grid}\nwrote {sheet}")
     return 0
 
@@ -344,14 +344,17 @@ def cmd_evaluate(args) -> int:
 
 
 def _calibrate_arguments(sub) -> None:
-    p = sub.add_parser("calibrate", help="fit a run's temperature on its validation split (calibrated scores)",
-                       description="Fit one temperature that divides the logits of a run's best checkpoint, on "
-                                   "its validation split (never the test set), and write RUN/calibration.json; "
-                                   "predict, evaluate and export then give calibrated scores. The ranking, and so "
-                                   "every accuracy, is unchanged. Beside it, the outlier score that says \"none "
-                                   "of these\" (95% of the split known; fitted on the training split's features "
-                                   "too, so it reads the whole training split once).")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p = sub.add_parser("calibrate", help="fit a trained model's temperature on its validation split (calibrated "
+                                         "scores) and its outlier threshold",
+                       description="Fit one temperature that divides the logits of a run's best checkpoint (or of "
+                                   "a checkpoint file), on its validation split (never the test set), and write "
+                                   "calibration.json beside the checkpoint; predict, evaluate and export then give "
+                                   "calibrated scores. The ranking, and so every accuracy, is unchanged. Beside it, "
+                                   "the outlier score that says \"none of these\" (95% of the split known; fitted "
+                                   "on the training split's features too, so it reads the whole training split "
+                                   "once). Shipped models come calibrated.")
+    p.add_argument("checkpoint", nargs="?", metavar="RUN_OR_CHECKPOINT", help="a run directory or a checkpoint file")
+    p.add_argument("--model", metavar="RUN_DIR|FILE.pt", help="the same, as the other commands spell it")
     p.add_argument("--for", dest="target", choices=["nll", "ece"], default="nll",
                    help="fit for the validation NLL (the standard) or its ECE; default: %(default)s")
     p.add_argument("--data-dir", metavar="PATH", help="where the dataset is (default: as in training)")
@@ -362,7 +365,10 @@ def _calibrate_arguments(sub) -> None:
 def cmd_calibrate(args) -> int:
     from cifarkit.evaluate import calibrate_run
 
-    record = calibrate_run(args.run_dir, args.data_dir, args.target, args.device)
+    model = _model_arg(args)
+    if model is None:
+        raise CifarkitError("name the model to calibrate: cifarkit calibrate RUN_DIR (or --model RUN_DIR|FILE.pt)")
+    record = calibrate_run(model, args.data_dir, args.target, args.device)
     print(f"temperature {record['temperature']:.4f}, fitted for {record['fitted_for']} on {record['fitted_on']}: "
           f"validation ECE {record['val_ece']['before']:.4f} -> {record['val_ece']['after']:.4f}, NLL "
           f"{record['val_nll']['before']:.4f} -> {record['val_nll']['after']:.4f} | outlier score "

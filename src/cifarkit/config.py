@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from cifarkit.data.loader import AugmentConfig
 from cifarkit.data.preprocess import PreprocessConfig
@@ -37,6 +37,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_RECIPE = "elu-seed"
+S = TypeVar("S")
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes of TOML; more is not a recipe
 
 # Settings renamed since they were first written: old dotted key -> new one. A stored config (a run folder's, a
@@ -385,6 +386,16 @@ def validate(config: Config) -> Config:
 def config_from_dict(values: dict[str, Any]) -> Config:
     """A validated Config from plain data (a recipe after overrides, or a checkpoint's saved config)."""
     return validate(_build(Config, _renamed(values, None), ""))
+
+
+def stored_section(config: dict[str, Any], cls: type[S], name: str) -> S:
+    """One section of a run's stored config (a checkpoint's), built and range-checked alone: using a model reads
+    its data section and its model's spec, and never fails on a training setting this cifarkit reads otherwise
+    (a device this machine lacks, an option since renamed). A ConfigError names the setting."""
+    section = _build(cls, config.get(name, {}), f"{name}.")
+    for problem in range_problems(section, name):
+        raise ConfigError(problem)
+    return section
 
 
 def load_config(recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None) -> Config:

@@ -27,7 +27,7 @@ from cifarkit.files import (
     replace_folder,
 )
 from cifarkit.inference import TrainedModel
-from cifarkit.pretrained import load_model
+from cifarkit.pretrained import PRETRAINED, load_model
 from cifarkit.text import csv_text
 
 SPLITS = ("val", "test")
@@ -37,20 +37,20 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int) 
     return np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
 
 
-def compute_report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str],
-                   fine_to_coarse: list[int] | None = None, coarse_names: list[str] | None = None) -> dict:
+def compute_report(probabilities: np.ndarray, labels: np.ndarray, classes: list[str],
+                   fine_to_coarse: list[int] | None = None, superclasses: list[str] | None = None) -> dict:
     """Every figure of the report from the model's probabilities (N, C) and the true labels."""
-    n, classes = probabilities.shape
+    n, count = probabilities.shape
     predictions = probabilities.argmax(1)
-    top5 = np.argsort(-probabilities, axis=1)[:, : min(5, classes)]
+    top5 = np.argsort(-probabilities, axis=1)[:, : min(5, count)]
     correct = predictions == labels
     loss = float(-np.log(np.clip(probabilities[np.arange(n), labels], 1e-12, None)).mean())
-    matrix = confusion_matrix(labels, predictions, classes)
+    matrix = confusion_matrix(labels, predictions, count)
     per_class = matrix.diagonal() / np.maximum(matrix.sum(1), 1)
     off = matrix.copy()
     np.fill_diagonal(off, 0)
     pairs = np.dstack(np.unravel_index(np.argsort(-off, axis=None), off.shape))[0]
-    confused = [{"true": class_names[t], "predicted": class_names[p], "count": int(off[t, p])}
+    confused = [{"true": classes[t], "predicted": classes[p], "count": int(off[t, p])}
                 for t, p in pairs[:10] if off[t, p] > 0]
     ece, bins = expected_calibration_error(probabilities.max(1), correct)
     report = {
@@ -58,35 +58,35 @@ def compute_report(probabilities: np.ndarray, labels: np.ndarray, class_names: l
         "top1": float(correct.mean()),
         "top5": float((top5 == labels[:, None]).any(1).mean()),
         "loss": loss,
-        "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class, strict=True)},
+        "per_class_accuracy": {name: float(a) for name, a in zip(classes, per_class, strict=True)},
         "most_confused": confused,
         "calibration": {"ece": ece, "bins": bins},
         "confusion_matrix": matrix.tolist(),
     }
-    if fine_to_coarse is not None and coarse_names:
+    if fine_to_coarse is not None and superclasses:
         mapping = np.asarray(fine_to_coarse)
         true_coarse, predicted_coarse = mapping[labels], mapping[predictions]
-        coarse_matrix = confusion_matrix(true_coarse, predicted_coarse, len(coarse_names))
+        coarse_matrix = confusion_matrix(true_coarse, predicted_coarse, len(superclasses))
         report["superclass"] = {
             "top1": float((true_coarse == predicted_coarse).mean()),
             "per_class_accuracy": {name: float(a) for name, a in zip(
-                coarse_names, coarse_matrix.diagonal() / np.maximum(coarse_matrix.sum(1), 1), strict=True)},
+                superclasses, coarse_matrix.diagonal() / np.maximum(coarse_matrix.sum(1), 1), strict=True)},
         }
     return report
 
 
-def confusion_png(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
+def confusion_png(matrix: np.ndarray, classes: list[str], path: Path) -> None:
     from cifarkit.plots import pyplot, save_figure
 
     plt = pyplot()
-    size = max(6, len(class_names) * 0.16)
+    size = max(6, len(classes) * 0.16)
     fig, ax = plt.subplots(figsize=(size, size))
     normalized = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     image = ax.imshow(normalized, cmap="viridis", vmin=0, vmax=1)
-    ticks = np.arange(len(class_names))
-    fontsize = 8 if len(class_names) <= 20 else 4
-    ax.set_xticks(ticks, class_names, rotation=90, fontsize=fontsize)
-    ax.set_yticks(ticks, class_names, fontsize=fontsize)
+    ticks = np.arange(len(classes))
+    fontsize = 8 if len(classes) <= 20 else 4
+    ax.set_xticks(ticks, classes, rotation=90, fontsize=fontsize)
+    ax.set_yticks(ticks, classes, fontsize=fontsize)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
@@ -108,9 +108,9 @@ def reliability_png(bins: list[dict], ece: float, path: Path) -> None:
     save_figure(fig, path)
 
 
-def write_confusion_csv(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
-    rows = [["true \\ predicted", *class_names]]
-    rows += [[name, *row.tolist()] for name, row in zip(class_names, matrix, strict=True)]
+def write_confusion_csv(matrix: np.ndarray, classes: list[str], path: Path) -> None:
+    rows = [["true \\ predicted", *classes]]
+    rows += [[name, *row.tolist()] for name, row in zip(classes, matrix, strict=True)]
     atomic_write_bytes(path, csv_text(rows).encode())
 
 
@@ -131,18 +131,18 @@ def evaluate_checkpoint(checkpoint: str | Path | None, split: str = "test", tta:
                                          else trained.checkpoint.parent / f"eval-{view}")
     check_replaceable_folder(out, REPORT_KIND)
     check_writable_folder(out.parent, "the evaluation report")  # now, not after the whole evaluation
-    c = trained.config.data
+    c = trained.data
     data = load_dataset(c.dataset, data_dir or c.data_dir, download=c.download)
     if split == "test":
         images, labels = data.test_images, data.test_labels
     else:
-        index = split_for(data, trained.config.data).val
+        index = split_for(data, trained.data).val
         images, labels = data.train_images[index], data.train_labels[index]
     probabilities = trained.probabilities(to_device_images(images, device), tta=tta).numpy().astype(np.float64)
-    report = compute_report(probabilities, labels, trained.class_names, trained.fine_to_coarse, trained.coarse_names)
+    report = compute_report(probabilities, labels, trained.classes, trained.fine_to_coarse, trained.superclasses)
     report = {"checkpoint": str(trained.checkpoint), "checkpoint_sha256": trained.sha256, "step": trained.step,
               "temperature": trained.temperature,
-              "split": split, "tta": tta, **report, "config": trained.config.to_dict()}
+              "split": split, "tta": tta, **report, "config": trained.config}
 
     # every file is written into a staging folder beside OUT, which then replaces OUT as a whole
     staging = make_staging_folder(out.parent, out.name, REPORT_KIND)
@@ -159,15 +159,15 @@ def evaluate_checkpoint(checkpoint: str | Path | None, split: str = "test", tta:
 def _write_report_files(report: dict, probabilities: np.ndarray, images: np.ndarray, labels: np.ndarray,
                         trained: TrainedModel, out: Path, gallery_size: int) -> list[str]:
     matrix = np.asarray(report["confusion_matrix"])
-    write_confusion_csv(matrix, trained.class_names, out / "confusion.csv")
-    confusion_png(matrix, trained.class_names, out / "confusion.png")
+    write_confusion_csv(matrix, trained.classes, out / "confusion.csv")
+    confusion_png(matrix, trained.classes, out / "confusion.png")
     reliability_png(report["calibration"]["bins"], report["calibration"]["ece"], out / "reliability.png")
     predictions = probabilities.argmax(1)
     wrong = np.flatnonzero(predictions != labels)[:gallery_size]
     if len(wrong):
         from cifarkit.plots import image_grid
 
-        image_grid(images[wrong], [f"{trained.class_names[labels[i]]}\n→ {trained.class_names[predictions[i]]}"
+        image_grid(images[wrong], [f"{trained.classes[labels[i]]}\n→ {trained.classes[predictions[i]]}"
                                    for i in wrong], out / "misclassified.png", columns=6,
                    title="misclassified: true → predicted")
     atomic_write_bytes(out / "report.json", (json_text(report) + "\n").encode())
@@ -180,7 +180,7 @@ def split_logits(trained: TrainedModel, split: str, data_dir: str | None = None,
     validation split (held-out training images) or the test set."""
     from cifarkit.tta import predict_logits
 
-    c = trained.config.data
+    c = trained.data
     data = load_dataset(c.dataset, data_dir or c.data_dir, download=c.download)
     if split == "val":
         index = split_for(data, c).val
@@ -199,20 +199,6 @@ def _temperature_fits():
     from cifarkit.calibration import fit_temperature, fit_temperature_for_ece
 
     return {"nll": fit_temperature, "ece": fit_temperature_for_ece}
-
-
-def outlier_features(trained: TrainedModel, data_dir: str | None = None) -> dict[str, np.ndarray]:
-    """What the default outlier score is fitted on besides the validation logits: the features of the validation
-    split and of the training split (cifarkit.outlier.fit_record's `features` and `train_features`)."""
-    c = trained.config.data
-    data = load_dataset(c.dataset, data_dir or c.data_dir, download=c.download)
-    split = split_for(data, c)
-
-    def features(index: np.ndarray) -> np.ndarray:
-        pixels = torch.from_numpy(np.ascontiguousarray(data.train_images[index])).permute(0, 3, 1, 2)
-        return trained.features_and_logits(pixels)[0].numpy()
-
-    return {"features": features(split.val), "train_features": features(split.train)}
 
 
 def calibration_record(logits: torch.Tensor, labels: torch.Tensor, target: str = "nll",
@@ -239,23 +225,42 @@ def calibration_record(logits: torch.Tensor, labels: torch.Tensor, target: str =
                                                                         if features is None else features))}
 
 
-def calibrate_run(run: str | Path, data_dir: str | None = None, target: str = "nll", device: str = "cpu") -> dict:
-    """Fit a run's temperature on its validation split (held-out training images, never the test set), for the
-    NLL or the ECE (cifarkit.calibration), and its outlier threshold (cifarkit.outlier: the default score, 95% of
-    the split known), and write RUN/calibration.json for the checkpoint it fitted: predict, evaluate and export
-    then use both. Returns the record."""
-    from cifarkit.inference import CALIBRATION_FILE
+def calibrate_model(trained: TrainedModel, data_dir: str | None = None, target: str = "nll") -> dict:
+    """The calibration record of any trained model (calibration_record: its temperature and outlier threshold),
+    fitted on its validation split, never the test set. It reads the dataset once: one pass over the validation
+    split gives its features and logits together, a second the training split's features the default outlier
+    score is measured against (a model without features gets the max logit score, which needs none)."""
+    from cifarkit.features import HasFeatures
 
     if target not in _temperature_fits():
         raise ConfigError(f"--for must be one of {', '.join(_temperature_fits())}, got {target!r}")
-    run = Path(run)
-    if not run.is_dir():
-        raise ConfigError(f"{run} is not a run directory; calibrate the run a checkpoint belongs to")
-    trained = load_model(run, device)
-    folder = trained.checkpoint.parent
-    logits, labels = split_logits(trained, "val", data_dir, device)
-    record = {**calibration_record(logits, labels, target, outlier_features(trained, data_dir)),
-              "checkpoint": trained.checkpoint.name, "checkpoint_sha256": trained.sha256}
-    atomic_write_bytes(folder / CALIBRATION_FILE, (json_text(record) + "\n").encode())
-    record["file"] = str(folder / CALIBRATION_FILE)
-    return record
+    c = trained.data
+    data = load_dataset(c.dataset, data_dir or c.data_dir, download=c.download)
+    split = split_for(data, c)
+    labels = torch.from_numpy(data.train_labels[split.val]).long()
+
+    def pixels(index: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(data.train_images[index])).permute(0, 3, 1, 2)
+
+    if not isinstance(trained.model, HasFeatures):
+        return calibration_record(trained.logits(pixels(split.val)).double(), labels, target)
+    val_features, logits = trained.features_and_logits(pixels(split.val))
+    features = {"features": val_features.numpy(), "train_features": trained.features(pixels(split.train)).numpy()}
+    return calibration_record(logits.double(), labels, target, features)
+
+
+def calibrate_run(model: str | Path, data_dir: str | None = None, target: str = "nll", device: str = "cpu") -> dict:
+    """Fit the temperature and outlier threshold of a run's best checkpoint (or of one checkpoint file) with
+    calibrate_model, and write calibration.json beside it for exactly that checkpoint (its sha256): predict,
+    evaluate and export then use both. Returns the record and the file written ("file")."""
+    from cifarkit.inference import CALIBRATION_FILE
+
+    if str(model) in PRETRAINED and not Path(model).exists():
+        raise ConfigError(f"{model} is a shipped model, calibrated when it was packaged (`cifarkit models` shows "
+                          "its figures); calibrate a run folder or a checkpoint file you trained")
+    trained = load_model(model, device)
+    record = {**calibrate_model(trained, data_dir, target), "checkpoint": trained.checkpoint.name,
+              "checkpoint_sha256": trained.sha256}
+    path = trained.checkpoint.parent / CALIBRATION_FILE
+    atomic_write_bytes(path, (json_text(record) + "\n").encode())
+    return {**record, "file": str(path)}

@@ -156,7 +156,7 @@ def real_check_images(trained: TrainedModel, count: int = 64, data_dir: str | No
     from cifarkit.data import load_dataset
     from cifarkit.errors import DatasetError
 
-    c = trained.config.data
+    c = trained.data
     try:
         return load_dataset(c.dataset, data_dir or c.data_dir, download=False).test_images[:count]
     except DatasetError:
@@ -167,7 +167,7 @@ def _dataset_for_int8(trained: TrainedModel, data_dir: str | None):
     from cifarkit.data import load_dataset
     from cifarkit.errors import DatasetError
 
-    c = trained.config.data
+    c = trained.data
     try:
         return load_dataset(c.dataset, data_dir or c.data_dir, download=False)
     except DatasetError as e:
@@ -353,16 +353,16 @@ def _metadata(trained: TrainedModel, module: InferenceGraph, parity: dict, outpu
     metadata = {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
-        "model": trained.config.model.name,
-        "dataset": trained.config.data.dataset,
-        "classes": trained.class_names,
-        "superclasses": trained.coarse_names or None,
+        "model": trained.model_spec.name,
+        "dataset": trained.data.dataset,
+        "classes": trained.classes,
+        "superclasses": trained.superclasses or None,
         "fine_to_coarse": trained.fine_to_coarse,
         "input": {"name": "pixels", "dtype": "uint8", "shape": ["batch", SIZE, SIZE, 3], "layout": "NHWC",
                   "channels": "RGB", "range": [0, 255],
                   "resize": "whole picture to 32x32, PIL bilinear (antialiased); EXIF orientation applied; "
                             "alpha composited onto white"},
-        "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(trained.class_names)]},
+        "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(trained.classes)]},
         "preprocess": trained.preprocess.to_state()["config"],
         "temperature": trained.temperature,
         "source_checkpoint": trained.name if trained.pretrained else str(trained.checkpoint),

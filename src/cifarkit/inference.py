@@ -15,10 +15,12 @@ from torch import nn
 
 from cifarkit.bundle import ModelBundle
 from cifarkit.checkpoints import file_sha256, load_checkpoint, resolve_checkpoint
-from cifarkit.config import Config, config_from_dict
+from cifarkit.config import stored_section
 from cifarkit.data.preprocess import Preprocess
+from cifarkit.data.split import DataConfig
 from cifarkit.errors import CheckpointError, CifarkitError, non_finite_model
 from cifarkit.models import create_model
+from cifarkit.models.registry import ModelConfig
 from cifarkit.tta import predict_logits
 
 
@@ -26,9 +28,11 @@ from cifarkit.tta import predict_logits
 class TrainedModel:
     model: nn.Module  # in eval mode
     preprocess: Preprocess
-    config: Config
-    class_names: list[str]
-    coarse_names: list[str]
+    config: dict  # the run's config as it trained (reports quote it; using the model reads `data` and `model_spec`)
+    data: DataConfig  # which dataset and which validation split the model was trained and calibrated on
+    model_spec: ModelConfig  # the network's registered name and options
+    classes: list[str]
+    superclasses: list[str]
     fine_to_coarse: list[int] | None
     checkpoint: Path
     sha256: str
@@ -49,7 +53,7 @@ class TrainedModel:
         out = [predict_logits(self.model, self.preprocess(images_nchw_uint8[start : start + batch_size].to(device)),
                               tta).float().cpu()
                for start in range(0, len(images_nchw_uint8), batch_size)]
-        return self.logits_are_finite(torch.cat(out) if out else torch.empty(0, len(self.class_names)))
+        return self.logits_are_finite(torch.cat(out) if out else torch.empty(0, len(self.classes)))
 
     def logits_are_finite(self, logits: torch.Tensor) -> torch.Tensor:
         """`logits`, or the refusal of a model whose outputs are not finite."""
@@ -102,7 +106,7 @@ class TrainedModel:
             features.append(f.float().cpu())
             logits.append(model.classify(f).float().cpu())
         if not features:
-            return torch.empty(0, 0), torch.empty(0, len(self.class_names))
+            return torch.empty(0, 0), torch.empty(0, len(self.classes))
         return torch.cat(features), torch.cat(logits)
 
     @property
@@ -142,12 +146,12 @@ class TrainedModel:
 
     def superclass_of(self, index: int) -> str | None:
         """The superclass of class `index`, for models that have them (CIFAR-100); None otherwise."""
-        if self.fine_to_coarse is None or not self.coarse_names:
+        if self.fine_to_coarse is None or not self.superclasses:
             return None
-        return self.coarse_names[self.fine_to_coarse[index]]
+        return self.superclasses[self.fine_to_coarse[index]]
 
     def _ranked(self, index: int, probability: float) -> dict:
-        item = {"label": self.class_names[index], "score": float(probability)}
+        item = {"label": self.classes[index], "score": float(probability)}
         superclass = self.superclass_of(index)
         if superclass is not None:
             item["superclass"] = superclass
@@ -230,17 +234,18 @@ def trained_model_from_bundle(bundle: ModelBundle, source: Path, sha256: str, de
 
     device = resolve_device(device) if isinstance(device, str) else device  # a bad name is a one-line error
     try:
-        config = config_from_dict(bundle.config)
-        model = create_model(config.model.name, len(bundle.class_names), **config.model.kwargs)
+        spec = ModelConfig(name=bundle.model_spec["name"], kwargs=bundle.model_spec["kwargs"])
+        data = stored_section(bundle.config, DataConfig, "data")
+        model = create_model(spec.name, len(bundle.classes), **spec.kwargs)
         model.load_state_dict(bundle.model)
         preprocess = Preprocess.from_state(bundle.preprocess)
     except (KeyError, RuntimeError, TypeError, ValueError, CifarkitError) as e:
-        raise CheckpointError(f"{source} does not match the model its config names ({e})") from None
+        raise CheckpointError(f"{source} does not match the model it names ({e})") from None
     model.to(device).eval()
     preprocess.to(device)
     return TrainedModel(
-        model=model, preprocess=preprocess, config=config, class_names=bundle.class_names,
-        coarse_names=bundle.coarse_names, fine_to_coarse=bundle.fine_to_coarse, checkpoint=source, sha256=sha256,
+        model=model, preprocess=preprocess, config=bundle.config, data=data, model_spec=spec, classes=bundle.classes,
+        superclasses=bundle.superclasses, fine_to_coarse=bundle.fine_to_coarse, checkpoint=source, sha256=sha256,
         step=bundle.step, val=bundle.val, name=name or str(source), pretrained=name is not None,
         temperature=bundle.temperature, outlier=bundle.outlier,
     )

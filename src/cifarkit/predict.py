@@ -79,10 +79,10 @@ def iter_predictions(model: str | Path | None, paths: list[str | Path], top_k: i
         elif images:
             indices, values, _, outlier = predict_arrays(trained, np.stack(images), top_k, tta, with_outlier=True)
             for row, i in enumerate(ok):
-                results[i].classes = [(trained.class_names[c], float(p))
+                results[i].classes = [(trained.classes[c], float(p))
                                       for c, p in zip(indices[row], values[row], strict=True)]
                 results[i].superclass = trained.superclass_of(indices[row][0])
-                results[i].classes_count = len(trained.class_names)
+                results[i].classes_count = len(trained.classes)
                 if outlier is not None:
                     results[i].outlier_score = float(outlier[row])
                     results[i].known = bool(outlier[row] <= trained.outlier["threshold"])

@@ -73,7 +73,7 @@ def write_samples(model_json: dict, folder: Path, count: int, data_dir: str | No
     for i in order.tolist():
         name = f"test-{i:04d}.png"
         Image.fromarray(data.test_images[i]).save(folder / name)
-        index.append({"file": name, "label": data.class_names[data.test_labels[i]]})
+        index.append({"file": name, "label": data.classes[data.test_labels[i]]})
     (folder / "index.json").write_text(json_text(index, indent=None))
     return len(index)
 

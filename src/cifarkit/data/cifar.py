@@ -25,10 +25,10 @@ class CifarData:
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
-    class_names: list[str]
+    classes: list[str]
     source: Path
     source_description: str = ""
-    coarse_names: list[str] = field(default_factory=list)
+    superclasses: list[str] = field(default_factory=list)
     train_coarse: np.ndarray | None = None
     test_coarse: np.ndarray | None = None
 
@@ -110,13 +110,13 @@ def read_folder(folder: Path, spec: DatasetSpec) -> CifarData:
         train_labels=train_labels,
         test_images=np.ascontiguousarray(test_images),
         test_labels=test_labels,
-        class_names=_names(meta, spec.names_key, spec.num_classes, meta_path),
+        classes=_names(meta, spec.names_key, spec.num_classes, meta_path),
         source=folder,
     )
     if spec.coarse_label_key is not None:
         data.train_coarse = np.concatenate([p[2] for p in parts])
         data.test_coarse = test_coarse
-        data.coarse_names = _names(meta, spec.coarse_names_key, spec.num_coarse, meta_path)
+        data.superclasses = _names(meta, spec.superclasses_key, spec.num_coarse, meta_path)
         _check_coarse_consistent(data)
     return data
 
@@ -124,7 +124,7 @@ def read_folder(folder: Path, spec: DatasetSpec) -> CifarData:
 def _check_coarse_consistent(data: CifarData) -> None:
     missing = sorted(set(range(data.spec.num_classes)) - set(np.unique(data.train_labels).tolist()))
     if missing:
-        names = ", ".join(data.class_names[i] for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        names = ", ".join(data.classes[i] for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise DatasetError(f"{data.source}: the training files hold no image of {len(missing)} of the "
                            f"{data.spec.num_classes} classes ({names}); the official files hold 500 of each. "
                            "Use the complete official files")

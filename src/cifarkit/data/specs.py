@@ -24,7 +24,7 @@ class DatasetSpec:
     test_size: int
     default_val_per_class: int
     coarse_label_key: bytes | None = None
-    coarse_names_key: bytes | None = None
+    superclasses_key: bytes | None = None
     num_coarse: int = 0
 
     @property
@@ -59,7 +59,7 @@ DATASETS: dict[str, DatasetSpec] = {
         test_size=10_000,
         default_val_per_class=50,
         coarse_label_key=b"coarse_labels",
-        coarse_names_key=b"coarse_label_names",
+        superclasses_key=b"coarse_label_names",
         num_coarse=20,
     ),
     "cifar10": DatasetSpec(

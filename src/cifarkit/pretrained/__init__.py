@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from cifarkit.bundle import ModelBundle
+from cifarkit.checkpoints import current_names
 from cifarkit.errors import CheckpointError, CifarkitError
 from cifarkit.files import json_text, read_bounded
 from cifarkit.inference import TrainedModel, load_trained_model, trained_model_from_bundle
@@ -86,8 +87,10 @@ def _verified_bytes(path: Path, expected: str, what: str) -> bytes:
 
 
 def read_card(name: str) -> dict:
+    """The shipped model's verified card, its fields under today's names (a card packaged before the one
+    vocabulary spells two of them otherwise: cifarkit.checkpoints.current_names)."""
     spec = _spec(name)
-    return json.loads(_verified_bytes(shipped_file(spec.card_file), spec.card_sha256, "model card"))
+    return current_names(json.loads(_verified_bytes(shipped_file(spec.card_file), spec.card_sha256, "model card")))
 
 
 def load_pretrained(name: str = DEFAULT_PRETRAINED, device: str | torch.device = "cpu"):
@@ -101,10 +104,11 @@ def load_pretrained(name: str = DEFAULT_PRETRAINED, device: str | torch.device =
     model_state = {k.removeprefix("model."): v.float() if v.is_floating_point() else v
                    for k, v in tensors.items() if k.startswith("model.")}
     preprocess_tensors = {k.removeprefix("preprocess."): v for k, v in tensors.items() if k.startswith("preprocess.")}
+    fields = {key: card[key] for key in ("config", "model_spec", "classes", "superclasses", "fine_to_coarse")
+              if key in card}  # the bundle's own fields, under its own names
     try:
         bundle = ModelBundle.from_state({
-            "config": card["config"], "model": model_state, "class_names": card["class_names"],
-            "coarse_names": card.get("coarse_names"), "fine_to_coarse": card.get("fine_to_coarse"),
+            **fields, "model": model_state,
             "preprocess": {"config": card["preprocess"], "tensors": preprocess_tensors},
             "step": card["training"]["steps"], "val": card["metrics"].get("val") or {},
             "temperature": (card.get("calibration") or {}).get("temperature", 1.0),
@@ -145,7 +149,7 @@ def package_checkpoint(checkpoint: str | Path, out_dir: str | Path, name: str, c
     weights = save_safetensors(tensors, metadata={"format": f"cifarkit-pretrained:{name}"})
     card = {
         "name": name, "format": "cifarkit-pretrained", "config": bundle.config,
-        "class_names": bundle.class_names, "coarse_names": bundle.coarse_names,
+        "model_spec": bundle.model_spec, "classes": bundle.classes, "superclasses": bundle.superclasses,
         "fine_to_coarse": bundle.fine_to_coarse, "preprocess": bundle.preprocess["config"],
         "parameters": int(sum(v.numel() for k, v in bundle.model.items()
                               if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))),

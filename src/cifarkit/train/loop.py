@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cifarkit.bundle import ModelBundle
+from cifarkit.bundle import ModelBundle, model_spec_of
 from cifarkit.config import Config
 from cifarkit.data.loader import DeviceLoader, eval_batches, resize_for_step
 from cifarkit.data.mixing import accuracy_labels, mixing_at, training_loss
@@ -111,11 +111,12 @@ class Trainer:
     def payload(self, val: dict | None) -> dict:
         """A checkpoint: the model bundle (what using the model needs) and what resuming needs besides."""
         run, data = self.run, self.run.prepared.data
+        config = self.config.to_dict()
         bundle = ModelBundle(
-            config=self.config.to_dict(), step=self.step,
+            config=config, model_spec=model_spec_of(config), step=self.step,
             model=self.eval_model().state_dict(),  # the weights that are validated and used afterwards
-            preprocess=run.prepared.preprocess.to_state(), class_names=data.class_names,
-            coarse_names=data.coarse_names,
+            preprocess=run.prepared.preprocess.to_state(), classes=data.classes,
+            superclasses=data.superclasses,
             fine_to_coarse=None if data.fine_to_coarse is None else data.fine_to_coarse.tolist(), val=val or {})
         return {
             **bundle.to_state(),
