@@ -137,3 +137,25 @@ def test_no_function_is_longer_than_60_lines():
                   if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
                   and node.end_lineno - node.lineno + 1 > 60)
     assert not long, long
+
+
+def test_one_vocabulary_from_the_bundle_to_the_export():
+    """What a model file holds is spelled one way from the training checkpoint to TypeScript: every field of the
+    model bundle that the export carries has the same name in the export schema (which the TypeScript ModelInfo
+    is tested against field by field, web/packages/classify/test/schema.test.ts), and a model in use
+    (TrainedModel) answers to the same names. Older spellings live only in checkpoints.LEGACY_NAMES."""
+    import dataclasses
+
+    from cifarkit.bundle import ModelBundle
+    from cifarkit.checkpoints import FIELDS, LEGACY_NAMES
+    from cifarkit.export_metadata import export_schema
+    from cifarkit.inference import TrainedModel
+
+    bundle = {f.name for f in dataclasses.fields(ModelBundle)}
+    exported = {"classes", "superclasses", "fine_to_coarse", "temperature", "outlier", "step", "val"}
+    assert exported <= bundle & set(export_schema()["properties"])
+    assert exported <= {f.name for f in dataclasses.fields(TrainedModel)}
+    assert bundle <= set(FIELDS)  # every bundle field is checked when a checkpoint is read
+    assert not set(LEGACY_NAMES) & (bundle | set(FIELDS)) and set(LEGACY_NAMES.values()) <= bundle
+    sources = "".join(path.read_text() for name, path in MODULES.items() if name != "cifarkit.checkpoints")
+    assert not any(old in sources for old in LEGACY_NAMES)  # no module past the reader knows the old names
