@@ -3,6 +3,7 @@ parameter split and the translation of airbench94_muon's summed-loss settings, a
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import pytest
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from cifarkit.config import load_config
 from cifarkit.errors import ConfigError
 from cifarkit.models import create_model
-from cifarkit.optim import build_optimizer, scaled_lr, set_lr
+from cifarkit.optim import build_optimizer, muon_parameter_groups, scaled_lr, set_lr
 from cifarkit.optim.muon import MuonSGD, orthogonalize
 
 
@@ -95,13 +96,27 @@ def test_the_sgd_half_matches_airbench94_muon_summed_loss_step():
     """airbench94_muon: SGD on the summed loss, lr 0.67 (head) and 0.053 (biases), weight_decay 2e-6*B / lr, so
     a step is -lr*(B * mean_grad) - 2e-6*B*w. Ours: mean loss with the recipe's rates at the same batch."""
     c = load_config("fast10-muon").optim
+    assert (c.lr, c.bias_lr, c.muon_lr) == (0.67, 0.053, 0.24)  # the recipe writes its rates as airbench94_muon does
     batch = 2000
+    lr = scaled_lr(c, batch)
     w, mean_grad = torch.randn(10, 256), torch.randn(10, 256)
-    for their_lr, our_lr, our_decay in ((0.67, c.lr, c.weight_decay),
-                                        (0.053, c.lr * c.norm_lr_scale, c.norm_weight_decay)):
+    for their_lr, our_lr, our_decay in ((0.67, lr, c.weight_decay),
+                                        (0.053, lr * c.bias_lr_scale, c.norm_weight_decay)):
         theirs = -their_lr * (batch * mean_grad + (2e-6 * batch / their_lr) * w)
         ours = -our_lr * (mean_grad + our_decay * w)
         torch.testing.assert_close(ours, theirs, rtol=2e-3, atol=1e-6)
+
+
+def test_an_absolute_bias_rate_is_the_same_optimizer_as_its_ratio():
+    """optim.bias_lr (the rate itself, as the anchors write it) builds the groups optim.norm_lr_scale (the rate as a
+    multiple of optim.lr) did, and the two together are refused."""
+    model = create_model("airbench", 10, widths=[8, 16, 16])
+    absolute = load_config("fast10-muon").optim
+    ratio = dataclasses.replace(absolute, bias_lr=None, norm_lr_scale=0.053 / 0.67)
+    rates = [{g["name"]: g["lr_scale"] for g in muon_parameter_groups(model, c, 2000)} for c in (absolute, ratio)]
+    assert rates[0] == pytest.approx(rates[1], rel=1e-12)
+    with pytest.raises(ConfigError, match="leave optim.norm_lr_scale at 1"):
+        load_config("fast10-muon", ["optim.norm_lr_scale=2"])
 
 
 def test_muon_refuses_keras_l2_when_the_config_is_loaded():

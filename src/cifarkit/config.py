@@ -44,6 +44,9 @@ MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes of TOML; more is n
 # checkpoint's, a shipped model's) is read as it is; a recipe or a --set that spells the old name still works and
 # says so on stderr.
 RENAMED = {"schedule.lr": "schedule.name"}
+# Settings added since experiments were first fingerprinted, and the value that computes what a config without
+# them did: an experiment's digest leaves them out at that value, so adding a setting never renames a sweep.
+ADDED = {"optim.bias_lr": None}
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -348,6 +351,9 @@ def _check_across(config: Config) -> None:
     if config.schedule.lr_factors and len(config.schedule.lr_factors) != len(config.schedule.milestones):
         raise ConfigError(f"schedule.lr_factors needs one factor per milestone ({len(config.schedule.milestones)}), "
                           f"got {len(config.schedule.lr_factors)}")
+    if config.optim.bias_lr is not None and (config.optim.norm_lr_scale != 1.0 or config.optim.lr <= 0):
+        raise ConfigError("optim.bias_lr gives the biases' rate itself: leave optim.norm_lr_scale at 1 (it is the same "
+                          "rate as a multiple of optim.lr), and give optim.lr > 0")
     if config.optim.nesterov and config.optim.momentum <= 0:
         raise ConfigError("optim.nesterov needs optim.momentum > 0")
     if config.optim.name == "muon" and (config.optim.l2 or config.optim.l2_first_layer):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifarkit.config import PLACE_SETTINGS, RENAMED, Config
+from cifarkit.config import ADDED, PLACE_SETTINGS, RENAMED, Config
 from cifarkit.experiments.spec import Axis, Variant, grid, parse_vary, resolve_variants
 from cifarkit.experiments.study import ExperimentError, default_storage, masked, open_storage, requeue, run_queue
 from cifarkit.files import atomic_write_text, json_text, read_json
@@ -32,6 +32,10 @@ def fingerprint(configs: list[Config], extra: object) -> str:
         for setting in PLACE_SETTINGS:  # workers may differ in where and how their runs are kept
             section, key = setting.split(".")
             values[section].pop(key, None)
+        for setting, before in ADDED.items():  # not there before: an experiment begun earlier keeps its digest
+            section, key = setting.split(".")
+            if values[section].get(key, before) == before:
+                values[section].pop(key, None)
         for old, new in RENAMED.items():  # the old spelling: an experiment begun before a rename keeps its digest
             (section, old_key), new_key = old.split("."), new.split(".", 1)[1]
             values[section][old_key] = values[section].pop(new_key)

@@ -39,6 +39,9 @@ class OptimConfig:
     weight_decay: float = setting(0.0, check=at_least_below(0, 1))
     # learning-rate multiplier for biases and normalization parameters
     norm_lr_scale: float = setting(1.0, check=between(0, 1e4))
+    # or their rate itself, as the anchors write it (airbench94_muon's bias_lr = 0.053): in optim.lr's units, scaled
+    # with the batch as optim.lr is; None: lr x norm_lr_scale
+    bias_lr: float | None = setting(None, check=optional(between(0, 1e30)))
     # PyTorch-style decay on biases and normalization parameters
     norm_weight_decay: float = setting(0.0, check=at_least_below(0, 1))
     label_smoothing: float = setting(0.0, check=within(0, 1))
@@ -63,6 +66,11 @@ class OptimConfig:
     # learning-rate multiplier of the normalization layers' shifts (BatchNorm biases) relative to the other
     # biases and norms (the record's BN-shift rate x 8); 1: one rate for the group
     norm_shift_lr_scale: float = setting(1.0, check=between(0, 1e4))
+
+    @property
+    def bias_lr_scale(self) -> float:
+        """The biases' and normalization parameters' rate relative to optim.lr, however the recipe wrote it."""
+        return self.norm_lr_scale if self.bias_lr is None else self.bias_lr / self.lr
 
 
 def _trainable_parameters(model: nn.Module):
@@ -115,7 +123,7 @@ def muon_parameter_groups(model: nn.Module, config: OptimConfig, batch_size: int
     """airbench94_muon's split: every trainable 4-D filter bank takes Muon steps at `optim.muon_lr` (not scaled
     with the batch: a Muon step has a fixed size whatever the gradient's scale); other kernels (the linear head)
     take SGD at `optim.lr` with `optim.weight_decay` (or Muon steps, with `optim.muon_head`); biases,
-    normalization parameters and the whitening bias take SGD at `optim.norm_lr_scale` x lr with
+    normalization parameters and the whitening bias take SGD at `optim.bias_lr` (or norm_lr_scale x lr) with
     `optim.norm_weight_decay`, the normalization shifts `optim.norm_shift_lr_scale` times that. Every rate
     follows the schedule."""
     base_lr = scaled_lr(config, batch_size) if batch_size else config.lr
@@ -136,9 +144,9 @@ def muon_parameter_groups(model: nn.Module, config: OptimConfig, batch_size: int
          "weight_decay": config.muon_weight_decay},
         {"params": kernels, "name": "kernels", "weight_decay": config.weight_decay, "lr_scale": 1.0},
         {"params": others, "name": "biases_and_norms", "weight_decay": config.norm_weight_decay,
-         "lr_scale": config.norm_lr_scale},
+         "lr_scale": config.bias_lr_scale},
         {"params": shifts, "name": "norm_shifts", "weight_decay": config.norm_weight_decay,
-         "lr_scale": config.norm_lr_scale * config.norm_shift_lr_scale},
+         "lr_scale": config.bias_lr_scale * config.norm_shift_lr_scale},
     ]
     return [g for g in groups if g["params"]]
 
@@ -156,7 +164,7 @@ def set_muon_momentum(optimizer: torch.optim.Optimizer, step: int, total_steps: 
 
 
 def _sgd(model: nn.Module, c: OptimConfig, batch_size: int | None) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, c.l2, c.l2_first_layer, c.weight_decay, c.norm_lr_scale, c.norm_weight_decay)
+    groups = parameter_groups(model, c.l2, c.l2_first_layer, c.weight_decay, c.bias_lr_scale, c.norm_weight_decay)
     return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
 
 
