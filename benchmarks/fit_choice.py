@@ -24,7 +24,8 @@ from cifarkit.data import load_dataset
 from cifarkit.device import describe_cpu
 from cifarkit.images import fit_and_resize
 from cifarkit.inference import predict_arrays
-from cifarkit.pretrained import DEFAULT_PRETRAINED, load_model
+from cifarkit.loading import load_model
+from cifarkit.pretrained import DEFAULT_PRETRAINED
 
 ASPECTS = {"4:3": (4, 3), "16:9": (16, 9), "3:4": (3, 4)}
 SCALE = 3  # a 32x32 object becomes 96 pixels across: a small photo

@@ -28,6 +28,7 @@ import numpy as np
 from cifarkit.data import load_dataset
 from cifarkit.data.split import split_for
 from cifarkit.device import describe_cpu
+from cifarkit.loading import load_model
 from cifarkit.outlier import (
     COMBINED,
     SCORES,
@@ -39,7 +40,7 @@ from cifarkit.outlier import (
     score,
     threshold_keeping,
 )
-from cifarkit.pretrained import DEFAULT_PRETRAINED, load_model
+from cifarkit.pretrained import DEFAULT_PRETRAINED
 
 FAR_KNOWN_AT_MOST = 0.05  # a chosen score calls at most this share of each noise or blob set `known`
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from cifarkit.export import PixelsToProbabilities, export_onnx, make_session, real_check_images
-from cifarkit.pretrained import load_model
+from cifarkit.loading import load_model
 from cifarkit.train.projection import matmul_flops, multiply_adds_per_image
 
 

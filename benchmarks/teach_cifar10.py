@@ -24,8 +24,9 @@ import torch
 
 from cifarkit.data import load_dataset
 from cifarkit.device import describe_cpu
+from cifarkit.loading import load_model
 from cifarkit.outlier import features_and_logits
-from cifarkit.pretrained import DEFAULT_PRETRAINED, load_model
+from cifarkit.pretrained import DEFAULT_PRETRAINED
 from cifarkit.teach import fit_head, head_probabilities
 
 TEACH_JS = Path(__file__).resolve().parents[1] / "web" / "packages" / "classify" / "dist" / "teach.js"

@@ -24,7 +24,7 @@ from PIL import Image
 
 from cifarkit.export import make_session, real_check_images
 from cifarkit.images import as_model_pixels
-from cifarkit.pretrained import load_model
+from cifarkit.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "web" / "packages" / "classify"

@@ -124,7 +124,7 @@ WEB_MODEL_LIMIT = 10 * 2**20  # what the page and @cifarkit/classify ship
 def _test_logits_and_labels(name: str, data_dir: str):
     """The shipped model's single-view logits (before any temperature) on the test set."""
     from cifarkit.evaluate import split_logits
-    from cifarkit.pretrained import load_model
+    from cifarkit.loading import load_model
 
     return split_logits(load_model(name), "test", data_dir)
 
@@ -139,7 +139,7 @@ def calibrate(name: str, data_dir: str, target: str = "nll") -> dict:
     """The library's calibration record (cifarkit.evaluate.calibrate_model: the temperature, its figures and the
     outlier threshold) of the shipped weights, fitted on the run's validation split, never the test set."""
     from cifarkit.evaluate import calibrate_model
-    from cifarkit.pretrained import load_model
+    from cifarkit.loading import load_model
 
     fitted = calibrate_model(load_model(name), data_dir, target)
     print(f"temperature {fitted['temperature']:.4f} (validation ECE {fitted['val_ece']['before']:.4f} -> "

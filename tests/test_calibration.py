@@ -44,7 +44,7 @@ def test_what_cannot_calibrate_is_refused_not_answered_with_a_bound(case, messag
 
 
 def test_a_models_temperature_divides_its_logits(trained_run):
-    from cifarkit.pretrained import load_model
+    from cifarkit.loading import load_model
     from cifarkit.tta import predict_logits
 
     trained = load_model(trained_run)
@@ -59,7 +59,7 @@ def test_the_export_bakes_the_temperature_into_the_graph(trained_run, tmp_path):
     pytest.importorskip("onnxruntime")
     from cifarkit.checkpoints import load_checkpoint
     from cifarkit.export import export_onnx, run_onnx
-    from cifarkit.pretrained import load_model
+    from cifarkit.loading import load_model
 
     state = load_checkpoint(trained_run / "best.pt")
     state["temperature"] = 3.0
@@ -97,7 +97,7 @@ def test_cifarkit_calibrate_fits_a_runs_temperature_that_predict_and_export_then
     import shutil
 
     from cifarkit.cli import main
-    from cifarkit.pretrained import load_model
+    from cifarkit.loading import load_model
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

@@ -90,8 +90,8 @@ def colour_wheel(path: Path, size: int = 256) -> Path:
 
 
 def test_node_library_matches_cifarkit_predict(pictures):
+    from cifarkit.loading import load_pretrained
     from cifarkit.predict import format_predictions, predict_files
-    from cifarkit.pretrained import load_pretrained
 
     threshold = load_pretrained().outlier["threshold"]
 

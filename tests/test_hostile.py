@@ -272,7 +272,7 @@ def test_crafted_checkpoint_fields_are_refused_by_name(trained_run, tmp_path, fi
     import torch
 
     from cifarkit.checkpoints import load_checkpoint
-    from cifarkit.pretrained import load_model
+    from cifarkit.loading import load_model
 
     state = load_checkpoint(trained_run / "best.pt")
     state[field] = value

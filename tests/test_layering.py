@@ -79,8 +79,8 @@ def _below(module: str, forbidden: tuple[str, ...]) -> list[str]:
 
 
 ABOVE_DATA_AND_MODELS = ("cifarkit.config", "cifarkit.train", "cifarkit.experiments", "cifarkit.inference",
-                         "cifarkit.pretrained", "cifarkit.evaluate", "cifarkit.predict", "cifarkit.export",
-                         "cifarkit.serve", "cifarkit.cli", "cifarkit.optim", "cifarkit.schedules")
+                         "cifarkit.loading", "cifarkit.pretrained", "cifarkit.evaluate", "cifarkit.predict",
+                         "cifarkit.export", "cifarkit.serve", "cifarkit.cli", "cifarkit.optim", "cifarkit.schedules")
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(("cifarkit.data", "cifarkit.models"))))
@@ -93,7 +93,7 @@ def test_training_does_not_import_the_experiments(module):
     assert not _below(module, ("cifarkit.experiments", "cifarkit.cli"))
 
 
-@pytest.mark.parametrize("module", ["cifarkit.inference", "cifarkit.pretrained", "cifarkit.predict",
+@pytest.mark.parametrize("module", ["cifarkit.inference", "cifarkit.loading", "cifarkit.pretrained", "cifarkit.predict",
                                     "cifarkit.evaluate", "cifarkit.export", "cifarkit.serve", "cifarkit.images"])
 def test_using_a_model_imports_no_training_module(module):
     assert not _below(module, ("cifarkit.train", "cifarkit.experiments", "cifarkit.cli"))
@@ -128,6 +128,14 @@ def test_the_graph_was_read():
     assert "cifarkit.optim" in GRAPH["cifarkit.config"]
     assert "cifarkit.train.loop" in _reachable("cifarkit.cli")
     assert "cifarkit.pretrained" in _reachable("cifarkit.predict")
+
+
+def test_one_module_loads_a_model():
+    """cifarkit.loading is the one way from a source (shipped name, run folder, checkpoint) to a model in use:
+    everything that uses a model reaches it, and the shipped-model registry below it only reads files."""
+    for user in ("cifarkit.predict", "cifarkit.evaluate", "cifarkit.export", "cifarkit.teach"):
+        assert "cifarkit.loading" in GRAPH[user], user
+    assert not _below("cifarkit.pretrained", ("cifarkit.inference", "cifarkit.loading"))
 
 
 def test_no_function_is_longer_than_60_lines():

@@ -108,7 +108,7 @@ def test_the_stored_score_is_either_the_max_logit_or_the_knn_distance_saying_out
 def test_a_checkpoint_with_a_tampered_outlier_record_is_refused(trained_run, tmp_path):
     from cifarkit.checkpoints import load_checkpoint
     from cifarkit.errors import CheckpointError
-    from cifarkit.pretrained import load_model
+    from cifarkit.loading import load_model
 
     state = load_checkpoint(trained_run / "best.pt")
     state["outlier"] = {"score": "max_logit", "threshold": "high"}
@@ -119,8 +119,8 @@ def test_a_checkpoint_with_a_tampered_outlier_record_is_refused(trained_run, tmp
 
 def test_calibrate_fits_the_outlier_threshold_that_predict_then_uses(trained_run, tmp_path, fake_root):
     from cifarkit.evaluate import calibrate_run
+    from cifarkit.loading import load_model
     from cifarkit.predict import format_predictions, predict_files
-    from cifarkit.pretrained import load_model
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -154,7 +154,7 @@ def test_the_export_outputs_features_and_outlier_score_from_one_pass(trained_run
     from cifarkit.evaluate import calibrate_run
     from cifarkit.export import export_onnx, run_onnx_outputs
     from cifarkit.export_metadata import metadata_problems
-    from cifarkit.pretrained import load_model
+    from cifarkit.loading import load_model
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -176,7 +176,7 @@ def test_the_export_outputs_features_and_outlier_score_from_one_pass(trained_run
 
 def test_features_fingerprint_names_the_feature_extractor(trained_run):
     from cifarkit.features import feature_fingerprint, head_parameter_names
-    from cifarkit.pretrained import load_model
+    from cifarkit.loading import load_model
 
     trained = load_model(trained_run)
     assert head_parameter_names(trained.model)  # the classifier's weights, found without naming them
@@ -212,7 +212,7 @@ SHIPPED_TEST_AUROC = 0.7634
 @pytest.mark.parametrize("count", [3000])
 def test_the_shipped_score_separates_cifar100_from_cifar10_at_the_reported_auroc(real_cifar100, real_cifar10, count):
     from cifarkit.data import load_dataset
-    from cifarkit.pretrained import load_pretrained
+    from cifarkit.loading import load_pretrained
 
     trained = load_pretrained()
     inside_images = load_dataset("cifar100", real_cifar100, download=False).test_images[:count]

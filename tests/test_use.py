@@ -16,7 +16,7 @@ from cifarkit.data import load_dataset
 from cifarkit.errors import CheckpointError, ImageError
 from cifarkit.evaluate import evaluate_checkpoint, expected_calibration_error
 from cifarkit.images import load_image
-from cifarkit.inference import load_trained_model
+from cifarkit.loading import load_trained_model
 from cifarkit.predict import predict_files
 from cifarkit.train import train
 from cifarkit.train.checkpoint import load_checkpoint

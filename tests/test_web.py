@@ -134,7 +134,7 @@ def test_page_works_out_of_the_box_with_the_shipped_model(tmp_path):
         Path(p.path).name: f"superclass: {p.superclass}" if p.known is not False else None for p in predictions}
     # ...and says "none of the classes" where `cifarkit predict` does: the same outlier score (the web model's
     # float16 weights move it by at most the measured difference) and the same verdict away from the threshold
-    from cifarkit.pretrained import load_pretrained
+    from cifarkit.loading import load_pretrained
 
     threshold = load_pretrained().outlier["threshold"]
     page = {Path(r["file"]).name: r for r in report["results"]}
@@ -174,7 +174,7 @@ def test_the_page_teaches_new_classes_like_the_python_side(tmp_path):
     assert "error" not in report and not report["pageErrors"], report
     assert report["status"].startswith("Taught 2 classes") and "pictures it kept aside" in report["status"]
     assert report["taught"] == "cat\nship" and report["counts"] == ["12 pictures", "12 pictures"]  # picked, dropped
-    from cifarkit.pretrained import load_pretrained
+    from cifarkit.loading import load_pretrained
 
     head = load_head(tmp_path / "head.json", load_pretrained().feature_fingerprint)  # a valid head for this model
     assert head["labels"] == ["cat", "ship"] and head["examples"] == {"cat": 12, "ship": 12}

@@ -2,6 +2,7 @@
 
     import cifarkit
     model = cifarkit.load_pretrained()          # a shipped model; no dataset, no training
+    model = cifarkit.load_model("runs/RUN")      # or any source: a shipped name, a run folder, a checkpoint
     model.predict("cat.jpg")                     # [[{"label": "cat", "score": 0.97}, ...]]
 """
 
@@ -9,10 +10,10 @@ from cifarkit.errors import CheckpointError, CifarkitError, ConfigError, Dataset
 
 __version__ = "0.1.0"
 __all__ = ["CifarkitError", "DatasetError", "ConfigError", "CheckpointError", "__version__", "load_pretrained",
-           "list_pretrained", "load_trained_model"]
+           "list_pretrained", "load_model", "load_trained_model"]
 
-_LAZY = {"load_pretrained": "cifarkit.pretrained", "list_pretrained": "cifarkit.pretrained",
-         "load_trained_model": "cifarkit.inference"}
+_LAZY = {"load_pretrained": "cifarkit.loading", "list_pretrained": "cifarkit.pretrained",
+         "load_model": "cifarkit.loading", "load_trained_model": "cifarkit.loading"}
 
 
 def __getattr__(name: str):

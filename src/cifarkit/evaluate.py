@@ -27,7 +27,8 @@ from cifarkit.files import (
     replace_folder,
 )
 from cifarkit.inference import TrainedModel
-from cifarkit.pretrained import PRETRAINED, load_model
+from cifarkit.loading import load_model
+from cifarkit.pretrained import PRETRAINED
 from cifarkit.text import csv_text
 
 SPLITS = ("val", "test")
@@ -253,7 +254,7 @@ def calibrate_run(model: str | Path, data_dir: str | None = None, target: str = 
     """Fit the temperature and outlier threshold of a run's best checkpoint (or of one checkpoint file) with
     calibrate_model, and write calibration.json beside it for exactly that checkpoint (its sha256): predict,
     evaluate and export then use both. Returns the record and the file written ("file")."""
-    from cifarkit.inference import CALIBRATION_FILE
+    from cifarkit.loading import CALIBRATION_FILE
 
     if str(model) in PRETRAINED and not Path(model).exists():
         raise ConfigError(f"{model} is a shipped model, calibrated when it was packaged (`cifarkit models` shows "

@@ -36,7 +36,7 @@ from cifarkit.files import (
 )
 from cifarkit.images import SIZE
 from cifarkit.inference import TrainedModel
-from cifarkit.pretrained import load_model
+from cifarkit.loading import load_model
 
 TOLERANCE = 1e-4
 

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from cifarkit.bundle import ModelBundle
-from cifarkit.checkpoints import file_sha256, load_checkpoint, resolve_checkpoint
 from cifarkit.config import stored_section
 from cifarkit.data.preprocess import Preprocess
 from cifarkit.data.split import DataConfig
@@ -187,44 +186,6 @@ def predict_arrays(trained: TrainedModel, images_nhwc: np.ndarray, top_k: int = 
     top = probabilities.topk(k, dim=1)
     answer = top.indices.numpy(), top.values.numpy(), probabilities.numpy()
     return (*answer, outlier) if with_outlier else answer
-
-
-CALIBRATION_FILE = "calibration.json"  # written by `cifarkit calibrate RUN` beside the run's checkpoints
-MAX_CALIBRATION_BYTES = 4 << 20  # a temperature and an outlier record, its kNN bank (1.4 MB in base64) included
-
-
-def run_calibration(checkpoint: Path, sha256: str) -> dict | None:
-    """What `cifarkit calibrate` fitted for exactly this checkpoint (its sha256), from the run folder's
-    calibration.json: {"temperature": float, "outlier": record or None}; None when there is none, or it was
-    fitted for another checkpoint of the run."""
-    from cifarkit.files import read_json
-    from cifarkit.outlier import record_problem
-
-    for folder in (checkpoint.parent, checkpoint.parent.parent):  # RUN/best.pt, RUN/checkpoints/step-N.pt
-        path = folder / CALIBRATION_FILE
-        if path.is_file():
-            try:
-                record = read_json(path, MAX_CALIBRATION_BYTES, CheckpointError, "calibration file")
-            except CheckpointError:
-                return None
-            temperature = record.get("temperature") if isinstance(record, dict) else None
-            if (record.get("checkpoint_sha256") == sha256 and isinstance(temperature, (int, float))
-                    and not isinstance(temperature, bool) and 0.05 <= temperature <= 20):
-                outlier = record.get("outlier")
-                return {"temperature": float(temperature),
-                        "outlier": outlier if record_problem(outlier) is None else None}
-            return None
-    return None
-
-
-def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
-    checkpoint = resolve_checkpoint(path)
-    bundle = ModelBundle.from_state(load_checkpoint(checkpoint), checkpoint)
-    sha256 = file_sha256(checkpoint)
-    trained = trained_model_from_bundle(bundle, checkpoint, sha256, device)
-    if (calibration := run_calibration(checkpoint, sha256)) is not None:
-        trained.temperature, trained.outlier = calibration["temperature"], calibration["outlier"]
-    return trained
 
 
 def trained_model_from_bundle(bundle: ModelBundle, source: Path, sha256: str, device: str | torch.device = "cpu",

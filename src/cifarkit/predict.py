@@ -53,7 +53,7 @@ def iter_predictions(model: str | Path | None, paths: list[str | Path], top_k: i
     `model`: a pretrained name (None: the default), a run directory or a checkpoint file. `head`: a head file
     (`cifarkit teach`) taught on that model's features: its classes instead of the model's."""
     from cifarkit.inference import predict_arrays  # here: the command line lists FORMATS without torch
-    from cifarkit.pretrained import load_model
+    from cifarkit.loading import load_model
 
     trained = trained or load_model(model, device)
     taught = None

@@ -265,7 +265,7 @@ def teach_folder(folder: str | Path, out: str | Path, model=None, fit: str | Non
 
     from cifarkit.files import atomic_write_bytes, json_text
     from cifarkit.images import DEFAULT_FIT, ImageError, load_image
-    from cifarkit.pretrained import load_model
+    from cifarkit.loading import load_model
     from cifarkit.text import printable
 
     start = time.perf_counter()

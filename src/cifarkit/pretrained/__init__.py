@@ -8,7 +8,8 @@ Each model is two files in this package: `NAME.safetensors` (fp16 weights, plus 
 tensors in fp32) and `NAME.json`, its card (the training config, class names, how it was trained and
 measured, where its data came from). Their sha256 digests are pinned in the registry below, so a damaged
 or altered file is refused when it is loaded. `package_checkpoint` makes both files from a training
-checkpoint; `cifarkit models` lists what ships.
+checkpoint; `cifarkit models` lists what ships. This module reads the shipped files; cifarkit.loading makes a
+model of them (`load_model`, `load_pretrained`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import torch
-
 from cifarkit.bundle import ModelBundle
 from cifarkit.checkpoints import current_names
 from cifarkit.errors import CheckpointError, CifarkitError
 from cifarkit.files import json_text, read_bounded
-from cifarkit.inference import TrainedModel, load_trained_model, trained_model_from_bundle
 
 
 class PretrainedError(CifarkitError):
@@ -93,8 +91,9 @@ def read_card(name: str) -> dict:
     return current_names(json.loads(_verified_bytes(shipped_file(spec.card_file), spec.card_sha256, "model card")))
 
 
-def load_pretrained(name: str = DEFAULT_PRETRAINED, device: str | torch.device = "cpu"):
-    """The shipped model `name` as a `TrainedModel` (the same object a checkpoint gives), sha256-verified."""
+def shipped_bundle(name: str) -> tuple[ModelBundle, Path, str]:
+    """The shipped model `name` as a model bundle, its files sha256-verified: (bundle, weights file, its sha256).
+    cifarkit.loading.load_pretrained makes it a model."""
     from safetensors.torch import load as load_safetensors
 
     spec = _spec(name)
@@ -114,9 +113,9 @@ def load_pretrained(name: str = DEFAULT_PRETRAINED, device: str | torch.device =
             "temperature": (card.get("calibration") or {}).get("temperature", 1.0),
             "outlier": (card.get("calibration") or {}).get("outlier"),
         }, path)
-        return trained_model_from_bundle(bundle, path, spec.weights_sha256, device, name=name)
-    except CheckpointError as e:
+    except (CheckpointError, KeyError, TypeError, AttributeError) as e:
         raise PretrainedError(f"pretrained model {name!r} does not load: {e}") from None
+    return bundle, path, spec.weights_sha256
 
 
 def list_pretrained() -> list[dict]:
@@ -162,19 +161,6 @@ def package_checkpoint(checkpoint: str | Path, out_dir: str | Path, name: str, c
     card_bytes = (json_text(card) + "\n").encode()
     atomic_write_bytes(out / f"{name}.json", card_bytes)
     return {**card, "card_sha256": hashlib.sha256(card_bytes).hexdigest()}
-
-
-def load_model(model: str | Path | None = None, device: str | torch.device = "cpu") -> TrainedModel:
-    """What `--model` names: a shipped pretrained model (None: the default one), a run directory (its best
-    checkpoint) or a checkpoint file. A path that exists wins over a pretrained name."""
-    if model is None:
-        return load_pretrained(DEFAULT_PRETRAINED, device)
-    if not Path(model).exists():
-        if str(model) in PRETRAINED:
-            return load_pretrained(str(model), device)
-        raise CheckpointError(f"{model} is neither a shipped model ({', '.join(PRETRAINED)}; see `cifarkit models`) "
-                              "nor an existing run directory or checkpoint file")
-    return load_trained_model(model, device)
 
 
 # The shipped models (their cards: docs/using-the-model.md). A new one: scripts/package_pretrained.py, then
