@@ -167,3 +167,40 @@ def test_one_vocabulary_from_the_bundle_to_the_export():
     assert not set(LEGACY_NAMES) & (bundle | set(FIELDS)) and set(LEGACY_NAMES.values()) <= bundle
     sources = "".join(path.read_text() for name, path in MODULES.items() if name != "cifarkit.checkpoints")
     assert not any(old in sources for old in LEGACY_NAMES)  # no module past the reader knows the old names
+
+
+def _module_of(frame) -> str | None:
+    name = frame.f_globals.get("__name__", "")
+    return name if name in MODULES else None
+
+
+def test_following_a_model_into_its_onnx_export_climbs_back_up_at_most_twice(tmp_path):
+    """Every call from one cifarkit module into another during `export_onnx` of a shipped model, recorded as it
+    runs: a call from a module into one that imports it (a lower layer calling a higher one back, through a
+    callback or an object handed down) is a climb. The model file's path into the export may climb at most twice."""
+    pytest.importorskip("onnxruntime")
+    import sys
+
+    import numpy as np
+
+    from cifarkit.export import export_onnx
+
+    calls: set[tuple[str, str]] = set()
+
+    def profile(frame, event, arg):
+        if event != "call" or (callee := _module_of(frame)) is None or frame.f_back is None:
+            return
+        caller = _module_of(frame.f_back)
+        if caller is not None and caller != callee:
+            calls.add((caller, callee))
+
+    pictures = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    sys.setprofile(profile)
+    try:
+        export_onnx("airbench-cifar10", tmp_path / "model.onnx", check_images=pictures)
+    finally:
+        sys.setprofile(None)
+    assert ("cifarkit.export", "cifarkit.loading") in calls and ("cifarkit.loading", "cifarkit.pretrained") in calls
+    climbs = sorted((caller, callee) for caller, callee in calls if caller in _reachable(callee))
+    print(f"{len(calls)} module-to-module calls, {len(climbs)} climbing back up: {climbs}")
+    assert len(climbs) <= 2, climbs
