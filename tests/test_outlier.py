@@ -137,6 +137,26 @@ def test_calibrate_fits_the_outlier_threshold_that_predict_then_uses(trained_run
         trained.outlier_scores(features, logits).item(), abs=1e-5)
 
 
+def test_calibrate_takes_a_checkpoint_file_and_refuses_a_shipped_model(trained_run, tmp_path, fake_root, capsys):
+    """`cifarkit calibrate --model FILE.pt` fits what `calibrate RUN` fits, for that checkpoint (calibration.json
+    beside it, keyed by its sha256); a shipped model's name is one line saying it comes calibrated."""
+    from cifarkit.cli import main
+    from cifarkit.loading import load_model
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    data_dir = os.environ.get("CIFARKIT_TEST_CIFAR10") or str(fake_root)
+    assert main(["calibrate", "--model", str(run / "last.pt"), "--data-dir", data_dir]) == 0
+    assert "wrote" in capsys.readouterr().out and (run / "calibration.json").is_file()
+    calibrated = load_model(run / "last.pt")
+    assert calibrated.outlier is not None and calibrated.temperature != 1.0
+    assert json.loads((run / "calibration.json").read_text())["checkpoint_sha256"] == calibrated.sha256
+    assert main(["calibrate", "resnetd-cifar100"]) == 1
+    err = capsys.readouterr().err
+    assert "calibrated when it was packaged" in err and len(err.splitlines()) == 1
+    assert main(["calibrate"]) == 1 and "name the model to calibrate" in capsys.readouterr().err
+
+
 def _pixels() -> np.ndarray:
     return np.random.default_rng(7).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
 
