@@ -240,8 +240,8 @@ def calibrate_model(trained: TrainedModel, data_dir: str | None = None, target: 
     split = split_for(data, c)
     labels = torch.from_numpy(data.train_labels[split.val]).long()
 
-    def pixels(index: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(data.train_images[index])).permute(0, 3, 1, 2)
+    def pixels(index: np.ndarray) -> torch.Tensor:  # on the CPU: the model moves each batch to its device
+        return to_device_images(data.train_images[index], "cpu")
 
     if not isinstance(trained.model, HasFeatures):
         return calibration_record(trained.logits(pixels(split.val)).double(), labels, target)
