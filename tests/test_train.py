@@ -256,3 +256,30 @@ def test_split_sizes_are_the_splits_the_data_gets():
                    DataConfig(train_subset=5000, val_per_class=3)):
         split = split_for(data, config)
         assert split_sizes(spec, config) == (len(split.train), len(split.val)), config
+
+
+def test_the_validation_top1_can_choose_the_tested_checkpoint(tmp_path, fake_root):
+    """train.select = "val_top1": the checkpoint of the highest validation top-1 (the first, on a tie) is the one
+    tested, and results.json says so; every name the setting takes has its selection."""
+    import typing
+
+    from cifarkit.config import TrainConfig
+    from cifarkit.train.results import SELECTIONS
+
+    assert set(SELECTIONS) == set(typing.get_args(typing.get_type_hints(TrainConfig)["select"]))
+    results = train(tiny_config(tmp_path, fake_root, 'train.select="val_top1"', "train.steps=18",
+                                "train.eval_every=3"), log=lambda _: None)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    top1 = max(row["val/top1"] for row in rows)
+    chosen = next(row["step"] for row in rows if row["val/top1"] == top1)
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert results["selection"] == "highest validation top-1" and results["best_step"] == chosen == best["step"]
+    assert results["val"]["top1"] == top1 and best["best_score"] == -top1
+
+
+def test_a_checkpoint_from_before_train_select_reads_its_best_loss_as_the_best_score(tmp_path, trained_run):
+    state = torch.load(trained_run / "last.pt", weights_only=False)
+    state["best_val_loss"] = state.pop("best_score")
+    torch.save({**state, "version": 2}, tmp_path / "old.pt")
+    old = load_checkpoint(tmp_path / "old.pt")
+    assert old["best_score"] == state["best_val_loss"] and "best_val_loss" not in old

@@ -19,10 +19,11 @@ from cifarkit.errors import CheckpointError
 from cifarkit.files import check_regular_file, file_digest
 
 FORMAT = "cifarkit-checkpoint"
-VERSION = 2  # 2: the fields spelled as the export and TypeScript spell them (classes, superclasses), the model's spec
+VERSION = 3  # 2: the fields spelled as the export and TypeScript spell them (classes, superclasses), the model's spec;
+# 3: the best validation figure is best_score, by the run's train.select (before, always the loss: best_val_loss)
 # Fields a version-1 checkpoint (or a card packaged before version 2) spells otherwise, and their names today: a file
 # is read under today's names here, once, and nothing past this module knows the old ones.
-LEGACY_NAMES = {"class_names": "classes", "coarse_names": "superclasses"}
+LEGACY_NAMES = {"class_names": "classes", "coarse_names": "superclasses", "best_val_loss": "best_score"}
 
 
 def current_names(payload: dict) -> dict:
@@ -141,7 +142,7 @@ FIELDS = {  # field: (what it must be, check)
         isinstance(v, (list, tuple)) and all(_is_int(i) for i in v))),
     "val": ("a table of numbers, or null", lambda v: v is None or (
         isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items()))),
-    "best_val_loss": ("a number, or null", lambda v: v is None or _is_number(v)),
+    "best_score": ("a number, or null", lambda v: v is None or _is_number(v)),
     "best_step": ("a whole number, or null", lambda v: v is None or _is_int(v)),
     "skipped_steps": ("a whole number >= 0", lambda v: _is_int(v) and v >= 0),
     "train_seconds": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
@@ -149,7 +150,7 @@ FIELDS = {  # field: (what it must be, check)
     "outlier": ("null or an outlier record (cifarkit.outlier)", lambda v: v is None or _outlier_problem(v) is None),
 }
 FOR_USE = ("step", "model", "config", "preprocess", "classes")  # what evaluate / predict / export need
-FOR_RESUME = (*FOR_USE, "total_steps", "optimizer", "loader", "rng", "train_accumulator", "best_val_loss",
+FOR_RESUME = (*FOR_USE, "total_steps", "optimizer", "loader", "rng", "train_accumulator", "best_score",
               "best_step", "skipped_steps", "train_seconds")
 
 

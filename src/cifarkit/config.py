@@ -46,7 +46,7 @@ MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes of TOML; more is n
 RENAMED = {"schedule.lr": "schedule.name"}
 # Settings added since experiments were first fingerprinted, and the value that computes what a config without
 # them did: an experiment's digest leaves them out at that value, so adding a setting never renames a sweep.
-ADDED = {"optim.bias_lr": None}
+ADDED = {"optim.bias_lr": None, "train.select": "val_loss"}
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -76,6 +76,8 @@ class TrainConfig:
     # decay at step s is ema_decay * (s / total) ** power: no averaging early on
     ema_ramp_power: float = setting(0.0, check=at_least_below(0, 100))
     lookahead: bool = False
+    # which validation figure picks the checkpoint the test set is run with (cifarkit.train.results.SELECTIONS)
+    select: Literal["val_loss", "val_top1"] = "val_loss"
     # Never lose a run: a checkpoint at every evaluation, and also every N steps and/or T minutes.
     checkpoint_every: int | None = setting(None, check=optional(at_least(1)), role=KEPT)
     checkpoint_minutes: float | None = setting(10.0, check=optional(at_least(0)), role=KEPT)

@@ -31,7 +31,7 @@ from cifarkit.train.clock import PROJECTION_STEPS, RunClock, projection_line
 from cifarkit.train.guard import UpdateGuard
 from cifarkit.train.metrics import Accumulator, evaluate_batches
 from cifarkit.train.probe import PROBE_IMAGES, ActivationProbe
-from cifarkit.train.results import test_once
+from cifarkit.train.results import SELECTIONS, test_once
 from cifarkit.train.setup import (
     PreparedData,
     RunClaim,
@@ -82,7 +82,8 @@ class Trainer:
         self.seen_nonfinite = 0  # non-finite steps the guard has undone and this run has acted on
         self.train_acc = Accumulator(device)
         self.step, self.total_steps = 0, plan_steps(t, len(run.loader))
-        self.best_val_loss, self.best_step, self.skipped_steps = float("inf"), -1, 0
+        self.best_score, self.best_step, self.skipped_steps = float("inf"), -1, 0  # lower is better
+        self.selection = SELECTIONS[t.select]
         self.lr, self.wall_seconds, self.wall_before = config.optim.lr, 0.0, 0.0
         self.clock = RunClock(0.0, t.budget, t.eval_every)
         if resume_from is not None:
@@ -127,7 +128,7 @@ class Trainer:
             "loader": run.loader.state_dict(),
             "train_accumulator": {"sums": self.train_acc.sums.cpu(), "count": self.train_acc.count},
             "rng": rng_state(),
-            "best_val_loss": self.best_val_loss,
+            "best_score": self.best_score,  # by train.select
             "best_step": self.best_step,
             "skipped_steps": self.skipped_steps,
             "train_seconds": self.clock.train_seconds,
@@ -144,7 +145,7 @@ class Trainer:
         run.loader.load_state_dict(state["loader"])
         self.train_acc.load(state["train_accumulator"]["sums"], state["train_accumulator"]["count"])
         self.step, self.total_steps = state["step"], state["total_steps"]
-        self.best_val_loss, self.best_step = state["best_val_loss"], state["best_step"]
+        self.best_score, self.best_step = state["best_score"], state["best_step"]
         self.skipped_steps = state["skipped_steps"]
         self.wall_before = state.get("wall_seconds", state["train_seconds"])  # older checkpoints: training time
         # a budget run goes on planning against what is left of its budget (older checkpoints, which did not
@@ -266,9 +267,9 @@ class Trainer:
             scalars[f"dropout/stack{i + 1}"] = rate
         if self.metrics is not None:
             self.metrics.log(self.step, scalars)
-        is_best = val is not None and val["loss"] < self.best_val_loss
+        is_best = val is not None and self.selection.score(val) < self.best_score
         if is_best:
-            self.best_val_loss, self.best_step = val["loss"], self.step
+            self.best_score, self.best_step = self.selection.score(val), self.step
         self.save(val, best=is_best)
         line = (f"step {self.step}/{self.total_steps} | train loss {train_metrics['loss']:.4f} top1 "
                 f"{train_metrics['top1']:.4f} | "
