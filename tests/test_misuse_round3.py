@@ -66,7 +66,7 @@ def test_a_huge_archive_is_refused_before_its_md5(tmp_path):
 def test_a_recipe_that_is_not_a_recipe_file_is_named_for_what_it_is(tmp_path, kind):
     path = tmp_path / "r.toml"
     expected = {"huge": "is 3,072.0 MiB, more than the 1 MiB", "fifo": "is a FIFO", "folder": "is a folder",
-                "loop": "a loop of symbolic links"}[kind]
+                "loop": "is a loop of symbolic links"}[kind]
     if kind == "huge":
         sparse(path, 3 << 30)
     elif kind == "fifo":
@@ -75,8 +75,20 @@ def test_a_recipe_that_is_not_a_recipe_file_is_named_for_what_it_is(tmp_path, ki
         path.mkdir()
     else:
         path.symlink_to(path)
-    with pytest.raises(ConfigError, match=re.escape(expected)):
+    with pytest.raises(ConfigError, match=re.escape(f"recipe {path} {expected}")):
         load_config(str(path))
+
+
+def test_a_recipe_path_that_is_not_there_is_not_called_an_unknown_recipe(tmp_path):
+    loop, text = tmp_path / "loop", tmp_path / "recipe.txt"
+    loop.symlink_to(loop)
+    text.write_text("extends = 'fast10'\n")
+    for given, expected in ((tmp_path / "missing.toml", "does not exist"), (loop, "is a loop of symbolic links"),
+                            (text, "is not a .toml file")):
+        with pytest.raises(ConfigError, match=re.escape(f"recipe file {given} {expected}")):
+            load_config(str(given))
+    with pytest.raises(ConfigError, match="unknown recipe fast10x; did you mean fast10[?]"):
+        load_config("fast10x")
 
 
 # -- 13. labels that are not labels --------------------------------------------------------------------------------
@@ -253,7 +265,7 @@ def test_then_project_is_checked_before_training(tmp_path, fake_root, capsys):
 
     code = main(["train", "--recipe", "elu-seed", "--dataset", "cifar10", "--data-dir", str(fake_root),
                  "--out-dir", str(tmp_path), "--run-name", "never", "--then-project", "no-such-recipe"])
-    assert code == 1 and "unknown recipe 'no-such-recipe'" in capsys.readouterr().err
+    assert code == 1 and "unknown recipe no-such-recipe;" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()  # nothing trained, nothing written
 
 

@@ -96,7 +96,7 @@ def test_bad_overrides(override, message):
 
 
 def test_unknown_recipe():
-    with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
+    with pytest.raises(ConfigError, match="unknown recipe nope;"):
         load_config("nope")
 
 

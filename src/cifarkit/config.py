@@ -261,9 +261,14 @@ def _read_recipe(name_or_path: str, seen: tuple[str, ...] = (), base: Path | Non
             raise ConfigError(f"recipe {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     elif name_or_path in list_recipes():
         text, label = resources.files("cifarkit.recipes").joinpath(f"{name_or_path}.toml").read_text(), name_or_path
+    elif name_or_path.endswith(".toml") or os.path.lexists(path):  # a path, not a name: say what is there
+        read_bounded(path, MAX_RECIPE_BYTES, ConfigError, "recipe file")  # raises: missing, a loop, not .toml...
+        raise ConfigError(f"recipe file {path} is not a .toml file; name a built-in recipe or a .toml file")
     else:
-        raise ConfigError(f"unknown recipe {name_or_path!r}; built-in recipes: {', '.join(list_recipes())} "
-                          "(or pass a path to a .toml file)")
+        close = difflib.get_close_matches(name_or_path, list_recipes(), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"unknown recipe {printable(name_or_path)}; {hint}built-in recipes: "
+                          f"{', '.join(list_recipes())} (or pass a path to a .toml file)")
     if label in seen:
         raise ConfigError(f"recipe {label} extends itself (through {' -> '.join(seen)})")
     if len(seen) > 20:

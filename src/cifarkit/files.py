@@ -179,8 +179,9 @@ def replace_folder(staged: Path, target: Path, kind: str) -> None:
 # can be is refused before it is read into memory.
 MiB = 1 << 20
 # errno -> what to tell the user when a file cannot be opened
-OPEN_ERRORS = {errno.ELOOP: "a loop of symbolic links", errno.EACCES: "permission denied (cannot read the file)",
-               errno.ENAMETOOLONG: "file name too long", errno.EIO: "input/output error reading the file"}
+# (each completes "WHAT PATH ..." and "NAME: ...")
+OPEN_ERRORS = {errno.ELOOP: "is a loop of symbolic links", errno.EACCES: "cannot be read: permission denied",
+               errno.ENAMETOOLONG: "has a file name too long", errno.EIO: "cannot be read: input/output error"}
 
 
 def read_bounded(path: str | Path, limit: int, error: type[Exception] = OutputError, what: str = "file",
