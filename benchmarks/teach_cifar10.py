@@ -25,7 +25,7 @@ import torch
 from cifarkit.data import load_dataset
 from cifarkit.device import describe_cpu
 from cifarkit.loading import load_model
-from cifarkit.outlier import features_and_logits
+from cifarkit.outlier import feature_pass
 from cifarkit.pretrained import DEFAULT_PRETRAINED
 from cifarkit.teach import fit_head, head_probabilities
 
@@ -73,8 +73,8 @@ def main() -> None:
     else:
         start = time.perf_counter()
         index = needed
-        train_features = features_and_logits(trained, data.train_images[index])[0]
-        test_features = features_and_logits(trained, data.test_images)[0]
+        train_features = feature_pass(trained, data.train_images[index])[0]
+        test_features = feature_pass(trained, data.test_images)[0]
         print(f"features of {len(index):,} training and {len(test_features):,} test pictures in "
               f"{time.perf_counter() - start:.0f}s")
         if args.cache:

@@ -77,9 +77,10 @@ def _clusters(rng, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def test_the_stored_score_is_either_the_max_logit_or_the_knn_distance_saying_outlier():
-    """max_logit_or_knn: 95% of the validation pictures known in all; a picture far from every training picture is
-    an outlier even with a confident logit (what the max logit alone misses: noise, blobs), and one with low
-    logits is one too; the record carries its bank and survives JSON, and a tampered bank is refused."""
+    """either_of (the max logit and the features' kNN): 95% of the validation pictures known in all; a picture far
+    from every training picture is an outlier even with a confident logit (what the max logit alone misses:
+    noise, blobs), and one with low logits is one too; the record carries its bank and survives JSON, and a
+    tampered bank is refused."""
     from cifarkit.outlier import COMBINED, DEFAULT_SCORE, STORED_BANK, EitherOf
 
     rng = np.random.default_rng(0)
@@ -87,7 +88,8 @@ def test_the_stored_score_is_either_the_max_logit_or_the_knn_distance_saying_out
     val, val_logits, _ = _clusters(rng, 1000)
     record = json.loads(json.dumps(fit_record(val_logits, 1.0, features=val, train_features=train)))
     assert DEFAULT_SCORE == COMBINED == record["score"] and record["threshold"] == 0.0
-    assert record_problem(record) is None and record["bank"]["shape"] == [STORED_BANK, 8]
+    assert [part["score"] for part in record["parts"]] == ["max_logit", "knn"]  # no low-level features given
+    assert record_problem(record) is None and record["parts"][1]["bank"]["shape"] == [STORED_BANK, 8]
     module = outlier_module(record)
     assert isinstance(module, EitherOf)
     assert (score(module, val, val_logits) <= 0).mean() == pytest.approx(0.95, abs=0.002)
@@ -99,11 +101,40 @@ def test_the_stored_score_is_either_the_max_logit_or_the_knn_distance_saying_out
     assert score(module, val[:1], np.full((1, 4), -50.0, np.float32))[0] > 0  # the max-logit part says so
     with pytest.raises(ValueError, match="fitted on features"):
         fit_record(val_logits, 1.0)
-    tampered = {**record, "bank": {**record["bank"], "shape": [STORED_BANK, 9]}}
-    assert "bank" in record_problem(tampered)
-    assert "bank" in record_problem({**record, "bank": {**record["bank"], "float16_base64": "@@"}})
-    assert "scale" in record_problem({**record, "parts": [record["parts"][0], {**record["parts"][1], "scale": 0}]})
+    logit, knn = record["parts"]
+    for bad in ({"shape": [STORED_BANK, 9]}, {"float16_base64": "@@"}):
+        assert "bank" in record_problem({**record, "parts": [logit, {**knn, "bank": {**knn["bank"], **bad}}]})
+    assert "scale" in record_problem({**record, "parts": [logit, {**knn, "scale": 0}]})
+    assert "one of" in record_problem({**record, "parts": [logit, {**knn, "score": "mahalanobis"}]})
+    # a record written before either_of (its bank beside the parts) loads and scores the same
+    earlier = {**record, "score": "max_logit_or_knn", "parts": [logit, {k: v for k, v in knn.items() if k != "bank"}],
+               "bank": knn["bank"]}
+    assert record_problem(earlier) is None
+    assert np.array_equal(score(outlier_module(earlier), val, val_logits), score(module, val, val_logits))
+    assert "bank" in record_problem({k: v for k, v in earlier.items() if k != "bank"})
 
+
+def test_the_low_level_part_flags_a_picture_the_features_take_for_a_training_one():
+    """With low-level features, a third part: a picture whose features sit among the training pictures' but whose
+    low-level features lie beyond every validation picture's (a colour wheel to a CIFAR network) is an outlier,
+    and 95% of the validation split stays known in all."""
+    rng = np.random.default_rng(1)
+    train, _, _ = _clusters(rng, 3000)
+    val, val_logits, _ = _clusters(rng, 1000)
+    train_low, val_low = (rng.normal(0, 1, (n, 6)).astype(np.float32) + 4 for n in (3000, 1000))
+    record = json.loads(json.dumps(fit_record(val_logits, 1.0, features=val, train_features=train,
+                                              low_level=val_low, train_low_level=train_low)))
+    assert [part["score"] for part in record["parts"]] == ["max_logit", "knn", "low_level_knn"]
+    assert record_problem(record) is None
+    module = outlier_module(record)
+    assert module.reads_low_level
+    assert (score(module, val, val_logits, low_level=val_low) <= 0).mean() == pytest.approx(0.95, abs=0.002)
+    odd = np.full((1, 6), 4.0, np.float32)
+    odd[0, 0] = -20.0  # another direction entirely at the low level
+    assert score(module, val[:1], val_logits[:1], low_level=val_low[:1])[0] <= 0
+    assert score(module, val[:1], val_logits[:1], low_level=odd)[0] > 0
+    with pytest.raises(ValueError, match="low-level features"):
+        score(module, val[:1], val_logits[:1])
 
 def test_a_checkpoint_with_a_tampered_outlier_record_is_refused(trained_run, tmp_path):
     from cifarkit.checkpoints import load_checkpoint
@@ -130,11 +161,11 @@ def test_calibrate_fits_the_outlier_threshold_that_predict_then_uses(trained_run
     assert before["known"] is None and before["outlier_score"] is None  # not fitted: no verdict, not a guess
     record = calibrate_run(run, data_dir)["outlier"]
     trained = load_model(run)
-    assert trained.outlier == record and record["score"] == "max_logit_or_knn"
+    assert trained.outlier == record and record["score"] == "either_of"
     after = json.loads(format_predictions(predict_files(run, [_picture(tmp_path)]), "json"))[0]
-    features, logits = trained.features_and_logits(torch.from_numpy(_pixels()).permute(0, 3, 1, 2))
+    features, logits, low_level = trained.feature_pass(torch.from_numpy(_pixels()).permute(0, 3, 1, 2))
     assert isinstance(after["known"], bool) and after["outlier_score"] == pytest.approx(
-        trained.outlier_scores(features, logits).item(), abs=1e-5)
+        trained.outlier_scores(features, logits, low_level).item(), abs=1e-5)
 
 
 def test_calibrate_takes_a_checkpoint_file_and_refuses_a_shipped_model(trained_run, tmp_path, fake_root, capsys):
@@ -190,7 +221,7 @@ def test_the_export_outputs_features_and_outlier_score_from_one_pass(trained_run
     features = trained.features(x).numpy()
     assert outputs["features"].shape == (6, metadata["features"]["shape"][1])
     assert np.abs(outputs["features"] - features).max() < 1e-4 * max(1, np.abs(features).max())
-    expected = trained.outlier_scores(*trained.features_and_logits(x)).numpy()
+    expected = trained.outlier_scores(*trained.feature_pass(x)).numpy()
     assert np.abs(outputs["outlier_score"] - expected).max() < 1e-3
 
 
@@ -240,7 +271,7 @@ def test_the_shipped_score_separates_cifar100_from_cifar10_at_the_reported_auroc
 
     def scores(images):
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
-        return trained.outlier_scores(*trained.features_and_logits(pixels)).numpy()
+        return trained.outlier_scores(*trained.feature_pass(pixels)).numpy()
 
     inside, outside = scores(inside_images), scores(outside_images)
     assert auroc(inside, outside) == pytest.approx(SHIPPED_TEST_AUROC, abs=0.01)

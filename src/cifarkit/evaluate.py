@@ -245,8 +245,11 @@ def calibrate_model(trained: TrainedModel, data_dir: str | None = None, target: 
 
     if not isinstance(trained.model, HasFeatures):
         return calibration_record(trained.logits(pixels(split.val)).double(), labels, target)
-    val_features, logits = trained.features_and_logits(pixels(split.val))
-    features = {"features": val_features.numpy(), "train_features": trained.features(pixels(split.train)).numpy()}
+    val_features, logits, val_low_level = trained.feature_pass(pixels(split.val))
+    train_features, _, train_low_level = trained.feature_pass(pixels(split.train))
+    features = {"features": val_features.numpy(), "train_features": train_features.numpy()}
+    if val_low_level is not None:  # a network with low-level features: the outlier score reads them too
+        features.update(low_level=val_low_level.numpy(), train_low_level=train_low_level.numpy())
     return calibration_record(logits.double(), labels, target, features)
 
 

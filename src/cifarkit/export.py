@@ -59,6 +59,8 @@ class InferenceGraph(nn.Module):
         self.with_features = isinstance(trained.model, HasFeatures)
         self.outlier = (outlier_module(trained.outlier, trained.temperature)
                         if self.with_features and trained.outlier is not None else None)
+        # the low-level features, where the score reads them (HasLowLevelFeatures: from the same pass)
+        self.with_low_level = self.outlier is not None and self.outlier.reads_low_level
 
     @property
     def output_names(self) -> list[str]:
@@ -69,11 +71,11 @@ class InferenceGraph(nn.Module):
         x = self.preprocess(pixels.permute(0, 3, 1, 2).float())
         if not self.with_features:
             return self._softmax(self.model(x))
-        features = self.model.embed(x)
+        low_level, features = self.model.embed_levels(x) if self.with_low_level else (None, self.model.embed(x))
         logits = self.model.classify(features)
         if self.outlier is None:
             return self._softmax(logits), features
-        return self._softmax(logits), features, self.outlier(features, logits)
+        return self._softmax(logits), features, self.outlier(features, logits, low_level)
 
     def _softmax(self, logits: torch.Tensor) -> torch.Tensor:
         return (logits if self.temperature == 1.0 else logits / self.temperature).softmax(dim=1)

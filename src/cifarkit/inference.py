@@ -73,9 +73,11 @@ class TrainedModel:
         return probabilities
 
     @torch.no_grad()
-    def outlier_scores(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
-        """Each picture's outlier score (higher: less likely one of the classes) from its single-view features and
-        raw logits (what the export computes), or None for a model without an outlier record."""
+    def outlier_scores(self, features: torch.Tensor, logits: torch.Tensor,
+                       low_level: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Each picture's outlier score (higher: less likely one of the classes) from its single-view features,
+        raw logits and low-level features (`feature_pass`; what the export computes), or None for a model without
+        an outlier record."""
         if self.outlier is None:
             return None
         cached = getattr(self, "_outlier_module", None)  # built once per record: the combined one decodes a bank
@@ -83,7 +85,7 @@ class TrainedModel:
             from cifarkit.outlier import outlier_module
 
             cached = self._outlier_module = (self.outlier, outlier_module(self.outlier, self.temperature))
-        return cached[1](features, logits)
+        return cached[1](features, logits, low_level)
 
     @torch.no_grad()
     def features(self, images_nchw_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
@@ -95,18 +97,30 @@ class TrainedModel:
                             batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
         """The features and, from the same pass, the raw logits (before the temperature), float32 on the CPU
         (the classifier on top of the features is one small matrix product)."""
+        return self.feature_pass(images_nchw_uint8, batch_size)[:2]
+
+    @torch.no_grad()
+    def feature_pass(self, images_nchw_uint8: torch.Tensor,
+                     batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`features_and_logits` and, from the same pass, the low-level features of a network that has them
+        (HasLowLevelFeatures; else None): everything the outlier score reads."""
         from cifarkit.features import require_features
+        from cifarkit.models.protocol import HasLowLevelFeatures
 
         model = require_features(self.model)
+        levels = isinstance(model, HasLowLevelFeatures)
         device = next(self.model.parameters()).device
-        features, logits = [], []
+        features, logits, low_level = [], [], []
         for start in range(0, len(images_nchw_uint8), batch_size):
-            f = model.embed(self.preprocess(images_nchw_uint8[start : start + batch_size].to(device)))
+            x = self.preprocess(images_nchw_uint8[start : start + batch_size].to(device))
+            low, f = model.embed_levels(x) if levels else (None, model.embed(x))
             features.append(f.float().cpu())
             logits.append(model.classify(f).float().cpu())
+            if levels:
+                low_level.append(low.float().cpu())
         if not features:
-            return torch.empty(0, 0), torch.empty(0, len(self.classes))
-        return torch.cat(features), torch.cat(logits)
+            return torch.empty(0, 0), torch.empty(0, len(self.classes)), None
+        return torch.cat(features), torch.cat(logits), torch.cat(low_level) if levels else None
 
     @property
     def feature_fingerprint(self) -> str:
@@ -174,9 +188,9 @@ def predict_arrays(trained: TrainedModel, images_nhwc: np.ndarray, top_k: int = 
     x = torch.from_numpy(np.ascontiguousarray(images_nhwc)).permute(0, 3, 1, 2)
     outlier = None
     if with_outlier and trained.outlier is not None:  # the score is the single view's, as the export's
-        features, logits = trained.features_and_logits(x)
+        features, logits, low_level = trained.feature_pass(x)
         trained.logits_are_finite(logits)
-        outlier = trained.outlier_scores(features, logits).numpy()
+        outlier = trained.outlier_scores(features, logits, low_level).numpy()
         if tta:
             logits = trained.logits(x, tta=tta)
     else:

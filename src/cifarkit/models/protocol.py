@@ -53,3 +53,14 @@ class HasFeatures(Protocol):
     def embed(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def classify(self, features: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class HasLowLevelFeatures(Protocol):
+    """A HasFeatures network that also gives its first stage's output after pooling, (N, E): what a picture looks
+    like to its first filters (colours, edges, gradients), from the same pass. The outlier score reads it beside the
+    features: a picture unlike any photo at that level (a colour wheel, a flat colour) can still land among the
+    training pictures in the penultimate layer."""
+
+    def embed_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(low-level features (N, E), features (N, D)); the features are `embed(x)`'s."""

@@ -168,6 +168,11 @@ class StagedResNet(nn.Module):
     def embed(self, x):
         return F.adaptive_avg_pool2d(self.body(self.stem(x)), 1).flatten(1)
 
+    def embed_levels(self, x):
+        """(the stem's output after pooling, the features): HasLowLevelFeatures, for the outlier score."""
+        stem = self.stem(x)
+        return F.adaptive_avg_pool2d(stem, 1).flatten(1), F.adaptive_avg_pool2d(self.body(stem), 1).flatten(1)
+
     def classify(self, features):
         return self.head(features)
 
