@@ -5,13 +5,13 @@ chosen on data the test sets never touch, then measured once on the test sets.
 
 Choosing (OpenOOD's protocol, CIFAR-10 as the near out-of-distribution set; the two share no class): each score
 is fitted on the model's training split, and compared by AUROC between the model's validation split (held-out
-training pictures) and `--ood-choose` of CIFAR-10's *training* pictures. The best one's threshold keeps 95% of
-the validation split `known`. Then, once: its AUROC and FPR at 95% TPR on the CIFAR-100 test set against the
-CIFAR-10 test set. Prints a table per score, the choice, and the CPU model and flags.
-
-Beside the near out-of-distribution set, the synthetic far ones of Hendrycks et al. (Outlier Exposure, ICLR
-2019): Gaussian and Rademacher noise and blobs, with flat colours: the share of each each score still calls
-`known` at its threshold (they do not take part in the choice; they show what each score misses).
+training pictures) and `--ood-choose` of CIFAR-10's *training* pictures, and by the share of each synthetic far
+set it still calls `known` at the threshold that keeps 95% of the validation split known: the sets of Hendrycks
+et al. (Outlier Exposure, ICLR 2019: Gaussian and Rademacher noise, blobs), flat colours and colour wheels, none
+of them a picture of any class. The rule: the best AUROC among the scores that call at most 5% of every far set
+known (none such: the one whose worst far set is smallest). Then, once: its AUROC and FPR at 95% TPR on the
+CIFAR-100 test set against the CIFAR-10 test set. Prints a table per score, the choice, and the CPU model and
+flags.
 
     --cache FILE.npz keeps the features and logits, so a second run skips the network
 """
@@ -46,7 +46,7 @@ from cifarkit.outlier import (
 )
 from cifarkit.pretrained import DEFAULT_PRETRAINED
 
-FAR_KNOWN_AT_MOST = 0.05  # a chosen score calls at most this share of each noise or blob set `known`
+FAR_KNOWN_AT_MOST = 0.05  # a chosen score calls at most this share of each synthetic far set `known`
 
 
 def synthetic_outliers(count: int = 300, seed: int = 0) -> dict[str, np.ndarray]:
@@ -151,9 +151,13 @@ def main() -> None:
                          "far_known": {k: float((scores(modules[name], k) <= threshold).mean()) for k in far}}
         print(f"{name:<16} {figures[name]['auroc']:>7.4f} {figures[name]['fpr95']:>7.4f}  "
               + ", ".join(f"{v:.0%}" for v in figures[name]["far_known"].values()))
-    noise = [k for k in far if k not in ("flat colours", "colour wheels")]  # reported, not part of the rule
-    eligible = [n for n in figures if max(figures[n]["far_known"][k] for k in noise) <= FAR_KNOWN_AT_MOST]
-    chosen = max(eligible or figures, key=lambda n: figures[n]["auroc"])
+    def worst_far(n: str) -> float:  # the largest share of one far set the score still calls known
+        return max(figures[n]["far_known"].values())
+
+    eligible = [n for n in figures if worst_far(n) <= FAR_KNOWN_AT_MOST]
+    # none eligible: the score that misses the fewest of its worst far set (then the better AUROC)
+    chosen = (max(eligible, key=lambda n: figures[n]["auroc"]) if eligible
+              else min(figures, key=lambda n: (worst_far(n), -figures[n]["auroc"])))
     threshold = threshold_keeping(scores(modules[chosen], "validation split"))
     inside = scores(modules[chosen], "CIFAR-100 test")
     outside = scores(modules[chosen], "CIFAR-10 test")
