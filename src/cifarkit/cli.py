@@ -500,10 +500,11 @@ def cmd_models(args) -> int:
     if args.json:
         print(json_text(rows))
         return 0
-    print(f"{'name':<20} {'dataset':<9} {'params':>10} {'test top1':>9} {'with TTA':>8} {'size':>8}")
+    width = max(len("name"), *(len(r["name"]) + 2 for r in rows))  # room for the default's " *"
+    print(f"{'name':<{width}} {'dataset':<9} {'params':>10} {'test top1':>9} {'with TTA':>8} {'size':>8}")
     for r in rows:
         tta = f"{r['test_top1_tta']:.2%}" if r["test_top1_tta"] is not None else "-"
-        print(f"{r['name'] + (' *' if r['default'] else ''):<20} {r['dataset']:<9} {r['parameters']:>10,} "
+        print(f"{r['name'] + (' *' if r['default'] else ''):<{width}} {r['dataset']:<9} {r['parameters']:>10,} "
               f"{r['test_top1']:>9.2%} {tta:>8} {r['megabytes']:>6.1f}MB")
     print("* the default model of predict, evaluate, export and serve-web")
     return 0
