@@ -3,15 +3,15 @@ chosen on data the test sets never touch, then measured once on the test sets.
 
     python benchmarks/outlier_scores.py --data-dir C100 --ood-data-dir C10 [--model NAME] [--ood-choose 10000]
 
-Choosing (OpenOOD's protocol, CIFAR-10 as the near out-of-distribution set; the two share no class): each score
-is fitted on the model's training split, and compared by AUROC between the model's validation split (held-out
-training pictures) and `--ood-choose` of CIFAR-10's *training* pictures, and by the share of each synthetic far
-set it still calls `known` at the threshold that keeps 95% of the validation split known: the sets of Hendrycks
-et al. (Outlier Exposure, ICLR 2019: Gaussian and Rademacher noise, blobs), flat colours and colour wheels, none
-of them a picture of any class. The rule: the best AUROC among the scores that call at most 5% of every far set
-known (none such: the one whose worst far set is smallest). Then, once: its AUROC and FPR at 95% TPR on the
-CIFAR-100 test set against the CIFAR-10 test set. Prints a table per score, the choice, and the CPU model and
-flags.
+Choosing (OpenOOD's protocol, CIFAR-10 as the near out-of-distribution set; the two share no class): each score is
+fitted on the model's training split, and compared by AUROC between the model's validation split (held-out training
+pictures) and `--ood-choose` of CIFAR-10's *training* pictures, and by the share of each synthetic far set it still
+calls `known` at the threshold that keeps 95% of the validation split known: the sets of Hendrycks et al. (Outlier
+Exposure, ICLR 2019: Gaussian and Rademacher noise, blobs), flat colours and colour wheels, none of them a picture
+of any class. The rule: of the scores within 0.02 AUROC of the best, the one that calls the smallest share of its
+worst far set known (a score that is blind to CIFAR-10 is never chosen for its far sets; a score that calls every
+noise picture a class is not chosen for a last hundredth of AUROC). Then, once: its AUROC and FPR at 95% TPR on the
+CIFAR-100 test set against the CIFAR-10 test set. Prints a table per score, the choice, and the CPU model and flags.
 
     --cache FILE.npz keeps the features and logits, so a second run skips the network
 """
@@ -46,7 +46,9 @@ from cifarkit.outlier import (
 )
 from cifarkit.pretrained import DEFAULT_PRETRAINED
 
-FAR_KNOWN_AT_MOST = 0.05  # a chosen score calls at most this share of each synthetic far set `known`
+# the rule: of the scores within this AUROC of the best on CIFAR-10, the one that calls the smallest share of its
+# worst synthetic far set `known` (then the better AUROC)
+AUROC_GIVEN_UP = 0.02
 
 
 def synthetic_outliers(count: int = 300, seed: int = 0) -> dict[str, np.ndarray]:
@@ -154,10 +156,9 @@ def main() -> None:
     def worst_far(n: str) -> float:  # the largest share of one far set the score still calls known
         return max(figures[n]["far_known"].values())
 
-    eligible = [n for n in figures if worst_far(n) <= FAR_KNOWN_AT_MOST]
-    # none eligible: the score that misses the fewest of its worst far set (then the better AUROC)
-    chosen = (max(eligible, key=lambda n: figures[n]["auroc"]) if eligible
-              else min(figures, key=lambda n: (worst_far(n), -figures[n]["auroc"])))
+    best = max(figure["auroc"] for figure in figures.values())
+    near = [n for n in figures if figures[n]["auroc"] >= best - AUROC_GIVEN_UP]
+    chosen = min(near, key=lambda n: (worst_far(n), -figures[n]["auroc"]))
     threshold = threshold_keeping(scores(modules[chosen], "validation split"))
     inside = scores(modules[chosen], "CIFAR-100 test")
     outside = scores(modules[chosen], "CIFAR-10 test")
