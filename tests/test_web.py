@@ -109,6 +109,11 @@ def test_page_works_out_of_the_box_with_the_shipped_model(tmp_path):
         for i, image in enumerate(images):
             Image.fromarray(image).save(tmp_path / f"test{i}.png")
             pictures.append(tmp_path / f"test{i}.png")
+    # a picture of none of the classes that the features alone take for an apple (test_classify_js's)
+    from tests.test_classify_js import colour_wheel
+
+    wheel = colour_wheel(tmp_path / "wheel.png")
+    pictures.append(wheel)
     # colour-managed and 16-bit pictures: the page sees the colours Python and Node.js see
     rng = np.random.default_rng(3)
     pictures += add_colour_managed_pictures(tmp_path, rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
@@ -145,6 +150,7 @@ def test_page_works_out_of_the_box_with_the_shipped_model(tmp_path):
             assert shown["known"] is p.known, (p.path, shown, p.outlier_score)
             assert (shown["verdict"] or "").startswith("None of the 100 classes") is (not p.known)
     assert any(p.known is False for p in predictions) and any(p.known for p in predictions)
+    assert page[wheel.name]["verdict"].startswith("None of the 100 classes")  # as Python and Node.js say
 
 
 @needs_browser
