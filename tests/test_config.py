@@ -56,8 +56,8 @@ def test_the_old_name_of_a_setting_still_works_and_says_so(tmp_path, capsys):
 
 def test_an_experiment_keeps_its_digest_across_the_rename():
     """Sweeps and studies are named by a digest of their configs: it is computed with the old spelling, and
-    without settings added since (optim.bias_lr, train.select) where they are at the value that computes what their absence
-    did, so an experiment begun earlier continues under the same name."""
+    without settings added since (optim.bias_lr, train.select) where they are at the value that computes what
+    their absence did, so an experiment begun earlier continues under the same name."""
     from cifarkit.experiments.sweep import fingerprint
 
     config = load_config("fast10")
