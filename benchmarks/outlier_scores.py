@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cifarkit.data import load_dataset
 from cifarkit.data.split import split_for
@@ -32,13 +31,11 @@ from cifarkit.device import describe_cpu
 from cifarkit.loading import load_model
 from cifarkit.outlier import (
     COMBINED,
-    KNN_BANK,
-    KNN_K,
     SCORES,
-    NearestNeighbour,
     auroc,
     feature_pass,
     fit_combined,
+    fit_knn,
     fpr_at_tpr,
     outlier_module,
     score,
@@ -138,9 +135,7 @@ def main() -> None:
     fits = {**SCORES,
             "max_logit_or_knn": lambda *_: outlier_module(fit_combined(val_features, val_logits, train_features))}
     if train_low_level is not None:  # a network with low-level features: a kNN there, and the three together
-        bank = np.random.default_rng(0).permutation(len(train_low_level))[:KNN_BANK]
-        fits["low_level_knn"] = lambda *_: NearestNeighbour(torch.from_numpy(train_low_level[np.sort(bank)]), KNN_K,
-                                                            low_level=True)
+        fits["low_level_knn"] = lambda *_: fit_knn(train_low_level, low_level=True)
         fits[COMBINED] = lambda *_: outlier_module(fit_combined(val_features, val_logits, train_features,
                                                                 val_low_level=val_low_level,
                                                                 train_low_level=train_low_level))

@@ -143,9 +143,14 @@ def _fit_mahalanobis(features: np.ndarray, labels: np.ndarray, temperature: floa
     return Mahalanobis(means, precision)
 
 
-def _fit_knn(features: np.ndarray, labels: np.ndarray, temperature: float) -> OutlierScore:
-    sample = np.random.default_rng(0).permutation(len(features))[:KNN_BANK]
-    return NearestNeighbour(torch.from_numpy(features[np.sort(sample)]))
+def bank_sample(train: np.ndarray, size: int) -> np.ndarray:
+    """A fixed sample (seed 0, kept in the split's order) of `size` training pictures' features: a kNN bank."""
+    return np.asarray(train)[np.sort(np.random.default_rng(0).permutation(len(train))[:size])]
+
+
+def fit_knn(train: np.ndarray, low_level: bool = False) -> NearestNeighbour:
+    """The kNN score against KNN_BANK training pictures, in the features (or the low-level features)."""
+    return NearestNeighbour(torch.from_numpy(bank_sample(train, KNN_BANK)), KNN_K, low_level)
 
 
 # name -> fit(training-split features, their labels, the model's temperature) -> the score as a module
@@ -154,7 +159,7 @@ SCORES: dict[str, Callable[[np.ndarray, np.ndarray, float], OutlierScore]] = {
     "max_logit": lambda f, y, t: MaxLogit(),
     "energy": lambda f, y, t: Energy(),
     "mahalanobis": _fit_mahalanobis,
-    "knn": _fit_knn,
+    "knn": lambda f, y, t: fit_knn(f),
 }
 
 
@@ -256,8 +261,7 @@ def _spread(values: np.ndarray) -> float:
 def _knn_part(name: str, val: np.ndarray, train: np.ndarray, score_of) -> tuple[dict, np.ndarray]:
     """A kNN part (on the features or the low-level ones) flagging beyond FEATURE_QUANTILE of the validation
     split, its bank a fixed sample of the training split as stored (float16); and the split's scores."""
-    sample = np.sort(np.random.default_rng(0).permutation(len(train))[:STORED_BANK])
-    bank = np.asarray(train, dtype=np.float32)[sample].astype("<f2").astype(np.float32)
+    bank = bank_sample(np.asarray(train, dtype=np.float32), STORED_BANK).astype("<f2").astype(np.float32)
     values = score_of(NearestNeighbour(torch.from_numpy(bank), STORED_K, low_level=name == "low_level_knn"))
     center = float(np.quantile(values.astype(np.float64), FEATURE_QUANTILE))
     return ({"score": name, "k": STORED_K, "quantile": FEATURE_QUANTILE, "center": center,
