@@ -211,8 +211,8 @@ def _projection(config) -> str:
 def _train_arguments(sub) -> None:
     p = sub.add_parser("train", help="train a recipe; writes a run directory",
                        description="Train a recipe. The run directory holds config.json, TensorBoard events, "
-                                   "metrics.jsonl, best.pt (by validation loss), last.pt and results.json "
-                                   "(the test set, evaluated once at the end).")
+                                   "metrics.jsonl, best.pt (by validation loss, or top-1: train.select), last.pt "
+                                   "and results.json (the test set, evaluated once at the end).")
     p.add_argument("--recipe", help="built-in recipe name or a .toml path "
                                     "(default: elu-seed; `cifarkit list` shows all)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
