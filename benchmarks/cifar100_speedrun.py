@@ -24,8 +24,14 @@ tested once on the 10,000 test images, single view):
 
 Prints every row, the CPU model and its flags, torch version and threads, and the ratios against the
 anchors (accuracy at equal time; time to the anchors' accuracy from the validation curve). Results go to
-OUT/results.json, one entry per row and seed; a row already there is not run again, so the same command
+OUT/results.json, one entry per row, seed and budget; a run already there is not run again, so the same command
 continues an interrupted benchmark.
+
+The accuracy-against-time curve: several budgets in one command, finished long runs (epoch-based recipes,
+their own training time) beside them, a Markdown table and a PNG plot:
+
+    python benchmarks/cifar100_speedrun.py --data-dir DIR --budget 600,1800,3600,7200 --seeds 1 \
+        --rows fast100-cpu,record100 --long RUNS/long100-cutmix --curve docs/images/accuracy-vs-time.png
 """
 
 from __future__ import annotations
@@ -243,7 +249,8 @@ def summarize(rows: dict[str, list[dict]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir")
-    parser.add_argument("--budget", type=float, default=600.0, help="training seconds per run (default 600)")
+    parser.add_argument("--budget", type=budgets, default=[600.0], metavar="SECONDS[,SECONDS...]",
+                        help="training seconds per run; several, comma-separated, for a curve (default 600)")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--anchor-seeds", type=int, default=1, help="seeds for the anchor rows (default 1)")
     parser.add_argument("--rows", default=",".join(DEFAULT_ROWS),
@@ -251,7 +258,11 @@ def main() -> None:
     parser.add_argument("--out", default="runs/cifar100_speedrun")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every row's data and cifarkit recipe (tests: data.val_per_class=2)")
+    parser.add_argument("--long", action="append", default=[], metavar="RUN_DIR",
+                        help="a finished long run to put on the curve at its own training time (repeatable)")
+    parser.add_argument("--curve", metavar="PNG", help="write the accuracy-against-time plot here")
     args = parser.parse_args()
+    long_runs = [long_run_point(Path(d)) for d in args.long]  # checked before hours of training, not after
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -260,40 +271,113 @@ def main() -> None:
     record = json.loads(results_path.read_text()) if results_path.exists() else {"machine": info, "runs": []}
     print(f"cpu: {info['cpu']} | flags: {' '.join(info['flags'])} | native bf16: "
           f"{', '.join(cpu_bf16_flags()) or 'no'} | torch {info['torch']} | threads {info['threads']}", flush=True)
+    rows_asked = args.rows.split(",")
+    unknown = [row for row in rows_asked if row not in CIFARKIT_ROWS and row not in ANCHOR_ROWS]
+    if unknown:
+        raise SystemExit(f"unknown row {unknown[0]!r}: choose from {', '.join([*CIFARKIT_ROWS, *ANCHOR_ROWS])}")
     prepared = None
-    for row in args.rows.split(","):
-        seeds = args.seeds if row.startswith("fast100") else args.anchor_seeds
-        for seed in range(seeds):
-            if any(r["row"] == row and r["seed"] == seed and r["budget"] == args.budget for r in record["runs"]):
-                continue
-            if row in CIFARKIT_ROWS:
-                result = run_cifarkit(row, args.budget, seed, args.data_dir, out, args.set)
-            elif row in ANCHOR_ROWS:
-                if prepared is None:
-                    data = ["data.dataset=cifar100"] + ([f"data.data_dir={json.dumps(args.data_dir)}"]
-                                                        if args.data_dir else [])
-                    prepared = prepare_data(load_config("fast100-cpu", [*data, *args.set]), torch.device("cpu"))
-                result = run_resnet_muon(prepared, args.budget, seed)
-            else:
-                raise SystemExit(f"unknown row {row!r}")
-            result["budget"] = args.budget
-            record["runs"].append(result)
-            atomic_write_text(results_path, json.dumps(record, indent=2) + "\n")
-            print(f"{row} seed {seed}: test top1 {result['test_top1']:.4f} | val {result['val_top1']:.4f} | "
-                  f"{result['epochs']:.2f} epochs, {result['train_seconds']:.0f}s", flush=True)
+    for budget in args.budget:  # the shortest first: the first figures come soonest
+        for row in rows_asked:
+            seeds = args.seeds if row.startswith("fast100") else args.anchor_seeds
+            for seed in range(seeds):
+                if any(r["row"] == row and r["seed"] == seed and r["budget"] == budget for r in record["runs"]):
+                    continue
+                if row in CIFARKIT_ROWS:
+                    result = run_cifarkit(row, budget, seed, args.data_dir, out, args.set)
+                else:
+                    if prepared is None:
+                        data = ["data.dataset=cifar100"] + ([f"data.data_dir={json.dumps(args.data_dir)}"]
+                                                            if args.data_dir else [])
+                        prepared = prepare_data(load_config("fast100-cpu", [*data, *args.set]), torch.device("cpu"))
+                    result = run_resnet_muon(prepared, budget, seed)
+                result["budget"] = budget
+                record["runs"].append(result)
+                atomic_write_text(results_path, json.dumps(record, indent=2) + "\n")
+                print(f"{row} seed {seed}, {budget:.0f}s: test top1 {result['test_top1']:.4f} | val "
+                      f"{result['val_top1']:.4f} | {result['epochs']:.2f} epochs, {result['train_seconds']:.0f}s",
+                      flush=True)
+    for budget in args.budget:
+        rows = runs_at(record, budget, out)
+        print(f"\nCIFAR-100, {budget:.0f}s of training per run, single view, {info['cpu']}:")
+        for line in summarize(rows):
+            print(line)
+        for name, runs in rows.items():
+            if name in CIFARKIT_ROWS:
+                print(ceiling_line(name, statistics.mean(r["images_per_second"] for r in runs)))
+    if len(args.budget) > 1 or long_runs or args.curve:
+        series = curve_series(record, rows_asked, args.budget)
+        print(f"\nTest top-1 against training time, single view, mean +- std over seeds ({info['cpu']}):\n")
+        print("\n".join(curve_table(series, args.budget, long_runs)))
+        if args.curve:
+            from cifarkit.plots import accuracy_against_time
+
+            path = accuracy_against_time(
+                {row: [(b / 60, m, sd) for b, (m, sd, _) in by_budget.items()] for row, by_budget in series.items()},
+                {name: (seconds / 60, top1) for name, seconds, top1 in long_runs}, Path(args.curve),
+                f"CIFAR-100 test top-1 against CPU training time ({info['cpu']}, {info['threads']} threads)")
+            print(f"\nplot: {path}")
+
+
+def budgets(text: str) -> list[float]:
+    """--budget's value: one or more positive seconds, comma-separated, returned shortest first."""
+    try:
+        values = sorted({float(part) for part in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not seconds, e.g. 600 or 600,1800") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: budgets are positive seconds, e.g. 600 or 600,1800")
+    return values
+
+
+def runs_at(record: dict, budget: float, out: Path) -> dict[str, list[dict]]:
+    """The runs of one budget, by row, with the validation curve read back for runs recorded without it."""
     rows: dict[str, list[dict]] = {}
     for r in record["runs"]:
-        if r["budget"] == args.budget:
+        if r["budget"] == budget:
             run_dir = out / "runs" / f"{r['row']}-{r['budget']:.0f}s-seed{r['seed']}"
             if r["row"] in CIFARKIT_ROWS and not r["curve"] and (run_dir / "metrics.jsonl").is_file():
                 r["curve"] = validation_curve(run_dir, {"train_seconds": r["train_seconds"], "steps": r["steps"]})
             rows.setdefault(r["row"], []).append(r)
-    print(f"\nCIFAR-100, {args.budget:.0f}s of training per run, single view, {info['cpu']}:")
-    for line in summarize(rows):
-        print(line)
-    for name, runs in rows.items():
-        if name in CIFARKIT_ROWS:
-            print(ceiling_line(name, statistics.mean(r["images_per_second"] for r in runs)))
+    return rows
+
+
+def long_run_point(run_dir: Path) -> tuple[str, float, float]:
+    """(label, training seconds, test top-1) of a finished cifarkit run, from its results.json."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"cifar100_speedrun: error: {run_dir} has no results.json: name a finished cifarkit run")
+    results = json.loads(path.read_text())
+    return f"{results['recipe']} ({results['epochs']:.0f} epochs)", results["train_seconds"], results["test"]["top1"]
+
+
+def curve_series(record: dict, rows: list[str], budgets_asked: list[float]) -> dict[str, dict]:
+    """row -> budget -> (mean test top-1, std over seeds, seeds), for the rows and budgets asked that ran."""
+    series: dict[str, dict] = {}
+    for row in rows:
+        for budget in budgets_asked:
+            tops = [r["test_top1"] for r in record["runs"] if r["row"] == row and r["budget"] == budget]
+            if tops:
+                std = statistics.stdev(tops) if len(tops) > 1 else 0.0
+                series.setdefault(row, {})[budget] = (statistics.mean(tops), std, len(tops))
+    return series
+
+
+def curve_table(series: dict[str, dict], budgets_asked: list[float],
+                long_runs: list[tuple[str, float, float]]) -> list[str]:
+    """The curve as a Markdown table: a column per budget, then the long runs at their own training time."""
+    def cell(figure):
+        if figure is None:
+            return "-"
+        mean, std, n = figure
+        return f"{mean * 100:.2f}%" + (f" ± {std * 100:.2f} (n={n})" if n > 1 else "")
+
+    head = [f"{b / 60:g} min" for b in budgets_asked]
+    lines = ["| recipe | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
+    lines += [f"| `{row}` | " + " | ".join(cell(by_budget.get(b)) for b in budgets_asked) + " |"
+              for row, by_budget in series.items()]
+    lines += [f"| `{name}`, long run: {seconds / 3600:.1f} h of training | {top1 * 100:.2f}% |"
+              for name, seconds, top1 in long_runs]
+    return lines
 
 
 def ceiling_line(row: str, images_per_second: float) -> str:

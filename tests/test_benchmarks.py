@@ -4,6 +4,7 @@ figures come from full runs, see the README)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -62,3 +63,29 @@ def test_cifar100_speedrun_runs_every_row_and_resumes(tmp_path, fake_root):
     assert "of this CPU's bf16 matmul rate" in result.stdout and "flags:" in result.stdout
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # every row done: none runs
     assert again.returncode == 0 and len(json.loads((out / "results.json").read_text())["runs"]) == 4
+
+
+def test_cifar100_speedrun_draws_the_curve_over_budgets_and_long_runs(tmp_path, fake_root):
+    """Several budgets in one command, a finished run at its own training time, the table and the plot."""
+    out = tmp_path / "speedrun"
+    common = [sys.executable, str(BENCHMARKS / "cifar100_speedrun.py"), "--data-dir", str(fake_root), "--out",
+              str(out), "--seeds", "1", "--rows", "fast100-cpu", "--set", "data.val_per_class=2",
+              "--set", "train.eval_every=2", "--set", "train.batch_size=64"]
+    first = subprocess.run([*common, "--budget", "3"], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    finished = out / "runs" / "fast100-cpu-3s-seed0"  # stands in for a long run: any finished run will do
+    result = subprocess.run([*common, "--budget", "4,3", "--long", str(finished), "--curve", str(tmp_path / "c.png")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "results.json").read_text())
+    assert sorted(r["budget"] for r in record["runs"]) == [3.0, 4.0]  # the 3-second run was not run again
+    assert "| recipe | 0.05 min | 0.0666667 min |" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| `fast100-cpu` |"))
+    assert row.count("%") == 2
+    assert re.search(r"^\| `fast100-cpu \(\d+ epochs\)`, long run: 0\.0 h of training \| \d+\.\d\d% \|$",
+                     result.stdout, re.MULTILINE)
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for bad, message in ((["--budget", "ten"], "is not seconds"), (["--budget", "-5"], "positive seconds"),
+                         (["--long", str(tmp_path)], "has no results.json"), (["--rows", "fast200"], "unknown row")):
+        refused = subprocess.run([*common, *bad], capture_output=True, text=True, timeout=600)
+        assert refused.returncode != 0 and message in refused.stderr and "Traceback" not in refused.stderr

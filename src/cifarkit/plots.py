@@ -1,4 +1,5 @@
-"""PNG figures: image grids of a dataset (`cifarkit show`). Written atomically; no screen needed."""
+"""PNG figures: image grids of a dataset (`cifarkit show`), training curves, accuracy against training time.
+Written atomically; no screen needed."""
 
 from __future__ import annotations
 
@@ -94,3 +95,25 @@ def training_curves(run_dir: Path, out: Path | None = None) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return save_figure(fig, out or run_dir / "curves.png")
+
+
+def accuracy_against_time(series: dict[str, list[tuple[float, float, float]]],
+                          points: dict[str, tuple[float, float]], path: Path, title: str) -> Path:
+    """Test top-1 against training minutes: a line per budget-fitted recipe (minutes, mean top-1, std over
+    seeds; error bars where there are several) and a marker per long run (minutes, top-1). Log-scale time,
+    as the budgets double and triple."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    for name, runs in series.items():
+        minutes, top1, std = zip(*sorted(runs), strict=True)
+        ax.errorbar(minutes, [100 * t for t in top1], yerr=[100 * s for s in std], marker="o", capsize=3,
+                    label=name)
+    for name, (minutes, top1) in points.items():
+        ax.plot([minutes], [100 * top1], marker="*", markersize=12, linestyle="none", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("training time on the CPU (minutes, log scale)")
+    ax.set_ylabel("CIFAR-100 test top-1 (%, single view)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, path)
