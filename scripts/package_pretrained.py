@@ -40,9 +40,10 @@ def main() -> None:
                                            "as cifarkit.device.describe_cpu describes it)")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="ship without a temperature (by default one is fitted on the validation split)")
-    parser.add_argument("--calibrate-for", choices=["nll", "ece"], default="nll",
+    parser.add_argument("--calibrate-for", choices=["nll", "ece", "auto"], default="auto",
                         help="fit the temperature for the validation NLL (the standard) or the validation ECE (what "
-                             "the card reports; label smoothing can set the two apart)")
+                             "the card reports; label smoothing can set the two apart); auto (default): the NLL's "
+                             "unless it leaves the validation ECE over the card's 0.02, then the ECE's")
     args = parser.parse_args()
 
     from cifarkit.evaluate import evaluate_checkpoint

@@ -110,3 +110,27 @@ def test_cifarkit_calibrate_fits_a_runs_temperature_that_predict_and_export_then
     assert record["val_nll"]["after"] <= record["val_nll"]["before"]
     (run / "calibration.json").write_text(json.dumps({**record, "checkpoint_sha256": "0" * 64}))
     assert load_model(run).temperature == 1.0  # fitted for another checkpoint: not used
+
+
+@pytest.mark.parametrize("promise, chosen", [(1.0, "nll"), (0.0, "ece")])
+def test_auto_takes_the_nll_fit_unless_its_validation_ece_breaks_the_promise(monkeypatch, promise, chosen):
+    """`--for auto` (the packaging's default): the NLL's temperature while its validation ECE is within the card's
+    promise, the ECE's once it is not; the record says which and why."""
+    from cifarkit import evaluate
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2_000, 10, generator=generator) * 3
+    labels = torch.multinomial((logits / 2.0).softmax(1), 1, generator=generator).squeeze(1)
+    monkeypatch.setattr(evaluate, "ECE_PROMISE", promise)
+    record = evaluate.calibration_record(logits.double(), labels, "auto")
+    assert record["temperature"] == record["alternatives"][chosen]["temperature"]
+    assert record["fitted_for"].startswith(f"the validation {chosen.upper()} (auto: ")
+
+
+def test_the_cli_offers_every_calibration_target():
+    from cifarkit.cli import build_parser
+    from cifarkit.evaluate import CALIBRATION_TARGETS
+
+    calibrate = build_parser()._subparsers._group_actions[0].choices["calibrate"]
+    target = next(a for a in calibrate._actions if a.dest == "target")
+    assert tuple(target.choices) == CALIBRATION_TARGETS

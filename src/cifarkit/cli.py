@@ -355,8 +355,9 @@ def _calibrate_arguments(sub) -> None:
                                    "once). Shipped models come calibrated.")
     p.add_argument("checkpoint", nargs="?", metavar="RUN_OR_CHECKPOINT", help="a run directory or a checkpoint file")
     p.add_argument("--model", metavar="RUN_DIR|FILE.pt", help="the same, as the other commands spell it")
-    p.add_argument("--for", dest="target", choices=["nll", "ece"], default="nll",
-                   help="fit for the validation NLL (the standard) or its ECE; default: %(default)s")
+    p.add_argument("--for", dest="target", choices=["nll", "ece", "auto"], default="nll",
+                   help="fit for the validation NLL (the standard) or its ECE; auto: the NLL's unless its "
+                        "validation ECE is over 0.02, then the ECE's; default: %(default)s")
     p.add_argument("--data-dir", metavar="PATH", help="where the dataset is (default: as in training)")
     p.add_argument("--device", default="cpu", help="default: %(default)s")
 

@@ -202,20 +202,34 @@ def _temperature_fits():
     return {"nll": fit_temperature, "ece": fit_temperature_for_ece}
 
 
+# `--for auto`: the NLL's temperature (the standard, a proper scoring rule) unless it leaves the validation ECE
+# above what a shipped model's card promises; then the ECE's. Label smoothing and CutMix can set the two fits
+# apart (resnetd-cutmix-cifar100: the NLL's temperature left its validation ECE at 0.025).
+ECE_PROMISE = 0.02
+CALIBRATION_TARGETS = ("nll", "ece", "auto")
+
+
 def calibration_record(logits: torch.Tensor, labels: torch.Tensor, target: str = "nll",
                        features: dict[str, np.ndarray] | None = None) -> dict:
-    """What calibrating a model on its validation logits fits: the temperature for the NLL or the ECE (the other
-    fit's figures beside it), the validation NLL and ECE before and after, and the outlier record (cifarkit.outlier:
-    95% of the split known; the default score with `features` (outlier_features), else the max logit, which
-    needs none). One record for `cifarkit calibrate` and for the packaging of shipped models. Refuses what cannot
-    calibrate (no validation split, NaN...)."""
+    """What calibrating a model on its validation logits fits: the temperature for the NLL, the ECE or `auto`
+    (ECE_PROMISE; the other fit's figures beside it), the validation NLL and ECE before and after, and the outlier
+    record (cifarkit.outlier: 95% of the split known; the default score with `features` (outlier_features), else
+    the max logit, which needs none). One record for `cifarkit calibrate` and for the packaging of shipped models.
+    Refuses what cannot calibrate (no validation split, NaN...)."""
     from cifarkit.calibration import expected_calibration_error as ece
     from cifarkit.calibration import nll
     from cifarkit.outlier import fit_record
 
     fits = {key: fit(logits, labels) for key, fit in _temperature_fits().items()}
+    fitted_for = f"the validation {target.upper()}"
+    if target == "auto":
+        nll_ece = ece(logits, labels, fits["nll"])
+        target = "nll" if nll_ece <= ECE_PROMISE else "ece"
+        fitted_for = (f"the validation NLL (auto: its validation ECE {nll_ece:.4f} is within {ECE_PROMISE})"
+                      if target == "nll" else
+                      f"the validation ECE (auto: the NLL's left the validation ECE at {nll_ece:.4f} > {ECE_PROMISE})")
     temperature = fits[target]
-    return {"temperature": temperature, "fitted_for": f"the validation {target.upper()}",
+    return {"temperature": temperature, "fitted_for": fitted_for,
             "alternatives": {key: {"temperature": t, "val_nll": nll(logits, labels, t),
                                    "val_ece": ece(logits, labels, t)} for key, t in fits.items()},
             "fitted_on": f"the validation split ({len(labels)} held-out training images), single view; never the "
@@ -233,8 +247,8 @@ def calibrate_model(trained: TrainedModel, data_dir: str | None = None, target: 
     score is measured against (a model without features gets the max logit score, which needs none)."""
     from cifarkit.features import HasFeatures
 
-    if target not in _temperature_fits():
-        raise ConfigError(f"--for must be one of {', '.join(_temperature_fits())}, got {target!r}")
+    if target not in CALIBRATION_TARGETS:
+        raise ConfigError(f"--for must be one of {', '.join(CALIBRATION_TARGETS)}, got {target!r}")
     c = trained.data
     data = load_dataset(c.dataset, data_dir or c.data_dir, download=c.download)
     split = split_for(data, c)
