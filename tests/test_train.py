@@ -195,8 +195,20 @@ def test_a_long_cpu_run_says_so_and_names_the_cpu_recipe(tmp_path, fake_root):
     assert len(projection) == 1 and "more steps x" in projection[0]  # logged once, after 5 steps
     from cifarkit.train.loop import projection_line
 
-    lines.append(projection_line(165_000 - 5, 6.0, torch.device("cpu")))  # the message alone: 165k steps at 6 s
-    assert "275.0 h on cpu" in lines[-1] and "--recipe fast10-cpu" in lines[-1]
+    seed = projection_line(165_000 - 5, 6.0, torch.device("cpu"), "cifar100", "runs/x", 10)  # 165k steps at 6 s
+    assert "275.0 h on cpu" in seed and "meant for a GPU" in seed and "--recipe fast100-cpu" in seed
+    # a long CPU recipe (hours, not days): no GPU verdict, but how it resumes and what trains in minutes
+    long_run = projection_line(2_000, 6.6, torch.device("cpu"), "cifar100", "runs/long100-wide", 10)
+    assert "3.7 h on cpu" in long_run and "GPU" not in long_run
+    assert "a checkpoint every 10 minutes and at every validation" in long_run
+    assert "`cifarkit train --resume runs/long100-wide`" in long_run and "--recipe fast100-cpu" in long_run
+    assert "--recipe fast10-cpu` (CIFAR-10" in projection_line(2_000, 6.6, torch.device("cpu"), "cifar10")
+    assert "more than two hours" not in projection_line(1_000, 6.6, torch.device("cpu"))  # 1.8 h: said plainly
+    from cifarkit.config import load_config
+    from cifarkit.train.clock import CPU_RECIPES
+
+    for dataset, (recipe, _) in CPU_RECIPES.items():  # the recipes it names exist and train that dataset
+        assert load_config(recipe).data.dataset == dataset
 
 
 def test_project_times_real_steps_and_states_the_gpu_rate(capsys):

@@ -110,16 +110,26 @@ def duration_text(seconds: float) -> str:
 
 
 PROJECTION_STEPS = 5  # steps timed before the projected duration of the run is logged
-CPU_RECIPE = "fast10-cpu"  # what a CPU user is pointed to when a recipe would take hours
+# what a CPU user is pointed to when a recipe would take hours, by dataset
+CPU_RECIPES = {"cifar100": ("fast100-cpu", "CIFAR-100 in 10 minutes"),
+               "cifar10": ("fast10-cpu", "CIFAR-10 in 10 minutes")}
+GPU_HOURS = 24  # beyond this a run is no CPU job, however well it resumes
 
 
-def projection_line(steps_left: int, seconds_per_step: float, device: torch.device) -> str:
-    """How long the rest of the run will take here; on a slow device, what to try instead."""
+def projection_line(steps_left: int, seconds_per_step: float, device: torch.device, dataset: str = "cifar10",
+                    run_dir: str | None = None, checkpoint_minutes: float | None = None) -> str:
+    """How long the rest of the run will take here; past two hours off a GPU, that it resumes (the long CPU
+    recipes are built to run for hours) and what trains in minutes instead; past a day, that it needs a GPU."""
     left = steps_left * seconds_per_step
     line = (f"projected: {steps_left:,} more steps x {seconds_per_step:.2f}s = {duration_text(left)} on "
             f"{device_name_of(device)}")
-    if left > 2 * 3600 and device.type != "cuda":
-        line += (f". That is more than two hours: this recipe is meant for a GPU. On a CPU, try "
-                 f"`cifarkit train --recipe {CPU_RECIPE}` (CIFAR-10 in 10 minutes), or set "
-                 "train.budget_seconds to fit this one to a wall-clock budget")
+    if left <= 2 * 3600 or device.type == "cuda":
+        return line
+    recipe, what = CPU_RECIPES.get(dataset, CPU_RECIPES["cifar10"])
+    cadence = f" every {checkpoint_minutes:g} minutes and" if checkpoint_minutes else ""
+    line += (". That is more than two hours" + (": this recipe is meant for a GPU" if left > GPU_HOURS * 3600 else "")
+             + f". It keeps a checkpoint{cadence} at every validation, and `cifarkit train --resume "
+             f"{run_dir or 'RUN_DIR'}` continues it after any interruption. To train in minutes instead: "
+             f"`cifarkit train --recipe {recipe}` ({what}), or set train.budget_seconds to fit this one to a "
+             "wall-clock budget")
     return line

@@ -321,7 +321,8 @@ class Trainer:
                 # 2. the run's length: projected once, or planned to fit the budget
                 if self.step == first_step + PROJECTION_STEPS and clock.budget is None:
                     self.log(projection_line(self.total_steps - self.step, clock.elapsed() / PROJECTION_STEPS,
-                                             device))
+                                             device, self.config.data.dataset, str(self.run_dir),
+                                             self.t.checkpoint_minutes))
                 if clock.budget is not None:
                     synchronize(device)
                     self.total_steps = clock.plan(self.step, self.total_steps, just_evaluated=False)
