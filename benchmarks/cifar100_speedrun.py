@@ -32,6 +32,9 @@ their own training time) beside them, a Markdown table and a PNG plot:
 
     python benchmarks/cifar100_speedrun.py --data-dir DIR --budget 600,1800,3600,7200 --seeds 1 \
         --rows fast100-cpu,record100 --long RUNS/long100-cutmix --curve docs/images/accuracy-vs-time.png
+
+`--render-only` draws the table and plot from the runs recorded so far and trains nothing (it lists the runs
+left out), so asking for a second seed while re-rendering cannot start hours of training.
 """
 
 from __future__ import annotations
@@ -261,6 +264,9 @@ def main() -> None:
     parser.add_argument("--long", action="append", default=[], metavar="RUN_DIR",
                         help="a finished long run to put on the curve at its own training time (repeatable)")
     parser.add_argument("--curve", metavar="PNG", help="write the accuracy-against-time plot here")
+    parser.add_argument("--render-only", action="store_true",
+                        help="train nothing: print the tables and draw the plot from the runs already recorded, "
+                             "and list the runs the command would still train")
     args = parser.parse_args()
     long_runs = [long_run_point(Path(d)) for d in args.long]  # checked before hours of training, not after
 
@@ -276,11 +282,15 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown row {unknown[0]!r}: choose from {', '.join([*CIFARKIT_ROWS, *ANCHOR_ROWS])}")
     prepared = None
+    missing = []
     for budget in args.budget:  # the shortest first: the first figures come soonest
         for row in rows_asked:
             seeds = args.seeds if row.startswith("fast100") else args.anchor_seeds
             for seed in range(seeds):
                 if any(r["row"] == row and r["seed"] == seed and r["budget"] == budget for r in record["runs"]):
+                    continue
+                if args.render_only:  # a rendering must never start hours of training
+                    missing.append(f"{row} seed {seed} at {budget:.0f}s")
                     continue
                 if row in CIFARKIT_ROWS:
                     result = run_cifarkit(row, budget, seed, args.data_dir, out, args.set)
@@ -296,8 +306,12 @@ def main() -> None:
                 print(f"{row} seed {seed}, {budget:.0f}s: test top1 {result['test_top1']:.4f} | val "
                       f"{result['val_top1']:.4f} | {result['epochs']:.2f} epochs, {result['train_seconds']:.0f}s",
                       flush=True)
+    if missing:
+        print(f"not run (--render-only), left out of the figures: {'; '.join(missing)}", flush=True)
     for budget in args.budget:
         rows = runs_at(record, budget, out)
+        if not rows:
+            continue
         print(f"\nCIFAR-100, {budget:.0f}s of training per run, single view, {info['cpu']}:")
         for line in summarize(rows):
             print(line)

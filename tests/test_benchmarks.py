@@ -84,6 +84,12 @@ def test_cifar100_speedrun_draws_the_curve_over_budgets_and_long_runs(tmp_path, 
     assert re.fullmatch(r"\| `fast100-cpu` \| 0\.0666667 min \| \d+\.\d\d% \| 1 \|", rows[1])
     assert re.fullmatch(r"\| `fast100-cpu \(\d+ epochs\)`, long run \| 0\.0 h \| \d+\.\d\d% \| 1 \|", rows[2])
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rendered = subprocess.run([*common, "--budget", "4,3", "--seeds", "2", "--render-only", "--curve",
+                               str(tmp_path / "r.png")], capture_output=True, text=True, timeout=600)
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 2  # nothing trained
+    assert "not run (--render-only), left out of the figures: fast100-cpu seed 1 at 3s; fast100-cpu seed 1 at 4s" \
+        in rendered.stdout and (tmp_path / "r.png").is_file()
     for bad, message in ((["--budget", "ten"], "is not seconds"), (["--budget", "-5"], "positive seconds"),
                          (["--long", str(tmp_path)], "has no results.json"), (["--rows", "fast200"], "unknown row")):
         refused = subprocess.run([*common, *bad], capture_output=True, text=True, timeout=600)
