@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
+    from cifarkit.evaluate import CALIBRATION_TARGETS  # one spelling of the choices, the CLI's and this script's
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--name", required=True)
@@ -40,7 +42,7 @@ def main() -> None:
                                            "as cifarkit.device.describe_cpu describes it)")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="ship without a temperature (by default one is fitted on the validation split)")
-    parser.add_argument("--calibrate-for", choices=["nll", "ece", "auto"], default="auto",
+    parser.add_argument("--calibrate-for", choices=CALIBRATION_TARGETS, default="auto",
                         help="fit the temperature for the validation NLL (the standard) or the validation ECE (what "
                              "the card reports; label smoothing can set the two apart); auto (default): the NLL's "
                              "unless it leaves the validation ECE over the card's 0.02, then the ECE's")
