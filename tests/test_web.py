@@ -138,14 +138,17 @@ def test_page_works_out_of_the_box_with_the_shipped_model(tmp_path):
     assert {Path(r["file"]).name: r["superclass"] for r in report["results"]} == {
         Path(p.path).name: f"superclass: {p.superclass}" if p.known is not False else None for p in predictions}
     # ...and says "none of the classes" where `cifarkit predict` does: the same outlier score (the web model's
-    # float16 weights move it by at most the measured difference) and the same verdict away from the threshold
+    # float16 weights move it by at most 0.05, or 1% of it far from the threshold: the score counts spreads of its
+    # parts, and resnetd-wide-cifar100's 9.80 for a picture read 9.75 in the page) and the same verdict away from
+    # the threshold
     from cifarkit.loading import load_pretrained
 
     threshold = load_pretrained().outlier["threshold"]
     page = {Path(r["file"]).name: r for r in report["results"]}
     for p in predictions:
         shown = page[Path(p.path).name]
-        assert abs(shown["outlierScore"] - p.outlier_score) < 0.05, (p.path, shown, p.outlier_score)
+        assert abs(shown["outlierScore"] - p.outlier_score) < max(0.05, 0.01 * abs(p.outlier_score)), (
+            p.path, shown, p.outlier_score)
         if abs(p.outlier_score - threshold) > 0.05:
             assert shown["known"] is p.known, (p.path, shown, p.outlier_score)
             assert (shown["verdict"] or "").startswith("None of the 100 classes") is (not p.known)
