@@ -58,6 +58,8 @@ def main() -> None:
                 "selection": results["selection"], "train_seconds": results["train_seconds"],
                 "wall_seconds": results["wall_seconds"], "device": results["device"], "torch": results["torch"],
                 "seed": results["seed"], "command": args.command}
+    if "refit" in results:  # a run of `cifarkit refit-head`: the classifier fitted again after training
+        training["refit"] = results["refit"]
     from cifarkit.device import describe_cpu
 
     # the machine the run trained on: given, or this one (its CPU model, flags, torch and threads)

@@ -378,6 +378,38 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _refit_head_arguments(sub) -> None:
+    p = sub.add_parser("refit-head", help="fit a model's classifier again without label smoothing (calibration)",
+                       description="Fit the model's last layer again on its frozen features of the training split "
+                                   "(and their mirror images) with the plain cross-entropy of the true labels: a "
+                                   "network trained with label smoothing then gets scores a temperature can "
+                                   "calibrate. The L2 is chosen on the validation split, the test set evaluated "
+                                   "once; writes a run folder that every command loads. Then `cifarkit calibrate "
+                                   "OUT` fits its temperature.")
+    _add_model_option(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="the new run folder (must not hold files)")
+    p.add_argument("--l2", metavar="LIST", help="L2 penalties to choose from, comma-separated (default: "
+                                                "1e-5,3e-5,1e-4,3e-4)")
+    p.add_argument("--no-mirror", action="store_true", help="fit on the training pictures only, not their mirror "
+                                                            "images too (half the feature passes)")
+    p.add_argument("--data-dir", metavar="PATH", help="where the dataset is (default: as in training)")
+    p.add_argument("--device", default="cpu", help="default: %(default)s")
+
+
+@command(_refit_head_arguments)
+def cmd_refit_head(args) -> int:
+    from cifarkit.refit import DEFAULT_L2, RefitError, refit_head
+
+    l2s = DEFAULT_L2
+    if args.l2 is not None:
+        try:
+            l2s = tuple(float(part) for part in args.l2.split(","))
+        except ValueError:
+            raise RefitError(f"--l2 takes numbers separated by commas, e.g. 1e-5,1e-4; got {args.l2!r}") from None
+    refit_head(_model_arg(args), args.out, args.data_dir, l2s, not args.no_mirror, args.device)
+    return 0
+
+
 def _predict_arguments(sub) -> None:
     from cifarkit.predict import FORMATS
 
