@@ -30,6 +30,7 @@ from cifarkit.calibration import CalibrationError
 from cifarkit.checkpoints import checkpoint_bytes
 from cifarkit.data import load_dataset, split_for
 from cifarkit.data.loader import to_device_images
+from cifarkit.device import describe_cpu
 from cifarkit.errors import CifarkitError
 from cifarkit.features import head_parameter_names, require_features
 from cifarkit.files import atomic_write_bytes, atomic_write_text, json_text
@@ -142,9 +143,7 @@ def refit_head(source: str | Path | None, out_dir: str | Path, data_dir: str | N
     """Fit `source`'s classifier again (module docstring) and write the run folder `out_dir`: best.pt (the model
     with the chosen layer), refit.json (every candidate's validation figures) and results.json (the test set,
     once). Returns the results."""
-    from cifarkit.device import describe_cpu
     from cifarkit.loading import load_model
-    from cifarkit.pretrained import PRETRAINED, read_card
 
     log = log or _print_flushed
     out = Path(out_dir).expanduser()
@@ -153,7 +152,7 @@ def refit_head(source: str | Path | None, out_dir: str | Path, data_dir: str | N
     if not l2s or any(not (0 <= l2 < 10) for l2 in l2s):
         raise RefitError("--l2 takes penalties from 0 to 10, e.g. --l2 1e-5,1e-4")
     trained = load_model(source, device)
-    names = weight_name, bias_name = classifier_names(trained.model)
+    names = classifier_names(trained.model)
     c = trained.data
     data = load_dataset(c.dataset, data_dir or c.data_dir, download=c.download)
     split = split_for(data, c)
@@ -161,7 +160,46 @@ def refit_head(source: str | Path | None, out_dir: str | Path, data_dir: str | N
         raise RefitError("the model was trained without a validation split, so nothing can choose the L2 or "
                          "calibrate the result; refit a model trained with data.val_per_class > 0")
     started = time.perf_counter()
+    progress = _progress_reporter(log, started)
+    val_x = features_of(trained, data.train_images[split.val], progress=progress("the validation split",
+                                                                                  len(split.val)))
+    val_y = torch.from_numpy(data.train_labels[split.val]).long()
+    x, y = _training_features(trained, data.train_images[split.train], data.train_labels[split.train], mirror,
+                              progress)
+    model = trained.model.cpu().float()  # the fits and their logits on the CPU, where the features are
+    own, candidates = _fit_candidates(model, names, x, y, val_x, val_y, l2s, log)
+    chosen = choose(candidates, own["top1"])
+    log(f"chosen: L2 {chosen['l2']:g} (the lowest validation NLL after temperature among the fits that keep "
+        f"validation top-1 >= {own['top1']:.4f})")
+    seconds = time.perf_counter() - started
 
+    state = _write_checkpoint(trained, model, names, chosen, out)
+    # the test set, once, with the chosen layer
+    model.load_state_dict(state)
+    test_x = features_of(trained, data.test_images, progress=progress("the test set", len(data.test_labels)))
+    with torch.no_grad():
+        test = scores(model.classify(test_x), torch.from_numpy(data.test_labels).long())
+    test = {key: test[key] for key in ("loss", "top1", "top5")}
+
+    refit = {"source": trained.name, "source_sha256": trained.sha256, "classifier": names[0],
+             "l2": chosen["l2"], "mirror_images": mirror, "fitted_on": f"{len(y):,} features of the training split"
+             + (" and their mirror images" if mirror else ""),
+             "rule": "among the L2s that keep validation top-1 at least the model's own, the lowest validation NLL "
+                     "after the NLL's temperature",
+             "as_trained": own, "candidates": [{"l2": c["l2"], "val": c["val"]} for c in candidates],
+             "seconds": seconds, "hardware": describe_cpu()}
+    atomic_write_text(out / "refit.json", json_text(refit) + "\n")
+    results = _results(source, trained, model, len(split.train), refit, chosen, test)
+    atomic_write_text(out / "results.json", json_text(results) + "\n")
+    log(f"done in {seconds:.0f}s: validation top-1 {own['top1']:.4f} -> {results['val']['top1']:.4f}, NLL after "
+        f"temperature {own['nll_calibrated']:.4f} -> {chosen['val']['nll_calibrated']:.4f} | test top-1 "
+        f"{test['top1']:.4f} (once) | {out} (`cifarkit calibrate {out}` fits its temperature)")
+    return results
+
+
+def _progress_reporter(log: Callable[[str], None], started: float):
+    """progress(what, total) -> a callback that logs how many pictures' features are done, every 30 s and at the
+    end."""
     def progress(what: str, total: int):
         last = [0.0]
 
@@ -171,29 +209,34 @@ def refit_head(source: str | Path | None, out_dir: str | Path, data_dir: str | N
                 log(f"features of {what}: {done:,}/{total:,} pictures ({time.perf_counter() - started:.0f}s)")
         return report
 
-    train_images = data.train_images[split.train]
-    train_labels = torch.from_numpy(data.train_labels[split.train]).long()
-    val_labels = torch.from_numpy(data.train_labels[split.val]).long()
-    val_x = features_of(trained, data.train_images[split.val], progress=progress("the validation split",
-                                                                                  len(split.val)))
-    x = features_of(trained, train_images, progress=progress("the training split", len(train_images)))
-    y = train_labels
-    if mirror:  # the mirror images: the augmentation every recipe trains with, at no cost but the pass
-        x = torch.cat([x, features_of(trained, train_images, True, progress("their mirror images",
-                                                                             len(train_images)))])
-        y = torch.cat([y, train_labels])
-    model = trained.model.cpu().float()  # the fits and their logits on the CPU, where the features are
+    return progress
+
+
+def _training_features(trained, images: np.ndarray, labels: np.ndarray, mirror: bool, progress):
+    """The features of the training split and, with `mirror`, of their mirror images (the augmentation every
+    recipe trains with, at no cost but the pass), with their labels."""
+    y = torch.from_numpy(labels).long()
+    x = features_of(trained, images, progress=progress("the training split", len(images)))
+    if mirror:
+        x = torch.cat([x, features_of(trained, images, True, progress("their mirror images", len(images)))])
+        y = torch.cat([y, y])
+    return x, y
+
+
+def _fit_candidates(model, names, x, y, val_x, val_y, l2s, log) -> tuple[dict, list[dict]]:
+    """The validation figures of the classifier as trained, and of a fit at each L2 (those a temperature can
+    calibrate)."""
     params = dict(model.named_parameters())
     with torch.no_grad():
-        own = scores(classify_with(model, names, params[weight_name], params[bias_name] if bias_name else None,
-                                   val_x), val_labels)
+        own = scores(classify_with(model, names, params[names[0]], params[names[1]] if names[1] else None, val_x),
+                     val_y)
     log(_line("as trained", own))
     candidates = []
     for l2 in l2s:
         w, b = fit_classifier(model, names, x, y, l2)
         try:
             with torch.no_grad():
-                figures = scores(classify_with(model, names, w, b, val_x), val_labels)
+                figures = scores(classify_with(model, names, w, b, val_x), val_y)
         except CalibrationError as e:  # a penalty that flattened (or blew up) the scores: not a candidate
             log(f"L2 {l2:g}: left out ({e})")
             continue
@@ -202,55 +245,48 @@ def refit_head(source: str | Path | None, out_dir: str | Path, data_dir: str | N
     if not candidates:
         raise RefitError(f"no L2 of {', '.join(f'{l2:g}' for l2 in l2s)} gave scores a temperature can calibrate; "
                          "try others with --l2")
-    chosen = choose(candidates, own["top1"])
-    log(f"chosen: L2 {chosen['l2']:g} (the lowest validation NLL after temperature among the fits that keep "
-        f"validation top-1 >= {own['top1']:.4f})")
-    seconds = time.perf_counter() - started
+    return own, candidates
 
-    state = {k: v.detach().cpu().clone() for k, v in trained.model.state_dict().items()}
+
+def _write_checkpoint(trained, model, names, chosen: dict, out: Path) -> dict:
+    """out/best.pt: the model with the chosen classifier (no temperature yet: `cifarkit calibrate` fits it).
+    Returns its weights."""
+    weight_name, bias_name = names
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     state[weight_name] = chosen["weight"].to(state[weight_name].dtype)
     if bias_name:
         state[bias_name] = chosen["bias"].to(state[bias_name].dtype)
-    val = {key: chosen["val"][key] for key in ("loss", "top1", "top5")}
     payload = {"config": trained.config, "model": state,
                "model_spec": {"name": trained.model_spec.name, "kwargs": dict(trained.model_spec.kwargs)},
                "preprocess": trained.preprocess.to_state(), "classes": list(trained.classes),
                "superclasses": list(trained.superclasses), "fine_to_coarse": trained.fine_to_coarse,
-               "step": trained.step, "val": val, "temperature": 1.0, "outlier": None}
+               "step": trained.step, "val": _figures(chosen["val"]), "temperature": 1.0, "outlier": None}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "best.pt", checkpoint_bytes(payload))
+    return state
 
-    # the test set, once, with the chosen layer
-    model.load_state_dict(state)
-    test_x = features_of(trained, data.test_images, progress=progress("the test set", len(data.test_labels)))
-    with torch.no_grad():
-        test = scores(model.classify(test_x), torch.from_numpy(data.test_labels).long())
-    test = {key: test[key] for key in ("loss", "top1", "top5")}
+
+def _figures(figures: dict) -> dict:
+    return {key: figures[key] for key in ("loss", "top1", "top5")}
+
+
+def _results(source, trained, model, train_images: int, refit: dict, chosen: dict, test: dict) -> dict:
+    """results.json, as a training run writes it: the training figures of the model refitted (its card's, or
+    its run's), the chosen layer's validation figures, the test set's, and the refit's record."""
+    from cifarkit.pretrained import PRETRAINED, read_card
 
     name = str(source) if source is not None else None
-    base_training = read_card(name)["training"] if name in PRETRAINED else _run_results(trained.checkpoint)
-    refit = {"source": trained.name, "source_sha256": trained.sha256, "classifier": weight_name,
-             "l2": chosen["l2"], "mirror_images": mirror, "fitted_on": f"{len(y):,} features of the training split"
-             + (" and their mirror images" if mirror else ""),
-             "rule": "among the L2s that keep validation top-1 at least the model's own, the lowest validation NLL "
-                     "after the NLL's temperature",
-             "as_trained": own, "candidates": [{"l2": c["l2"], "val": c["val"]} for c in candidates],
-             "seconds": seconds, "hardware": describe_cpu()}
-    atomic_write_text(out / "refit.json", json_text(refit) + "\n")
-    base = base_training or {}
-    results = {"recipe": trained.config.get("recipe"), "dataset": c.dataset, "model": trained.model_spec.name,
-               "parameters": sum(p.numel() for p in model.parameters()), "seed": base.get("seed"),
-               "steps": trained.step, "epochs": base.get("epochs"), "device": base.get("device"),
-               "torch": base.get("torch", torch.__version__), "train_seconds": base.get("train_seconds"),
-               "wall_seconds": base.get("wall_seconds"), "train_images": len(split.train),
-               "selection": f"{base.get('selection', 'the trained model')}; then its classifier fitted again "
-                            f"without label smoothing (L2 {chosen['l2']:g}, chosen on the validation split)",
-               "val": val, "test": test, "refit": {k: v for k, v in refit.items() if k != "candidates"}}
-    atomic_write_text(out / "results.json", json_text(results) + "\n")
-    log(f"done in {seconds:.0f}s: validation top-1 {own['top1']:.4f} -> {val['top1']:.4f}, NLL after temperature "
-        f"{own['nll_calibrated']:.4f} -> {chosen['val']['nll_calibrated']:.4f} | test top-1 {test['top1']:.4f} "
-        f"(once) | {out} (`cifarkit calibrate {out}` fits its temperature)")
-    return results
+    base = (read_card(name)["training"] if name in PRETRAINED else _run_results(trained.checkpoint)) or {}
+    return {"recipe": trained.config.get("recipe"), "dataset": trained.data.dataset,
+            "model": trained.model_spec.name, "parameters": sum(p.numel() for p in model.parameters()),
+            "seed": base.get("seed"), "steps": trained.step, "epochs": base.get("epochs"),
+            "device": base.get("device"), "torch": base.get("torch", torch.__version__),
+            "train_seconds": base.get("train_seconds"), "wall_seconds": base.get("wall_seconds"),
+            "train_images": train_images,
+            "selection": f"{base.get('selection', 'the trained model')}; then its classifier fitted again "
+                         f"without label smoothing (L2 {chosen['l2']:g}, chosen on the validation split)",
+            "val": _figures(chosen["val"]), "test": test,
+            "refit": {k: v for k, v in refit.items() if k != "candidates"}}
 
 
 def _print_flushed(line: str) -> None:
