@@ -47,7 +47,7 @@ class PretrainedSpec:
 
 
 PRETRAINED: dict[str, PretrainedSpec] = {}
-DEFAULT_PRETRAINED = "resnetd-wide-cifar100"
+DEFAULT_PRETRAINED = "resnetd-wide-refit-cifar100"
 
 
 def register_pretrained(spec: PretrainedSpec) -> PretrainedSpec:
@@ -198,4 +198,11 @@ register_pretrained(PretrainedSpec(
     description="the CIFAR-100 speedrun record's recipe (ResNet-D, Muon, lookahead, WSD, progressive resizing) at "
                 "widths 80/160/320 with CutMix on half the batches for 100 epochs: long100-wide, about 5 CPU-hours "
                 "alone",
+))
+register_pretrained(PretrainedSpec(
+    "resnetd-wide-refit-cifar100",
+    weights_sha256="fcc60069da15d935cf412f0ee159e39c2a6e7816f77a28262dbbeb5ea7dc6518",
+    card_sha256="a26dd0d924301185d13294b592d5407d3507407aa744300112acddf944952a4b",
+    description="resnetd-wide-cifar100 with its classifier fitted again on its features without label smoothing "
+                "(cifarkit refit-head): the same features, scores a temperature calibrates",
 ))
