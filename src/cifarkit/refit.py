@@ -189,7 +189,7 @@ def refit_head(source: str | Path | None, out_dir: str | Path, data_dir: str | N
              "as_trained": own, "candidates": [{"l2": c["l2"], "val": c["val"]} for c in candidates],
              "seconds": seconds, "hardware": describe_cpu()}
     atomic_write_text(out / "refit.json", json_text(refit) + "\n")
-    results = _results(source, trained, model, len(split.train), refit, chosen, test)
+    results = _results(trained, model, len(split.train), refit, chosen, test)
     atomic_write_text(out / "results.json", json_text(results) + "\n")
     log(f"done in {seconds:.0f}s: validation top-1 {own['top1']:.4f} -> {results['val']['top1']:.4f}, NLL after "
         f"temperature {own['nll_calibrated']:.4f} -> {chosen['val']['nll_calibrated']:.4f} | test top-1 "
@@ -270,13 +270,13 @@ def _figures(figures: dict) -> dict:
     return {key: figures[key] for key in ("loss", "top1", "top5")}
 
 
-def _results(source, trained, model, train_images: int, refit: dict, chosen: dict, test: dict) -> dict:
+def _results(trained, model, train_images: int, refit: dict, chosen: dict, test: dict) -> dict:
     """results.json, as a training run writes it: the training figures of the model refitted (its card's, or
     its run's), the chosen layer's validation figures, the test set's, and the refit's record."""
     from cifarkit.pretrained import PRETRAINED, read_card
 
-    name = str(source) if source is not None else None
-    base = (read_card(name)["training"] if name in PRETRAINED else _run_results(trained.checkpoint)) or {}
+    shipped = trained.pretrained and trained.name in PRETRAINED  # by name, or the default (no source)
+    base = (read_card(trained.name)["training"] if shipped else _run_results(trained.checkpoint)) or {}
     return {"recipe": trained.config.get("recipe"), "dataset": trained.data.dataset,
             "model": trained.model_spec.name, "parameters": sum(p.numel() for p in model.parameters()),
             "seed": base.get("seed"), "steps": trained.step, "epochs": base.get("epochs"),
