@@ -36,7 +36,7 @@ from cifarkit.files import (
 )
 from cifarkit.images import SIZE
 from cifarkit.inference import TrainedModel
-from cifarkit.loading import load_model
+from cifarkit.loading import load_model, results_beside
 
 TOLERANCE = 1e-4
 
@@ -175,14 +175,6 @@ def _dataset_for_int8(trained: TrainedModel, data_dir: str | None):
     except DatasetError as e:
         raise ExportError(f"int8 quantisation is calibrated on training images and measured on the test set, so it "
                           f"needs the {c.dataset} files here: pass --data-dir ({e})") from None
-
-
-def _results_beside(checkpoint: Path) -> dict:
-    path = checkpoint.parent / "results.json"
-    if not path.exists():
-        return {}
-    results = read_json(path, 16 << 20, ExportError, "the run's results")
-    return results if isinstance(results, dict) else {}
 
 
 def store_fp16(fp32_path: Path, out_path: Path, min_elements: int = 16) -> None:
@@ -351,7 +343,7 @@ def _metadata(trained: TrainedModel, module: InferenceGraph, parity: dict, outpu
 
         results = read_card(trained.name)["metrics"]
     else:
-        results = _results_beside(trained.checkpoint)
+        results = results_beside(trained.checkpoint, ExportError)
     metadata = {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,

@@ -23,6 +23,7 @@ from cifarkit.pretrained import DEFAULT_PRETRAINED, PRETRAINED, PretrainedError,
 
 CALIBRATION_FILE = "calibration.json"  # written by `cifarkit calibrate` beside the checkpoint it fitted
 MAX_CALIBRATION_BYTES = 4 << 20  # a temperature and an outlier record, its kNN bank (1.4 MB in base64) included
+MAX_RESULTS_BYTES = 16 << 20  # a run's results.json: figures, a few KB
 
 
 def load_model(source: str | Path | None = None, device: str | torch.device = "cpu") -> TrainedModel:
@@ -79,3 +80,13 @@ def run_calibration(checkpoint: Path, sha256: str) -> dict | None:
                         "outlier": outlier if record_problem(outlier) is None else None}
             return None
     return None
+
+
+def results_beside(checkpoint: Path, error: type[Exception] = CheckpointError) -> dict:
+    """The results.json of the run folder a checkpoint file lies in (what the run measured: its training time,
+    validation and test figures), or {} where there is none; a malformed one is `error`."""
+    path = checkpoint.parent / "results.json"
+    if not path.exists():
+        return {}
+    results = read_json(path, MAX_RESULTS_BYTES, error, "the run's results")
+    return results if isinstance(results, dict) else {}

@@ -32,13 +32,13 @@ from cifarkit.data import load_dataset, split_for
 from cifarkit.data.loader import to_device_images
 from cifarkit.device import describe_cpu
 from cifarkit.errors import CifarkitError
-from cifarkit.features import head_parameter_names, require_features
+from cifarkit.features import head_parameter_names
 from cifarkit.files import atomic_write_bytes, atomic_write_text, json_text
 
 # L2 penalties tried (on the mean cross-entropy; features as the network gives them). resnetd-wide-cifar100's
 # validation top-1 fell from 75.66% to 75.30% across them, its NLL after temperature was lowest at 1e-4.
 DEFAULT_L2 = (1e-5, 3e-5, 1e-4, 3e-4)
-BATCH = 500
+CHUNK = 500  # pictures between progress reports
 
 
 class RefitError(CifarkitError):
@@ -58,18 +58,17 @@ def classifier_names(model: torch.nn.Module) -> tuple[str, str | None]:
     return weights[0], (biases[0] if biases else None)
 
 
-@torch.no_grad()
 def features_of(trained, images: np.ndarray, mirror: bool = False, progress: Callable[[int], None] | None = None):
-    """The model's features (float32, on the CPU) for uint8 NHWC `images`, or for their mirror images."""
-    model = require_features(trained.model)
-    device = next(trained.model.parameters()).device
+    """TrainedModel.features (float32, on the CPU) of uint8 NHWC `images`, or of their mirror images, a chunk at a
+    time so that long passes report progress."""
     pixels = to_device_images(images, "cpu")
+    if mirror:
+        pixels = pixels.flip(3)
     out = []
-    for start in range(0, len(pixels), BATCH):
-        batch = trained.preprocess(pixels[start : start + BATCH].to(device))
-        out.append(model.embed(batch.flip(3) if mirror else batch).float().cpu())
+    for start in range(0, len(pixels), CHUNK):
+        out.append(trained.features(pixels[start : start + CHUNK]))
         if progress:
-            progress(min(start + BATCH, len(pixels)))
+            progress(min(start + CHUNK, len(pixels)))
     return torch.cat(out)
 
 
@@ -179,7 +178,7 @@ def refit_head(source: str | Path | None, out_dir: str | Path, data_dir: str | N
     test_x = features_of(trained, data.test_images, progress=progress("the test set", len(data.test_labels)))
     with torch.no_grad():
         test = scores(model.classify(test_x), torch.from_numpy(data.test_labels).long())
-    test = {key: test[key] for key in ("loss", "top1", "top5")}
+    test = _figures(test)
 
     refit = {"source": trained.name, "source_sha256": trained.sha256, "classifier": names[0],
              "l2": chosen["l2"], "mirror_images": mirror, "fitted_on": f"{len(y):,} features of the training split"
@@ -226,10 +225,8 @@ def _training_features(trained, images: np.ndarray, labels: np.ndarray, mirror: 
 def _fit_candidates(model, names, x, y, val_x, val_y, l2s, log) -> tuple[dict, list[dict]]:
     """The validation figures of the classifier as trained, and of a fit at each L2 (those a temperature can
     calibrate)."""
-    params = dict(model.named_parameters())
     with torch.no_grad():
-        own = scores(classify_with(model, names, params[names[0]], params[names[1]] if names[1] else None, val_x),
-                     val_y)
+        own = scores(model.classify(val_x), val_y)
     log(_line("as trained", own))
     candidates = []
     for l2 in l2s:
@@ -273,10 +270,11 @@ def _figures(figures: dict) -> dict:
 def _results(trained, model, train_images: int, refit: dict, chosen: dict, test: dict) -> dict:
     """results.json, as a training run writes it: the training figures of the model refitted (its card's, or
     its run's), the chosen layer's validation figures, the test set's, and the refit's record."""
+    from cifarkit.loading import results_beside
     from cifarkit.pretrained import PRETRAINED, read_card
 
     shipped = trained.pretrained and trained.name in PRETRAINED  # by name, or the default (no source)
-    base = (read_card(trained.name)["training"] if shipped else _run_results(trained.checkpoint)) or {}
+    base = read_card(trained.name)["training"] if shipped else results_beside(trained.checkpoint, RefitError)
     return {"recipe": trained.config.get("recipe"), "dataset": trained.data.dataset,
             "model": trained.model_spec.name, "parameters": sum(p.numel() for p in model.parameters()),
             "seed": base.get("seed"), "steps": trained.step, "epochs": base.get("epochs"),
@@ -296,17 +294,3 @@ def _print_flushed(line: str) -> None:
 def _line(what: str, figures: dict) -> str:
     return (f"{what}: validation top-1 {figures['top1']:.4f}, NLL {figures['loss']:.4f}; after temperature "
             f"{figures['temperature']:.3f}: NLL {figures['nll_calibrated']:.4f}, ECE {figures['ece_calibrated']:.4f}")
-
-
-def _run_results(checkpoint: Path) -> dict | None:
-    """The training figures of the run a checkpoint belongs to (its results.json), where there is one."""
-    import json
-
-    for folder in (checkpoint.parent, checkpoint.parent.parent):
-        path = folder / "results.json"
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except (OSError, ValueError):
-                return None
-    return None
