@@ -172,13 +172,13 @@ def refit_head(source: str | Path | None, out_dir: str | Path, data_dir: str | N
         f"validation top-1 >= {own['top1']:.4f})")
     seconds = time.perf_counter() - started
 
-    state = _write_checkpoint(trained, model, names, chosen, out)
-    # the test set, once, with the chosen layer
-    model.load_state_dict(state)
+    # the test set, once, with the chosen layer; nothing is written before it, so an interrupted refit leaves no
+    # half-made run folder
     test_x = features_of(trained, data.test_images, progress=progress("the test set", len(data.test_labels)))
     with torch.no_grad():
-        test = scores(model.classify(test_x), torch.from_numpy(data.test_labels).long())
-    test = _figures(test)
+        test = _figures(scores(classify_with(model, names, chosen["weight"], chosen["bias"], test_x),
+                               torch.from_numpy(data.test_labels).long()))
+    _write_checkpoint(trained, model, names, chosen, out)
 
     refit = {"source": trained.name, "source_sha256": trained.sha256, "classifier": names[0],
              "l2": chosen["l2"], "mirror_images": mirror, "fitted_on": f"{len(y):,} features of the training split"
@@ -245,9 +245,8 @@ def _fit_candidates(model, names, x, y, val_x, val_y, l2s, log) -> tuple[dict, l
     return own, candidates
 
 
-def _write_checkpoint(trained, model, names, chosen: dict, out: Path) -> dict:
-    """out/best.pt: the model with the chosen classifier (no temperature yet: `cifarkit calibrate` fits it).
-    Returns its weights."""
+def _write_checkpoint(trained, model, names, chosen: dict, out: Path) -> None:
+    """out/best.pt: the model with the chosen classifier (no temperature yet: `cifarkit calibrate` fits it)."""
     weight_name, bias_name = names
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     state[weight_name] = chosen["weight"].to(state[weight_name].dtype)
@@ -260,7 +259,6 @@ def _write_checkpoint(trained, model, names, chosen: dict, out: Path) -> dict:
                "step": trained.step, "val": _figures(chosen["val"]), "temperature": 1.0, "outlier": None}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "best.pt", checkpoint_bytes(payload))
-    return state
 
 
 def _figures(figures: dict) -> dict:
