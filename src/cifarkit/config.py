@@ -46,7 +46,7 @@ MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes of TOML; more is n
 RENAMED = {"schedule.lr": "schedule.name"}
 # Settings added since experiments were first fingerprinted, and the value that computes what a config without
 # them did: an experiment's digest leaves them out at that value, so adding a setting never renames a sweep.
-ADDED = {"optim.bias_lr": None, "train.select": "val_loss"}
+ADDED = {"optim.bias_lr": None, "train.select": "val_loss", "train.init_from": None}
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -78,6 +78,9 @@ class TrainConfig:
     lookahead: bool = False
     # which validation figure picks the checkpoint the test set is run with (cifarkit.train.results.SELECTIONS)
     select: Literal["val_loss", "val_top1"] = "val_loss"
+    # start from a trained model's weights (a shipped name, a run folder or a checkpoint; cifarkit.train.starting)
+    # instead of random ones: the same network, trained on the same split. None: a fresh start
+    init_from: str | None = None
     # Never lose a run: a checkpoint at every evaluation, and also every N steps and/or T minutes.
     checkpoint_every: int | None = setting(None, check=optional(at_least(1)), role=KEPT)
     checkpoint_minutes: float | None = setting(10.0, check=optional(at_least(0)), role=KEPT)

@@ -47,6 +47,7 @@ from cifarkit.train.setup import (
     set_up_run,
     with_progress,
 )
+from cifarkit.train.starting import starting_weights
 from cifarkit.train.stopping import StopRequests, TrainingInterrupted, TrainingStopped
 
 
@@ -66,12 +67,14 @@ class Trainer:
         # the data first: nothing is written before the config is valid and the data is found
         prepared = prepared or prepare_data(config, device, log)
         DeviceLoader.check_batch(t.batch_size, len(prepared.train_y), dist.world_size)
+        # a resumed run's weights are its checkpoint's; a fresh one's source is checked before a folder is made
+        weights = starting_weights(config, prepared.preprocess.to_state(), log) if resume_from is None else None
         if dist.is_main:
             run_dir = run_dir or make_run_dir(config)
             self.claim = RunClaim(run_dir)  # one process trains a run at a time (released at the end of fit)
             atomic_write_text(run_dir / "config.json", json_text(config.to_dict()) + "\n")
         self.run_dir = Path(distributed.broadcast_object(str(run_dir)))
-        self.run = run = set_up_run(config, dist, device, amp, prepared)
+        self.run = run = set_up_run(config, dist, device, amp, prepared, weights)
         log(f"run: {self.run_dir} | device: {device} | autocast: {run.amp_reason}"
             + (f" | {dist.world_size} processes" if dist.enabled else ""))
         self.store = CheckpointStore(self.run_dir, t.keep_checkpoints)

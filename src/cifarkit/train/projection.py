@@ -101,7 +101,9 @@ class TimedTrainer:
         from cifarkit.data import get_spec
         from cifarkit.train.loop import Trainer
 
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, device=str(device)))
+        # the starting weights do not change a step's cost, and synthetic data has no split to check them against
+        train = dataclasses.replace(config.train, device=str(device), init_from=None)
+        config = dataclasses.replace(config, train=train)
         self._folder = tempfile.TemporaryDirectory(prefix="cifarkit-projection-")
         prepared = _synthetic_data(config, device, get_spec(config.data.dataset))
         self.trainer = Trainer(config, log=lambda _: None, prepared=prepared, run_dir=Path(self._folder.name))

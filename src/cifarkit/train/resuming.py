@@ -82,7 +82,7 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, log: Callabl
     _check_belongs(run_dir, state, log)
     if state["step"] >= state["total_steps"]:  # the test figures are computed again from the verified checkpoint
         log(f"{run_dir} finished at step {state['step']} of {state['total_steps']}: nothing to train; testing it "
-            "again. To train longer, start a new run")
+            f"again. To train longer, start a new run from it: --set train.init_from='\"{run_dir}\"'")
     config = config_from_dict(apply_overrides(state["config"], overrides or []))
     log(f"resuming {run_dir} from step {state['step']}")
     return Trainer(config, log, prepared, run_dir=run_dir, resume_from=state, on_validation=on_validation).fit(

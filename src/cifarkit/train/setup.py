@@ -232,9 +232,13 @@ def plan_steps(t, steps_per_epoch: int) -> int:
     return max(1, round(t.epochs * steps_per_epoch)) if t.epochs else t.steps
 
 
-def build_model(config: Config, prepared: PreparedData, device: torch.device) -> torch.nn.Module:
+def build_model(config: Config, prepared: PreparedData, device: torch.device,
+                weights: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+    """The network, initialised as its builder does, or from `weights` (train.init_from's)."""
     model = create_model(config.model.name, prepared.data.spec.num_classes, **config.model.kwargs).to(device)
-    if isinstance(model, InitFromData):  # e.g. airbench's patch-whitening first convolution
+    if weights is not None:
+        model.load_state_dict(weights)
+    elif isinstance(model, InitFromData):  # e.g. airbench's patch-whitening first convolution
         pick = torch.randperm(len(prepared.train_x), generator=torch.Generator().manual_seed(0))[:5000]
         model.init_from_data(prepared.preprocess(prepared.train_x[pick.to(device)]))
     if config.model.channels_last:
@@ -295,12 +299,14 @@ def set_up_process(config: Config) -> tuple[distributed.DistInfo, torch.device, 
 
 
 def set_up_run(config: Config, dist: distributed.DistInfo, device: torch.device,
-               amp: tuple[torch.dtype | None, str], prepared: PreparedData) -> RunParts:
-    """The model (seeded alike on every rank), optimizer, averaging, loader, DDP and compile."""
+               amp: tuple[torch.dtype | None, str], prepared: PreparedData,
+               weights: dict[str, torch.Tensor] | None = None) -> RunParts:
+    """The model (seeded alike on every rank; from `weights` where given), optimizer, averaging, loader, DDP and
+    compile."""
     t = config.train
     amp_dtype, amp_reason = amp
     seed_everything(t.seed)  # the same initial weights on every rank
-    model = build_model(config, prepared, device)
+    model = build_model(config, prepared, device, weights)
     if dist.enabled and t.sync_batchnorm:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if dist.rank:
