@@ -94,3 +94,25 @@ def test_cifar100_speedrun_draws_the_curve_over_budgets_and_long_runs(tmp_path, 
                          (["--long", str(tmp_path)], "has no results.json"), (["--rows", "fast200"], "unknown row")):
         refused = subprocess.run([*common, *bad], capture_output=True, text=True, timeout=600)
         assert refused.returncode != 0 and message in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_weight_averages_measures_each_candidate_on_validation(trained_run, fake_root):
+    """A model averaged with itself is the model: the same validation figures as it alone; recomputing its BatchNorm
+    statistics is measured beside."""
+    import os
+
+    data_dir = os.environ.get("CIFARKIT_TEST_CIFAR10") or str(fake_root)
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "weight_averages.py"), "--data-dir", data_dir,
+                             "--bn-images", "40", str(trained_run), f"{trained_run},{trained_run}"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if "validation top-1" in line]
+    assert len(lines) == 4 and "recomputed" in lines[1] and "as averaged" in lines[2]
+
+    def figures(line):
+        return line.split("validation top-1 ")[1].split(" |")[0]
+
+    assert figures(lines[0]) == figures(lines[2])
+    missing = subprocess.run([sys.executable, str(BENCHMARKS / "weight_averages.py"), "--data-dir", data_dir,
+                              f"{trained_run},no-such-run"], capture_output=True, text=True, timeout=600)
+    assert missing.returncode != 0 and missing.stderr.count("\n") == 1 and "no-such-run" in missing.stderr

@@ -56,8 +56,8 @@ def test_the_old_name_of_a_setting_still_works_and_says_so(tmp_path, capsys):
 
 def test_an_experiment_keeps_its_digest_across_the_rename():
     """Sweeps and studies are named by a digest of their configs: it is computed with the old spelling, and
-    without settings added since (optim.bias_lr, train.select) where they are at the value that computes what
-    their absence did, so an experiment begun earlier continues under the same name."""
+    without settings added since (optim.bias_lr, train.select, train.init_from) where they are at the value that
+    computes what their absence did, so an experiment begun earlier continues under the same name."""
     from cifarkit.experiments.sweep import fingerprint
 
     config = load_config("fast10")
@@ -68,6 +68,7 @@ def test_an_experiment_keeps_its_digest_across_the_rename():
     values["schedule"]["lr"] = values["schedule"].pop("name")
     assert values["optim"].pop("bias_lr") is None  # a config of then had no such key
     assert values["train"].pop("select") == "val_loss"  # nor this one
+    assert values["train"].pop("init_from") is None  # nor this one
     text = json.dumps([[values], {"seeds": [0]}], sort_keys=True, default=str)
     assert fingerprint([config], {"seeds": [0]}) == hashlib.sha256(text.encode()).hexdigest()
     assert fingerprint([load_config("fast10", ["optim.bias_lr=0.5", "optim.norm_lr_scale=1"])], {"seeds": [0]}) != \

@@ -29,6 +29,15 @@ class DataConfig:
     train_subset: int | None = setting(None, check=optional(at_least(1)))
 
 
+# What decides which pictures a model was trained and validated on (where the files lie does not).
+SPLIT_SETTINGS = ("dataset", "val_per_class", "split_seed", "train_subset")
+
+
+def split_differences(ours: DataConfig, theirs: DataConfig) -> list[str]:
+    """The settings of SPLIT_SETTINGS in which two data configs differ: none, and they pick the same pictures."""
+    return [key for key in SPLIT_SETTINGS if getattr(ours, key) != getattr(theirs, key)]
+
+
 @dataclass(frozen=True)
 class Split:
     train: np.ndarray  # indices into the official training set, sorted

@@ -10,17 +10,14 @@ choice made on them would be flattered.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 
 import torch
 
 from cifarkit.config import Config
+from cifarkit.data.split import split_differences
 from cifarkit.errors import ConfigError
 from cifarkit.loading import load_model
 from cifarkit.text import printable
-
-# What decides which pictures a model was trained and validated on (where the files lie does not).
-SPLIT_SETTINGS = ("dataset", "val_per_class", "split_seed", "train_subset")
 
 
 def starting_weights(config: Config, preprocess_state: dict,
@@ -36,10 +33,9 @@ def starting_weights(config: Config, preprocess_state: dict,
     if (spec.name, spec.kwargs) != (config.model.name, config.model.kwargs):
         raise ConfigError(f"{what} is {spec.name} with {spec.kwargs}; this run trains {config.model.name} with "
                           f"{config.model.kwargs}. Start from the same network, or set model.kwargs to match")
-    theirs, ours = asdict(trained.data), asdict(config.data)
-    differ = [key for key in SPLIT_SETTINGS if theirs[key] != ours[key]]
+    differ = split_differences(config.data, trained.data)
     if differ:
-        settings = ", ".join(f"data.{key} = {theirs[key]!r}" for key in differ)
+        settings = ", ".join(f"data.{key} = {getattr(trained.data, key)!r}" for key in differ)
         raise ConfigError(f"{what} was trained on another split ({settings}): its weights have seen "
                           "pictures this run would validate on. Set the same data settings")
     if not _same_preprocessing(trained.preprocess.to_state(), preprocess_state):
