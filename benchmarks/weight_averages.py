@@ -22,8 +22,9 @@ import time
 import torch
 
 from cifarkit.data import load_dataset
+from cifarkit.data.loader import eval_batches, to_device_images
 from cifarkit.data.split import split_differences, split_for
-from cifarkit.device import choose_autocast, describe_cpu, resolve_device
+from cifarkit.device import autocast, choose_autocast, describe_cpu, resolve_device
 from cifarkit.errors import CifarkitError
 from cifarkit.loading import load_model
 from cifarkit.train.metrics import evaluate_batches
@@ -43,28 +44,15 @@ def averaged(sources: list[str], device: torch.device):
     return first
 
 
-def inputs(trained, images, device, size: int = 500):
-    """The network's inputs for uint8 NHWC `images`, in batches."""
-    for start in range(0, len(images), size):
-        yield trained.preprocess(torch.from_numpy(images[start : start + size]).permute(0, 3, 1, 2).to(device))
-
-
-def batches(trained, images, labels, device, size: int = 500):
-    for start, x in zip(range(0, len(labels), size), inputs(trained, images, device, size), strict=True):
-        yield x, torch.from_numpy(labels[start : start + size]).long().to(device)
-
-
 @torch.no_grad()
-def recompute_batchnorm(trained, images, device, amp_dtype) -> None:
-    """BatchNorm statistics of the model's own activations on `images` (a cumulative average, no augmentation)."""
-    from cifarkit.device import autocast
-
+def recompute_batchnorm(trained, batches, device, amp_dtype) -> None:
+    """BatchNorm statistics of the model's own activations on `batches` (a cumulative average, no augmentation)."""
     norms = [m for m in trained.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None
     trained.model.train()
-    for x in inputs(trained, images, device):
+    for x, _ in batches:
         with autocast(device, amp_dtype):
             trained.model(x)
     trained.model.eval()
@@ -82,18 +70,29 @@ def main() -> None:
     print(json.dumps(describe_cpu()), f"autocast: {amp_reason}", flush=True)
     data = None
     for candidate in args.candidates:
-        for recompute in (False, True) if args.bn_images else (False,):
-            started = time.perf_counter()
-            trained = averaged(candidate.split(","), device)
-            data = data or load_dataset(trained.data.dataset, args.data_dir, download=False)
-            split = split_for(data, trained.data)
-            if recompute:
-                pick = torch.randperm(len(split.train), generator=torch.Generator().manual_seed(0))[: args.bn_images]
-                recompute_batchnorm(trained, data.train_images[split.train[pick.numpy()]], device, amp_dtype)
-            val = evaluate_batches(trained.model, batches(trained, data.train_images[split.val],
-                                                          data.train_labels[split.val], device), device, amp_dtype)
-            print(f"{candidate} | BatchNorm {'recomputed' if recompute else 'as averaged'} | validation top-1 "
-                  f"{val['top1']:.2%} loss {val['loss']:.4f} | {time.perf_counter() - started:.0f} s", flush=True)
+        trained = averaged(candidate.split(","), device)
+        data = data or load_dataset(trained.data.dataset, args.data_dir, download=False)
+        measure(candidate, trained, data, args.bn_images, device, amp_dtype)
+
+
+def pictures(trained, data, index, device):
+    """The training-set pictures at `index` as (input, label) batches, in order, without augmentation."""
+    return eval_batches(to_device_images(data.train_images[index], device),
+                        torch.from_numpy(data.train_labels[index]).long().to(device), 500, trained.preprocess)
+
+
+def measure(candidate: str, trained, data, bn_images: int, device, amp_dtype) -> None:
+    """Prints the validation figures of `trained` as averaged, then (with `bn_images`) of the same weights with their
+    BatchNorm statistics computed again."""
+    split = split_for(data, trained.data)
+    for recompute in (False, True) if bn_images else (False,):
+        started = time.perf_counter()
+        if recompute:
+            pick = torch.randperm(len(split.train), generator=torch.Generator().manual_seed(0))[:bn_images]
+            recompute_batchnorm(trained, pictures(trained, data, split.train[pick.numpy()], device), device, amp_dtype)
+        val = evaluate_batches(trained.model, pictures(trained, data, split.val, device), device, amp_dtype)
+        print(f"{candidate} | BatchNorm {'recomputed' if recompute else 'as averaged'} | validation top-1 "
+              f"{val['top1']:.2%} loss {val['loss']:.4f} | {time.perf_counter() - started:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

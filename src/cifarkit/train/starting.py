@@ -22,8 +22,9 @@ from cifarkit.text import printable
 
 def starting_weights(config: Config, preprocess_state: dict,
                      log: Callable[[str], None]) -> dict[str, torch.Tensor] | None:
-    """The weights `train.init_from` names, checked against this run (None: a fresh start), as float32 on the
-    CPU. `preprocess_state` is this run's preprocessing as fitted on its training split."""
+    """The weights `train.init_from` names, checked against this run (None: a fresh start), on the CPU as loading
+    a model builds them (float32, whatever the file stores). `preprocess_state` is this run's preprocessing as
+    fitted on its training split."""
     source = config.train.init_from
     if not source:
         return None
@@ -42,8 +43,7 @@ def starting_weights(config: Config, preprocess_state: dict,
         raise ConfigError(f"{what} was trained with other preprocessing ({trained.preprocess.config}); set "
                           "preprocess.* to match it")
     log(f"starting from {trained.name} (step {trained.step:,}, sha256 {trained.sha256[:12]})")
-    return {key: value.detach().float() if value.is_floating_point() else value.detach()
-            for key, value in trained.model.state_dict().items()}
+    return trained.model.state_dict()
 
 
 def _same_preprocessing(theirs: dict, ours: dict) -> bool:
