@@ -10,7 +10,13 @@
    flip+translate), training seconds per seed, images/s.
 2. The two ELU networks' training throughput (synchronised step times) and the projected time of 165k
    iterations.
-3. `elu-seed` on the same dataset for the steps that fit in what is left (the same loop as a full run).
+3. `elu-seed` on the same dataset for the steps that fit in what is left (the same loop as a full run); or,
+   with `--long-recipe`, that long recipe instead, for as many epochs as fit in what is left: its steps are
+   timed first (`cifarkit.train.projection`, both stretches of progressive resizing), the epochs chosen from
+   them, and the run is then an ordinary epoch-based run (its schedule ends at its end; the validation split
+   picks its checkpoint; the test set once). Its model is written beside the report as `long-model.pt`
+   (the chosen checkpoint without the training state), which `cifarkit predict`, `refit-head`, `calibrate`
+   and `scripts/package_pretrained.py` take like a run folder's best.pt.
 
 Everything is written to OUT/gpu_suite.json (and OUT/gpu_suite.log), section by section as they finish, so
 a run that is cut short still leaves its figures. On a CPU with a tiny budget it runs the same code paths
@@ -33,11 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from elu_throughput import measure  # noqa: E402
 
+from cifarkit.checkpoints import checkpoint_bytes, load_checkpoint  # noqa: E402
 from cifarkit.config import load_config  # noqa: E402
+from cifarkit.data import get_spec  # noqa: E402
+from cifarkit.data.split import split_sizes  # noqa: E402
 from cifarkit.device import device_name_of, resolve_device  # noqa: E402
 from cifarkit.experiments.sweep import PreparedCache  # noqa: E402
+from cifarkit.files import atomic_write_bytes  # noqa: E402
 from cifarkit.stats import mean_std_text  # noqa: E402
 from cifarkit.train import train  # noqa: E402
+from cifarkit.train.projection import project  # noqa: E402
 from cifarkit.train.results import summarize_runs  # noqa: E402
 
 
@@ -113,6 +124,53 @@ def elu_run_section(suite: Suite, args, device) -> None:
                                                                    "test", "val")})
 
 
+# what a checkpoint holds only to continue training: left out of the long run's portable model
+TRAINING_STATE = ("train_model", "optimizer", "loader", "train_accumulator", "rng")
+
+
+def long_section(suite: Suite, args, device) -> None:
+    """`--long-recipe` for as many whole epochs as fit in what is left of the budget (module docstring, 3)."""
+    seconds = suite.left() - args.long_margin  # the test pass (with TTA) and writing the model come after
+    overrides = [f"data.dataset={json.dumps(args.dataset)}", f"data.data_dir={json.dumps(args.data_dir)}",
+                 f"train.device={json.dumps(str(device))}", "train.budget_seconds=0", "train.checkpoint_minutes=0",
+                 f"train.out_dir={json.dumps(str(suite.out / 'runs'))}", "train.keep_checkpoints=1",
+                 f"train.run_name={json.dumps(args.long_recipe + '-' + device.type)}", *args.long_set]
+    config = load_config(args.long_recipe, overrides)
+    train_images, _ = split_sizes(get_spec(config.data.dataset), config.data)
+    steps_per_epoch = max(1, train_images // config.train.batch_size)
+    timing_started = time.perf_counter()
+    projection = project(config, device, steps=5, warmup=3, log=suite.log)
+    seconds -= time.perf_counter() - timing_started
+    # validation passes (every `--long-eval-epochs` epochs, each with its checkpoint) are charged at 5% extra
+    per_epoch = 1.05 * projection.step_seconds * steps_per_epoch
+    epochs = max(1, min(args.long_max_epochs, int(seconds / per_epoch)))
+    suite.log(f"{args.long_recipe}: {projection.step_seconds:.3f} s a step (both resizing stretches, timed) "
+              f"-> {epochs} epochs in the {seconds:.0f} s left")
+    suite.save("long_plan", {"recipe": args.long_recipe, "step_seconds": projection.step_seconds,
+                             "epochs": epochs, "seconds_for_training": seconds, "overrides": args.long_set})
+    eval_every = steps_per_epoch * max(1, min(args.long_eval_epochs, epochs))
+    config = load_config(args.long_recipe, [*overrides, f"train.epochs={epochs}", f"train.eval_every={eval_every}"])
+    result = train(config, suite.log)
+    checkpoint = load_checkpoint(suite.out / "runs" / f"{args.long_recipe}-{device.type}" / "best.pt")
+    portable = {k: v for k, v in checkpoint.items() if k not in TRAINING_STATE and k not in ("format", "version")}
+    atomic_write_bytes(suite.out / "long-model.pt", checkpoint_bytes(portable))
+    suite.save("long", {"recipe": args.long_recipe, "epochs": epochs, "overrides": args.long_set,
+                        **{k: result.get(k) for k in ("steps", "train_seconds", "images_per_second", "val", "test",
+                                                      "test_tta", "test_tta_translate", "best_step")}})
+    suite.log(f"{args.long_recipe}: {epochs} epochs in {result['train_seconds']:.0f} s | test top1 "
+              f"{result['test']['top1']:.4f} | model {suite.out / 'long-model.pt'}")
+
+
+def guarded(suite: Suite, name: str, section, *arguments) -> None:
+    """One section; a failure is logged and saved, and the suite goes on to the next (the figures of the others
+    are worth having)."""
+    try:
+        section(suite, *arguments)
+    except Exception as e:  # noqa: BLE001  (any failure of one section)
+        suite.log(f"{name} failed: {type(e).__name__}: {e}")
+        suite.save(f"{name}_error", f"{type(e).__name__}: {e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, help="folder with cifar-100-python/ (or cifar-10-batches-py/)")
@@ -127,6 +185,12 @@ def main() -> None:
     parser.add_argument("--fast10-steps", type=int, help="cut the fast recipes to this many steps (CPU tests)")
     parser.add_argument("--set", action="append", default=[], help="extra fast-recipe overrides (CPU tests)")
     parser.add_argument("--elu-set", action="append", default=[], help="extra elu-seed overrides (CPU tests)")
+    parser.add_argument("--long-recipe", help="train this recipe in what is left, not elu-seed (e.g. long100-wide)")
+    parser.add_argument("--long-seconds", type=float, default=0.0, help="seconds kept for --long-recipe")
+    parser.add_argument("--long-margin", type=float, default=60.0, help="seconds kept after it: test pass, writing")
+    parser.add_argument("--long-max-epochs", type=int, default=400)
+    parser.add_argument("--long-eval-epochs", type=int, default=5, help="a validation pass every N epochs")
+    parser.add_argument("--long-set", action="append", default=[], help="extra long-recipe overrides")
     args = parser.parse_args()
     device = resolve_device(args.device)
     suite = Suite(Path(args.out), args.budget_seconds)
@@ -134,12 +198,17 @@ def main() -> None:
                            "cuda": torch.version.cuda, "budget_seconds": args.budget_seconds})
     suite.log(f"device {device_name_of(device)} | torch {torch.__version__} | budget {args.budget_seconds:.0f}s")
     recipes = [r for r in args.fast_recipes.split(",") if r]
-    fast_deadline = time.perf_counter() + 0.5 * suite.left()
+    fast_deadline = time.perf_counter() + 0.5 * (suite.left() - args.long_seconds)
     cache = PreparedCache()
     for i, recipe in enumerate(recipes):  # half the budget, shared out evenly among the recipes still to run
-        fast_section(suite, args, device, recipe, (fast_deadline - time.perf_counter()) / (len(recipes) - i), cache)
-    elu_throughput_section(suite, args, device)
-    elu_run_section(suite, args, device)
+        seconds = (fast_deadline - time.perf_counter()) / (len(recipes) - i)
+        guarded(suite, recipe, fast_section, args, device, recipe, seconds, cache)
+    del cache  # the long run prepares its own data
+    guarded(suite, "elu_throughput", elu_throughput_section, args, device)
+    if args.long_recipe:
+        guarded(suite, "long", long_section, args, device)
+    else:
+        guarded(suite, "elu_seed", elu_run_section, args, device)
     suite.save("total_seconds", time.perf_counter() - suite.started)
     suite.log(f"suite done in {time.perf_counter() - suite.started:.0f}s | {suite.out / 'gpu_suite.json'}")
 

@@ -36,6 +36,31 @@ def test_gpu_suite_runs_every_section_on_the_cpu(tmp_path, fake_root):
     assert "suite done" in (out / "gpu_suite.log").read_text()
 
 
+def test_gpu_suite_long_section_fits_its_epochs_and_writes_a_portable_model(tmp_path, fake_root):
+    out = tmp_path / "suite"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_suite.py"), "--data-dir", str(fake_root), "--out", str(out),
+         "--device", "cpu", "--budget-seconds", "40", "--fast-recipes", "", "--elu-steps", "1", "--elu-width", "0.05",
+         "--long-recipe", "long100-wide", "--long-margin", "5", "--long-max-epochs", "2",
+         "--long-set", "model.kwargs={widths=[8,16,16],blocks=[1,1,1]}", "--long-set", "train.compile=false",
+         "--long-set", "train.batch_size=32", "--long-set", "data.val_per_class=2"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "gpu_suite.json").read_text())
+    assert "long_error" not in report, report.get("long_error")
+    plan, long = report["long_plan"], report["long"]
+    assert plan["step_seconds"] > 0 and 1 <= plan["epochs"] <= 2 and long["epochs"] == plan["epochs"]
+    assert 0 <= long["test"]["top1"] <= 1 and "test_tta_translate" in long
+    from cifarkit.checkpoints import load_checkpoint
+    from cifarkit.loading import load_model
+
+    portable = load_checkpoint(out / "long-model.pt")
+    assert "optimizer" not in portable and "train_model" not in portable
+    run_best = load_checkpoint(out / "runs" / "long100-wide-cpu" / "best.pt")
+    assert all(portable["model"][k].equal(v) for k, v in run_best["model"].items())
+    assert load_model(str(out / "long-model.pt")) is not None
+
+
 def test_typescript_throughput_runs_both_sides():
     package = BENCHMARKS.parent / "web" / "packages" / "classify"
     if shutil.which("node") is None or not (package / "dist" / "node.js").is_file():
