@@ -15,7 +15,7 @@ import torch
 
 from cifarkit.config import Config
 from cifarkit.data.split import split_differences
-from cifarkit.errors import ConfigError
+from cifarkit.errors import CheckpointError, ConfigError
 from cifarkit.loading import load_model
 from cifarkit.text import printable
 
@@ -28,7 +28,10 @@ def starting_weights(config: Config, preprocess_state: dict,
     source = config.train.init_from
     if not source:
         return None
-    trained = load_model(source, "cpu")
+    try:
+        trained = load_model(source, "cpu")
+    except CheckpointError as e:  # loading's own one line, said to be about this setting
+        raise CheckpointError(f"train.init_from: {e}") from None
     what = f"train.init_from: {printable(source)}"
     spec = trained.model_spec
     if (spec.name, spec.kwargs) != (config.model.name, config.model.kwargs):
