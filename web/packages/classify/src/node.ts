@@ -24,7 +24,7 @@ export { centreSquare, DEFAULT_FIT, FITS, SIZE, toModelPixels, type Fit, type RG
 export type NodeImageInput = string | URL | Buffer | Uint8Array | ArrayBuffer | RawPixels;
 export type NodeClassifier = Classifier<NodeImageInput>;
 
-/** The model that ships with the package: cifarkit's resnetd-wide-refit-cifar100 export (100 classes, 20 superclasses). */
+/** The package's own model: cifarkit's resnetd-wide-gpu-refit-cifar100 export (100 classes, 20 superclasses). */
 export const DEFAULT_MODEL = fileURLToPath(new URL("../model/model.onnx", import.meta.url));
 
 const FILE_ERRORS: Record<string, string> = {
