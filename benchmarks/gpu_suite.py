@@ -216,6 +216,9 @@ def main() -> None:
         guarded(suite, "elu_seed", elu_run_section, args, device)
     suite.save("total_seconds", time.perf_counter() - suite.started)
     suite.log(f"suite done in {time.perf_counter() - suite.started:.0f}s | {suite.out / 'gpu_suite.json'}")
+    failed = [name[: -len("_error")] for name in suite.report if name.endswith("_error")]
+    if failed:  # the figures of the rest are written; the exit status still says not all of it ran
+        sys.exit(f"gpu_suite: {', '.join(failed)} failed (see {suite.out / 'gpu_suite.log'})")
 
 
 if __name__ == "__main__":
