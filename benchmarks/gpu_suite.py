@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from elu_throughput import measure  # noqa: E402
 
-from cifarkit.checkpoints import checkpoint_bytes, load_checkpoint  # noqa: E402
+from cifarkit.checkpoints import TRAINING_ONLY, checkpoint_bytes, load_checkpoint  # noqa: E402
 from cifarkit.config import load_config  # noqa: E402
 from cifarkit.data import get_spec  # noqa: E402
 from cifarkit.data.split import split_sizes  # noqa: E402
@@ -124,17 +124,14 @@ def elu_run_section(suite: Suite, args, device) -> None:
                                                                    "test", "val")})
 
 
-# what a checkpoint holds only to continue training: left out of the long run's portable model
-TRAINING_STATE = ("train_model", "optimizer", "loader", "train_accumulator", "rng")
-
-
 def long_section(suite: Suite, args, device) -> None:
     """`--long-recipe` for as many whole epochs as fit in what is left of the budget (module docstring, 3)."""
     seconds = suite.left() - args.long_margin  # the test pass (with TTA) and writing the model come after
+    run_name = f"{args.long_recipe}-{device.type}"
     overrides = [f"data.dataset={json.dumps(args.dataset)}", f"data.data_dir={json.dumps(args.data_dir)}",
                  f"train.device={json.dumps(str(device))}", "train.budget_seconds=0", "train.checkpoint_minutes=0",
                  f"train.out_dir={json.dumps(str(suite.out / 'runs'))}", "train.keep_checkpoints=1",
-                 f"train.run_name={json.dumps(args.long_recipe + '-' + device.type)}", *args.long_set]
+                 f"train.run_name={json.dumps(run_name)}", *args.long_set]
     config = load_config(args.long_recipe, overrides)
     train_images, _ = split_sizes(get_spec(config.data.dataset), config.data)
     steps_per_epoch = max(1, train_images // config.train.batch_size)
@@ -152,8 +149,8 @@ def long_section(suite: Suite, args, device) -> None:
     eval_every = steps_per_epoch * max(1, min(args.long_eval_epochs, epochs))
     config = load_config(args.long_recipe, [*overrides, f"train.epochs={epochs}", f"train.eval_every={eval_every}"])
     result = train(config, suite.log)
-    checkpoint = load_checkpoint(suite.out / "runs" / f"{args.long_recipe}-{device.type}" / "best.pt")
-    portable = {k: v for k, v in checkpoint.items() if k not in TRAINING_STATE and k not in ("format", "version")}
+    checkpoint = load_checkpoint(suite.out / "runs" / run_name)  # the one the run tested: best.pt, else last.pt
+    portable = {k: v for k, v in checkpoint.items() if k not in TRAINING_ONLY and k not in ("format", "version")}
     atomic_write_bytes(suite.out / "long-model.pt", checkpoint_bytes(portable))
     suite.save("long", {"recipe": args.long_recipe, "epochs": epochs, "overrides": args.long_set,
                         **{k: result.get(k) for k in ("steps", "train_seconds", "images_per_second", "val", "test",

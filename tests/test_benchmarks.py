@@ -61,6 +61,18 @@ def test_gpu_suite_long_section_fits_its_epochs_and_writes_a_portable_model(tmp_
     assert load_model(str(out / "long-model.pt")) is not None
 
 
+def test_gpu_suite_reports_a_failed_section_and_exits_non_zero(tmp_path, fake_root):
+    out = tmp_path / "suite"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_suite.py"), "--data-dir", str(fake_root), "--out", str(out),
+         "--device", "cpu", "--budget-seconds", "20", "--fast-recipes", "", "--elu-steps", "1", "--elu-width", "0.05",
+         "--long-recipe", "no-such-recipe"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "long failed" in result.stderr.splitlines()[-1]
+    report = json.loads((out / "gpu_suite.json").read_text())
+    assert "no-such-recipe" in report["long_error"] and "elu_throughput" in report  # the rest still ran
+
+
 def test_typescript_throughput_runs_both_sides():
     package = BENCHMARKS.parent / "web" / "packages" / "classify"
     if shutil.which("node") is None or not (package / "dist" / "node.js").is_file():

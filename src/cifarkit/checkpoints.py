@@ -152,6 +152,8 @@ FIELDS = {  # field: (what it must be, check)
 FOR_USE = ("step", "model", "config", "preprocess", "classes")  # what evaluate / predict / export need
 FOR_RESUME = (*FOR_USE, "total_steps", "optimizer", "loader", "rng", "train_accumulator", "best_score",
               "best_step", "skipped_steps", "train_seconds")
+# the bulk of a checkpoint that only continuing its training reads: a model to use goes without them
+TRAINING_ONLY = ("train_model", "optimizer", "loader", "rng", "train_accumulator")
 
 
 def check_payload(payload: dict, source, required: tuple[str, ...] = ("step", "model")) -> dict:
