@@ -50,6 +50,7 @@ from cifarkit.stats import mean_std_text  # noqa: E402
 from cifarkit.train import train  # noqa: E402
 from cifarkit.train.projection import project  # noqa: E402
 from cifarkit.train.results import summarize_runs  # noqa: E402
+from cifarkit.train.stopping import TrainingInterrupted  # noqa: E402
 
 
 class Suite:
@@ -164,6 +165,8 @@ def guarded(suite: Suite, name: str, section, *arguments) -> None:
     are worth having)."""
     try:
         section(suite, *arguments)
+    except TrainingInterrupted:
+        raise  # a stop asked for (Ctrl-C, SIGTERM) stops the suite, not only this section
     except Exception as e:  # noqa: BLE001  (any failure of one section)
         suite.log(f"{name} failed: {type(e).__name__}: {e}")
         suite.save(f"{name}_error", f"{type(e).__name__}: {e}")
@@ -219,4 +222,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (TrainingInterrupted, KeyboardInterrupt) as e:
+        print(f"gpu_suite: stopped ({str(e) or 'interrupted'}); the sections that finished are in --out's "
+              "gpu_suite.json and gpu_suite.log", file=sys.stderr)
+        sys.exit(130)

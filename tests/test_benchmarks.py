@@ -73,6 +73,32 @@ def test_gpu_suite_reports_a_failed_section_and_exits_non_zero(tmp_path, fake_ro
     assert "no-such-recipe" in report["long_error"] and "elu_throughput" in report  # the rest still ran
 
 
+def test_gpu_suite_stops_on_ctrl_c_and_keeps_what_finished(tmp_path, fake_root):
+    import signal
+    import time
+
+    out = tmp_path / "suite"
+    process = subprocess.Popen(
+        [sys.executable, str(BENCHMARKS / "gpu_suite.py"), "--data-dir", str(fake_root), "--out", str(out),
+         "--device", "cpu", "--budget-seconds", "600", "--fast-recipes", "", "--elu-steps", "1", "--elu-width", "0.05",
+         "--long-recipe", "long100-wide", "--long-max-epochs", "400", "--long-eval-epochs", "1",
+         "--long-set", "model.kwargs={widths=[8,16,16],blocks=[1,1,1]}", "--long-set", "train.compile=false",
+         "--long-set", "train.batch_size=32", "--long-set", "data.val_per_class=2",
+         "--long-set", "data.train_subset=600"],  # the fake set's size, which the epochs are planned from
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoints = out / "runs" / "long100-wide-cpu" / "checkpoints"  # one per validation pass, each every epoch
+    deadline = time.monotonic() + 300
+    while not any(checkpoints.glob("step-*.pt")) and process.poll() is None:
+        assert time.monotonic() < deadline, "the long run never reached its first validation pass"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("gpu_suite: stopped (SIGINT received")
+    report = json.loads((out / "gpu_suite.json").read_text())
+    assert "long_plan" in report and "long" not in report and "total_seconds" not in report  # stopped, not done
+
+
 def test_typescript_throughput_runs_both_sides():
     package = BENCHMARKS.parent / "web" / "packages" / "classify"
     if shutil.which("node") is None or not (package / "dist" / "node.js").is_file():
