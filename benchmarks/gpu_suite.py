@@ -41,9 +41,8 @@ from elu_throughput import measure  # noqa: E402
 
 from cifarkit.checkpoints import TRAINING_ONLY, checkpoint_bytes, load_checkpoint  # noqa: E402
 from cifarkit.config import load_config  # noqa: E402
-from cifarkit.data import get_spec  # noqa: E402
-from cifarkit.data.split import split_sizes  # noqa: E402
 from cifarkit.device import device_name_of, resolve_device  # noqa: E402
+from cifarkit.errors import ConfigError  # noqa: E402
 from cifarkit.experiments.sweep import PreparedCache  # noqa: E402
 from cifarkit.files import atomic_write_bytes  # noqa: E402
 from cifarkit.stats import mean_std_text  # noqa: E402
@@ -125,20 +124,21 @@ def elu_run_section(suite: Suite, args, device) -> None:
                                                                    "test", "val")})
 
 
-def long_section(suite: Suite, args, device) -> None:
+def long_section(suite: Suite, args, device, cache: PreparedCache) -> None:
     """`--long-recipe` for as many whole epochs as fit in what is left of the budget (module docstring, 3)."""
-    seconds = suite.left() - args.long_margin  # the test pass (with TTA) and writing the model come after
     run_name = f"{args.long_recipe}-{device.type}"
     overrides = [f"data.dataset={json.dumps(args.dataset)}", f"data.data_dir={json.dumps(args.data_dir)}",
                  f"train.device={json.dumps(str(device))}", "train.budget_seconds=0", "train.checkpoint_minutes=0",
                  f"train.out_dir={json.dumps(str(suite.out / 'runs'))}", "train.keep_checkpoints=1",
                  f"train.run_name={json.dumps(run_name)}", *args.long_set]
     config = load_config(args.long_recipe, overrides)
-    train_images, _ = split_sizes(get_spec(config.data.dataset), config.data)
-    steps_per_epoch = max(1, train_images // config.train.batch_size)
-    timing_started = time.perf_counter()
+    prepared = cache.get(config, suite.log)  # first: a data problem fails before minutes of timing
+    steps_per_epoch = max(1, len(prepared.train_x) // config.train.batch_size)
     projection = project(config, device, steps=5, warmup=3, log=suite.log)
-    seconds -= time.perf_counter() - timing_started
+    seconds = suite.left() - args.long_margin  # the test pass (with TTA) and writing the model come after
+    if seconds <= 0:
+        raise ConfigError(f"no time is left for {args.long_recipe} after timing it; raise --budget-seconds or "
+                          "--long-seconds")
     # the timed steps run on resident synthetic data without validation passes or checkpoints: a real run's step
     # took 1.16x the timed one on an H200 (0.0327 s against 0.0281 s for long100-wide), hence --long-overhead
     per_epoch = args.long_overhead * projection.step_seconds * steps_per_epoch
@@ -149,7 +149,7 @@ def long_section(suite: Suite, args, device) -> None:
                              "epochs": epochs, "seconds_for_training": seconds, "overrides": args.long_set})
     eval_every = steps_per_epoch * max(1, min(args.long_eval_epochs, epochs))
     config = load_config(args.long_recipe, [*overrides, f"train.epochs={epochs}", f"train.eval_every={eval_every}"])
-    result = train(config, suite.log)
+    result = train(config, suite.log, prepared)
     checkpoint = load_checkpoint(suite.out / "runs" / run_name)  # the one the run tested: best.pt, else last.pt
     portable = {k: v for k, v in checkpoint.items() if k not in TRAINING_ONLY and k not in ("format", "version")}
     atomic_write_bytes(suite.out / "long-model.pt", checkpoint_bytes(portable))
@@ -208,10 +208,9 @@ def main() -> None:
     for i, recipe in enumerate(recipes):  # half the budget, shared out evenly among the recipes still to run
         seconds = (fast_deadline - time.perf_counter()) / (len(recipes) - i)
         guarded(suite, recipe, fast_section, args, device, recipe, seconds, cache)
-    del cache  # the long run prepares its own data
     guarded(suite, "elu_throughput", elu_throughput_section, args, device)
     if args.long_recipe:
-        guarded(suite, "long", long_section, args, device)
+        guarded(suite, "long", long_section, args, device, cache)  # the fast recipes' data, where it is the same
     else:
         guarded(suite, "elu_seed", elu_run_section, args, device)
     suite.save("total_seconds", time.perf_counter() - suite.started)

@@ -83,8 +83,7 @@ def test_gpu_suite_stops_on_ctrl_c_and_keeps_what_finished(tmp_path, fake_root):
          "--device", "cpu", "--budget-seconds", "600", "--fast-recipes", "", "--elu-steps", "1", "--elu-width", "0.05",
          "--long-recipe", "long100-wide", "--long-max-epochs", "400", "--long-eval-epochs", "1",
          "--long-set", "model.kwargs={widths=[8,16,16],blocks=[1,1,1]}", "--long-set", "train.compile=false",
-         "--long-set", "train.batch_size=32", "--long-set", "data.val_per_class=2",
-         "--long-set", "data.train_subset=600"],  # the fake set's size, which the epochs are planned from
+         "--long-set", "train.batch_size=32", "--long-set", "data.val_per_class=2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     checkpoints = out / "runs" / "long100-wide-cpu" / "checkpoints"  # one per validation pass, each every epoch
     deadline = time.monotonic() + 300
