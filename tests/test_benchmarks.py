@@ -36,15 +36,19 @@ def test_gpu_suite_runs_every_section_on_the_cpu(tmp_path, fake_root):
     assert "suite done" in (out / "gpu_suite.log").read_text()
 
 
+def long_suite(fake_root, out, budget: int, *options: str) -> list[str]:
+    """gpu_suite's command with only the ELU throughput and the long section, on a tiny long100-wide."""
+    return [sys.executable, str(BENCHMARKS / "gpu_suite.py"), "--data-dir", str(fake_root), "--out", str(out),
+            "--device", "cpu", "--budget-seconds", str(budget), "--fast-recipes", "", "--elu-steps", "1",
+            "--elu-width", "0.05", "--long-recipe", "long100-wide", "--long-set", "train.compile=false",
+            "--long-set", "model.kwargs={widths=[8,16,16],blocks=[1,1,1]}", "--long-set", "train.batch_size=32",
+            "--long-set", "data.val_per_class=2", *options]
+
+
 def test_gpu_suite_long_section_fits_its_epochs_and_writes_a_portable_model(tmp_path, fake_root):
     out = tmp_path / "suite"
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gpu_suite.py"), "--data-dir", str(fake_root), "--out", str(out),
-         "--device", "cpu", "--budget-seconds", "40", "--fast-recipes", "", "--elu-steps", "1", "--elu-width", "0.05",
-         "--long-recipe", "long100-wide", "--long-margin", "5", "--long-max-epochs", "2",
-         "--long-set", "model.kwargs={widths=[8,16,16],blocks=[1,1,1]}", "--long-set", "train.compile=false",
-         "--long-set", "train.batch_size=32", "--long-set", "data.val_per_class=2"],
-        capture_output=True, text=True, timeout=600)
+    result = subprocess.run(long_suite(fake_root, out, 40, "--long-margin", "5", "--long-max-epochs", "2"),
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "gpu_suite.json").read_text())
     assert "long_error" not in report, report.get("long_error")
@@ -63,11 +67,8 @@ def test_gpu_suite_long_section_fits_its_epochs_and_writes_a_portable_model(tmp_
 
 def test_gpu_suite_reports_a_failed_section_and_exits_non_zero(tmp_path, fake_root):
     out = tmp_path / "suite"
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gpu_suite.py"), "--data-dir", str(fake_root), "--out", str(out),
-         "--device", "cpu", "--budget-seconds", "20", "--fast-recipes", "", "--elu-steps", "1", "--elu-width", "0.05",
-         "--long-recipe", "no-such-recipe"],
-        capture_output=True, text=True, timeout=600)
+    result = subprocess.run(long_suite(fake_root, out, 20, "--long-recipe", "no-such-recipe"),
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and "long failed" in result.stderr.splitlines()[-1]
     report = json.loads((out / "gpu_suite.json").read_text())
     assert "no-such-recipe" in report["long_error"] and "elu_throughput" in report  # the rest still ran
@@ -78,13 +79,8 @@ def test_gpu_suite_stops_on_ctrl_c_and_keeps_what_finished(tmp_path, fake_root):
     import time
 
     out = tmp_path / "suite"
-    process = subprocess.Popen(
-        [sys.executable, str(BENCHMARKS / "gpu_suite.py"), "--data-dir", str(fake_root), "--out", str(out),
-         "--device", "cpu", "--budget-seconds", "600", "--fast-recipes", "", "--elu-steps", "1", "--elu-width", "0.05",
-         "--long-recipe", "long100-wide", "--long-max-epochs", "400", "--long-eval-epochs", "1",
-         "--long-set", "model.kwargs={widths=[8,16,16],blocks=[1,1,1]}", "--long-set", "train.compile=false",
-         "--long-set", "train.batch_size=32", "--long-set", "data.val_per_class=2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(long_suite(fake_root, out, 600, "--long-max-epochs", "400", "--long-eval-epochs", "1"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     checkpoints = out / "runs" / "long100-wide-cpu" / "checkpoints"  # one per validation pass, each every epoch
     deadline = time.monotonic() + 300
     while not any(checkpoints.glob("step-*.pt")) and process.poll() is None:
